@@ -1,0 +1,92 @@
+"""The `reviewgpt` command line: one subcommand per step of the data flow.
+
+    recipes -> data check / data prepare -> train -> merge -> review   (+ quickstart, tiny-model)
+
+Each subcommand lives in a module that exposes `register(subparsers)`; the module's own heavy
+imports (torch, transformers) happen inside its command function, so `--help` is instant.
+Library code logs; only this module (and the command functions) print. A `UserError` is
+printed as one line and exits with status 2; no traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from reviewgpt import __version__
+from reviewgpt.errors import UserError
+
+# Modules that add subcommands, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "reviewgpt.commands.recipes",
+    "reviewgpt.commands.data",
+    "reviewgpt.commands.train",
+    "reviewgpt.commands.merge",
+    "reviewgpt.commands.review",
+    "reviewgpt.commands.quickstart",
+    "reviewgpt.commands.tiny_model",
+]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reviewgpt",
+        description="Fine-tune open LLMs into reviewers of ML papers.",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  reviewgpt quickstart runs/quickstart",
+    )
+    parser.add_argument("--version", action="version", version=f"reviewgpt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def _offline_by_default() -> None:
+    # No model hub is assumed: models and tokenizers are local directories. peft 0.9.0 also calls
+    # the hub on every adapter save unless offline (23.5 s each, REFERENCE.md). HF_HUB_OFFLINE=0
+    # in the environment turns downloads back on.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    _offline_by_default()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"reviewgpt {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"reviewgpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def train_gemma(argv: Optional[List[str]] = None) -> int:
+    """`train-gemma ...` = `reviewgpt train --recipe gemma-7b-it ...`."""
+    return main(["train", "--recipe", "gemma-7b-it", *(sys.argv[1:] if argv is None else argv)])
+
+
+def train_mistral(argv: Optional[List[str]] = None) -> int:
+    """`train-mistral ...` = `reviewgpt train --recipe mistral-7b-instruct-v0.2 ...`."""
+    return main(["train", "--recipe", "mistral-7b-instruct-v0.2", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,194 @@
+"""Recipes: one frozen dataclass, filled from a commented YAML per model, overridden by flags.
+
+The YAML files in `reviewgpt/recipes/` hold hyper-parameters only; model facts (LoRA targets,
+template quirks, the transformers 4.38.2 Gemma fixes) live in `reviewgpt.models`. The CLI's
+`train` flags are generated from `Recipe`'s fields, so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Tuple
+
+import yaml
+
+from reviewgpt.errors import UserError
+from reviewgpt.prompt import TEMPLATES
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = _help("recipe name", default="custom")
+    family: Literal["gemma", "mistral", "llama"] = _help("model family (decides LoRA targets and fixes)",
+                                                         default="gemma")
+    model: Optional[str] = _help("hub id or local directory of the base model", default=None)
+    tokenizer: Optional[str] = _help("tokenizer directory (default: the model's)", default=None)
+    template: str = _help(f"prompt template: {', '.join(TEMPLATES)}", default="alpaca-reference")
+    max_seq_length: int = _help("tokens per training example; the paper is trimmed to fit, never the review",
+                                default=8192)
+    loss_on: Literal["review", "all"] = _help("'review': loss on review tokens only; 'all': reference",
+                                              default="review")
+    on_review_too_long: Literal["error", "skip"] = _help("a review that alone does not fit: stop or skip+count",
+                                                         default="error")
+    quantize: bool = _help("load the base in 4-bit NF4 (QLoRA); needs a CUDA GPU", default=True)
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = _help(
+        "attention kernel; auto = flash-attn 2 when installed on a GPU, else sdpa", default="auto")
+    lora_r: int = _help("LoRA rank", default=64)
+    lora_alpha: int = _help("LoRA alpha", default=16)
+    lora_dropout: float = _help("LoRA dropout", default=0.1)
+    lora_target_modules: Optional[Tuple[str, ...]] = _help("LoRA targets (default: the family's)", default=None)
+    per_device_train_batch_size: int = _help("micro-batch per device", default=1)
+    per_device_eval_batch_size: int = _help("eval micro-batch per device", default=1)
+    gradient_accumulation_steps: int = _help("micro-batches per optimizer step", default=16)
+    learning_rate: float = _help("peak learning rate", default=2.0e-4)
+    max_grad_norm: float = _help("gradient clipping norm", default=0.3)
+    weight_decay: float = _help("AdamW weight decay", default=0.001)
+    optim: str = _help("transformers optimizer name", default="paged_adamw_32bit")
+    lr_scheduler_type: str = _help("learning-rate schedule", default="constant")
+    warmup_ratio: float = _help("warm-up share of the steps", default=0.03)
+    num_train_epochs: float = _help("epochs", default=2.0)
+    max_steps: int = _help("stop after this many optimizer steps (-1: use epochs)", default=-1)
+    bf16: bool = _help("bf16 mixed precision (fp16 gives NaN losses on Gemma)", default=True)
+    gradient_checkpointing: bool = _help("recompute activations to save memory", default=True)
+    save_steps: int = _help("checkpoint every N optimizer steps", default=10)
+    save_total_limit: int = _help("checkpoints kept", default=3)
+    logging_steps: int = _help("log every N optimizer steps", default=10)
+    eval_fraction: float = _help("share of papers held out for evaluation", default=0.05)
+    eval_steps: int = _help("evaluate every N steps when --eval is on", default=50)
+    seed: int = _help("random seed (data split and training)", default=42)
+    ddp_timeout: int = _help("torch.distributed timeout in seconds (reference: 180000000)", default=180000000)
+    review_max_input_tokens: int = _help("prompt budget at generation; the paper is trimmed to fit",
+                                         default=7168)
+    max_new_tokens: int = _help("longest generated review", default=1024)
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+        for name, value, allowed in (
+            ("family", self.family, ("gemma", "mistral", "llama")),
+            ("loss_on", self.loss_on, ("review", "all")),
+            ("on_review_too_long", self.on_review_too_long, ("error", "skip")),
+            ("attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        for name in ("max_seq_length", "lora_r", "lora_alpha", "per_device_train_batch_size",
+                     "per_device_eval_batch_size", "gradient_accumulation_steps", "save_steps",
+                     "logging_steps", "review_max_input_tokens", "max_new_tokens", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    def replace(self, **changes) -> Recipe:
+        try:
+            return dataclasses.replace(self, **changes)
+        except ValueError as exc:
+            raise UserError(f"recipe {self.name!r}: {exc}.") from None
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        if data["lora_target_modules"] is not None:
+            data["lora_target_modules"] = list(data["lora_target_modules"])
+        return data
+
+
+def field_types() -> dict:
+    return typing.get_type_hints(Recipe)
+
+
+def builtin_recipes() -> dict:
+    """name -> path of every YAML recipe shipped in the package."""
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
+
+
+def _coerce(name: str, value, hint, source: str):
+    """Check a YAML value against the field's type; YAML '2e-4' (a string!) is caught here."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{source}: {name} must be one of {list(args)}, got {value!r}.")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{source}: {name} must be a list of strings, got {value!r}.")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {name} must be true or false, got {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{source}: {name} must be an integer, got {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(
+                f"{source}: {name} must be a number, got {value!r} (write YAML floats with a dot, e.g. 2.0e-4)."
+            )
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"{source}: {name} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
+    """A built-in recipe by name, or a YAML file by path; `overrides` (e.g. CLI flags) win."""
+    recipes = builtin_recipes()
+    path = Path(name_or_path)
+    if name_or_path in recipes:
+        path = recipes[name_or_path]
+    elif not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        raise UserError(
+            f"unknown recipe {name_or_path!r}; choose one of: {', '.join(recipes)} (or pass a .yaml file)."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of field: value.")
+    hints = field_types()
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise UserError(f"{path}: unknown recipe field(s) {unknown}; see `reviewgpt train --help` for the fields.")
+    values = {k: _coerce(k, v, hints[k], str(path)) for k, v in data.items()}
+    values.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, hints[key], "command line")
+    try:
+        return Recipe(**values)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}.") from None
+
+
+def save_recipe(recipe: Recipe, path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")

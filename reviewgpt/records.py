@@ -1,0 +1,213 @@
+"""Paper-review records: load, validate, de-duplicate, split by paper, export.
+
+Accepted shapes, per record (JSONL: one object a line; JSON: a list of objects):
+  {"paper": ..., "review": ...}                  reviewgpt / ICLR data
+  {"input": ..., "output": ...}                  the reference recipe's jsonl
+  {"instruction": ..., "input": ..., "output": ...}  Alpaca (LLaMA-Factory)
+Optional: "id", "paper_id" (records sharing a paper_id stay on one side of the split; without
+it, records with the same paper text share a paper).
+
+Every problem is reported with file:line and the field, so a user can fix the line; with
+`skip_invalid` the bad records are counted and returned for a rejects file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+from reviewgpt.errors import UserError
+from reviewgpt.prompt import INSTRUCTION
+
+PAPER_KEYS = ("paper", "input")
+REVIEW_KEYS = ("review", "output")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    paper_id: str
+    paper: str
+    review: str
+    source: str = ""  # "file:line", for messages
+
+
+@dataclass(frozen=True)
+class Rejected:
+    source: str
+    error: str
+    raw: str
+
+
+@dataclass
+class LoadResult:
+    records: List[Record] = field(default_factory=list)
+    rejected: List[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+    total: int = 0  # objects (or lines) seen, valid or not
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class _BadJson(str):
+    """A line that is not valid JSON: the parser's message stands in for the object."""
+
+
+def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
+    """Yield (source "file:line", parsed object or _BadJson, raw text)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; pass the path of a .jsonl or .json file of records.") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8.") from None
+    stripped = text.lstrip()
+    if path.suffix == ".json" or stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                "fix the file or write one record per line as JSONL."
+            ) from None
+        if not isinstance(items, list):
+            raise UserError(f"{path}: a .json data file must hold a list of records, not a {type(items).__name__}.")
+        for index, item in enumerate(items):
+            yield f"{path}:record {index + 1}", item, json.dumps(item, ensure_ascii=False)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line), line
+        except json.JSONDecodeError as exc:
+            yield f"{path}:{lineno}", _BadJson(f"not valid JSON ({exc.msg} at column {exc.colno})"), line
+
+
+def _pick(obj: dict, keys: Tuple[str, ...]) -> Tuple[Optional[str], object]:
+    for key in keys:
+        if key in obj:
+            return key, obj[key]
+    return None, None
+
+
+def validate(obj: object, source: str) -> Record:
+    """One raw JSON value -> Record, or UserError naming the source and the field."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{source}: expected a JSON object with 'paper' and 'review', got {type(obj).__name__}.")
+    paper_key, paper = _pick(obj, PAPER_KEYS)
+    review_key, review = _pick(obj, REVIEW_KEYS)
+    if paper_key is None:
+        raise UserError(f"{source}: field 'paper' (or 'input') is missing; every record needs the paper text.")
+    if review_key is None:
+        raise UserError(f"{source}: field 'review' (or 'output') is missing; every record needs the review text.")
+    for key, value in ((paper_key, paper), (review_key, review)):
+        if not isinstance(value, str):
+            raise UserError(f"{source}: field {key!r} must be a string, got {type(value).__name__}.")
+        if not value.strip():
+            raise UserError(f"{source}: field {key!r} is empty.")
+    if "instruction" in obj and not isinstance(obj["instruction"], str):
+        raise UserError(f"{source}: field 'instruction' must be a string, got {type(obj['instruction']).__name__}.")
+    for key in ("id", "paper_id"):
+        if key in obj and not isinstance(obj[key], (str, int)):
+            raise UserError(f"{source}: field {key!r} must be a string or an integer, got {type(obj[key]).__name__}.")
+    paper_id = str(obj["paper_id"]) if "paper_id" in obj else "paper-" + _digest(paper)
+    record_id = str(obj["id"]) if "id" in obj else "rec-" + _digest(paper, review)
+    return Record(id=record_id, paper_id=paper_id, paper=paper, review=review, source=source)
+
+
+def load_records(path, skip_invalid: bool = False) -> LoadResult:
+    """Read and validate every record of `path`; drop exact duplicates (same paper and review).
+
+    Raises UserError at the first invalid record unless `skip_invalid`, in which case invalid
+    records are returned in `rejected` (nothing is dropped silently).
+    """
+    path = Path(path)
+    result = LoadResult()
+    seen = set()
+    for source, obj, raw in _raw_items(path):
+        result.total += 1
+        try:
+            if isinstance(obj, _BadJson):
+                raise UserError(f"{source}: {obj}.")
+            record = validate(obj, source)
+        except UserError as exc:
+            if not skip_invalid:
+                message = str(exc)
+                if "--skip-invalid" not in message:
+                    message = message.rstrip(".") + "; fix it or pass --skip-invalid to set it aside."
+                raise UserError(message) from None
+            result.rejected.append(Rejected(source=source, error=str(exc), raw=raw))
+            continue
+        key = (record.paper, record.review)
+        if key in seen:
+            result.duplicates += 1
+            continue
+        seen.add(key)
+        result.records.append(record)
+    if result.total == 0:
+        raise UserError(f"{path}: the file holds no records.")
+    return result
+
+
+def write_rejects(rejected: List[Rejected], path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for item in rejected:
+            f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+
+
+def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -> Tuple[List[Record], List[Record]]:
+    """Deterministic train/eval split in which no paper is on both sides.
+
+    Papers are ordered by a hash of (seed, paper_id); the first ceil(fraction x papers) go to eval.
+    The order of records within each side is the input order.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}.")
+    papers = sorted({r.paper_id for r in records}, key=lambda pid: _digest(str(seed), pid))
+    n_eval = math.ceil(eval_fraction * len(papers)) if eval_fraction > 0 else 0
+    if n_eval >= len(papers) and n_eval > 0:
+        n_eval = len(papers) - 1  # always keep something to train on
+    eval_papers = set(papers[:n_eval])
+    train = [r for r in records if r.paper_id not in eval_papers]
+    evals = [r for r in records if r.paper_id in eval_papers]
+    return train, evals
+
+
+def write_jsonl(records: List[Record], path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"id": r.id, "paper_id": r.paper_id, "paper": r.paper, "review": r.review},
+                               ensure_ascii=False) + "\n")
+
+
+def export_alpaca(records: List[Record], out_dir, dataset_name: str = "paper_review") -> Tuple[Path, Path]:
+    """Write LLaMA-Factory's Alpaca JSON and a `dataset_info.json` registering it.
+
+    The reference recipe trained Mistral through LLaMA-Factory this way: instruction = the
+    reviewer instruction, input = the paper, output = the review.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = out_dir / f"{dataset_name}.json"
+    rows = [{"instruction": INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
+    data_path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+    info_path = out_dir / "dataset_info.json"
+    info = {
+        dataset_name: {
+            "file_name": data_path.name,
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+    }
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return data_path, info_path
