@@ -13,6 +13,7 @@ Pinned-stack fixes applied here (REFERENCE.md section 2):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -177,7 +178,9 @@ def load_base_model(
     kwargs = dict(config=config, torch_dtype=dtype, attn_implementation=resolve_attention(attn_implementation))
     if bnb is not None:
         kwargs["quantization_config"] = bnb
-        kwargs["device_map"] = device_map or {"": torch.cuda.current_device()}
+        # One GPU per process (under accelerate/torchrun LOCAL_RANK picks it): never let a single
+        # process spread over several GPUs.
+        kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", "0"))}
     elif device_map is not None:
         kwargs["device_map"] = device_map
     try:

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from reviewgpt.errors import UserError
 from reviewgpt.prompt import INSTRUCTION
@@ -191,23 +191,58 @@ def write_jsonl(records: List[Record], path) -> None:
                                ensure_ascii=False) + "\n")
 
 
-def export_alpaca(records: List[Record], out_dir, dataset_name: str = "paper_review") -> Tuple[Path, Path]:
-    """Write LLaMA-Factory's Alpaca JSON and a `dataset_info.json` registering it.
+def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:
+    """Write LLaMA-Factory's Alpaca JSON per data set and one `dataset_info.json` registering them.
 
     The reference recipe trained Mistral through LLaMA-Factory this way: instruction = the
-    reviewer instruction, input = the paper, output = the review.
+    reviewer instruction, input = the paper, output = the review. Returns dataset_info's path.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_path = out_dir / f"{dataset_name}.json"
-    rows = [{"instruction": INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
-    data_path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-    info_path = out_dir / "dataset_info.json"
-    info = {
-        dataset_name: {
+    info = {}
+    for name, records in datasets.items():
+        data_path = out_dir / f"{name}.json"
+        rows = [{"instruction": INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
+        data_path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+        info[name] = {
             "file_name": data_path.name,
             "columns": {"prompt": "instruction", "query": "input", "response": "output"},
         }
-    }
+    info_path = out_dir / "dataset_info.json"
     info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return data_path, info_path
+    return info_path
+
+
+@dataclass(frozen=True)
+class Paper:
+    id: str
+    paper: str
+    source: str = ""
+
+
+def load_papers(path) -> List[Paper]:
+    """Papers to review: records with 'paper' (or 'input'); one entry per paper.
+
+    The id is the record's 'paper_id', else its 'id', else a hash of the text, so a data file with
+    several reviews per paper yields each paper once.
+    """
+    path = Path(path)
+    papers, seen = [], set()
+    for source, obj, _raw in _raw_items(path):
+        if isinstance(obj, _BadJson):
+            raise UserError(f"{source}: {obj}; fix the line.")
+        if not isinstance(obj, dict):
+            raise UserError(f"{source}: expected a JSON object with 'paper', got {type(obj).__name__}.")
+        key, text = _pick(obj, PAPER_KEYS)
+        if key is None:
+            raise UserError(f"{source}: field 'paper' (or 'input') is missing; every line needs the paper text.")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{source}: field {key!r} must be a non-empty string.")
+        paper_id = str(obj.get("paper_id", obj.get("id", "paper-" + _digest(text))))
+        if paper_id in seen:
+            continue
+        seen.add(paper_id)
+        papers.append(Paper(id=paper_id, paper=text, source=source))
+    if not papers:
+        raise UserError(f"{path}: the file holds no papers.")
+    return papers

@@ -1,0 +1,83 @@
+"""`reviewgpt data check|prepare`: validate, count tokens, split by paper, export for LLaMA-Factory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser("data", help="check or prepare a data file", formatter_class=HelpFormatter,
+                              epilog="examples:\n  reviewgpt data check papers.jsonl --recipe gemma-7b-it "
+                                     "--tokenizer /models/gemma-7b-it\n  reviewgpt data prepare papers.jsonl "
+                                     "--output data/")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    check = sub.add_parser(
+        "check", help="validate records and count tokens with the recipe's tokenizer and template",
+        formatter_class=HelpFormatter,
+        description="Prints a summary; its last line is one JSON object (records, valid, invalid, duplicates, "
+                    "papers_truncated, reviews_truncated, max_tokens, ...). Exit 1 when any record is invalid "
+                    "or any review cannot fit.",
+        epilog="example:\n  reviewgpt data check papers.jsonl --recipe mistral-7b-instruct-v0.2 "
+               "--tokenizer /models/mistral --max-length 12288",
+    )
+    check.add_argument("file", help="records: .jsonl or .json")
+    check.add_argument("--recipe", required=True, help="recipe name or YAML file (template, tokenizer, length)")
+    check.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's model)")
+    check.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's max_seq_length)")
+    check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
+    check.set_defaults(func=run_check)
+
+    prep = sub.add_parser(
+        "prepare", help="validate, de-duplicate, split by paper; write JSONL + LLaMA-Factory Alpaca files",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05",
+    )
+    prep.add_argument("file", help="records: .jsonl or .json")
+    prep.add_argument("--output", required=True, help="folder for train.jsonl, eval.jsonl, paper_review*.json, "
+                                                      "dataset_info.json")
+    prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of papers held out")
+    prep.add_argument("--seed", type=int, default=42, help="split seed")
+    prep.add_argument("--skip-invalid", action="store_true",
+                      help="set invalid records aside in OUTPUT/rejects.jsonl instead of stopping")
+    prep.set_defaults(func=run_prepare)
+
+
+def run_check(args) -> int:
+    from reviewgpt.datacheck import check_data
+    from reviewgpt.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    stats = check_data(args.file, recipe, args.tokenizer, args.max_length, skip_invalid=True,
+                       rejects_path=args.rejects)
+    print(f"{stats['valid']} valid of {stats['records']} records ({stats['invalid']} invalid, "
+          f"{stats['duplicates']} duplicates) over {stats['papers']} papers")
+    print(f"tokens with {stats['template']} at max_length {stats['max_length']}: max {stats['max_tokens']}, "
+          f"median {stats['median_tokens']}, p90 {stats['p90_tokens']}")
+    print(f"{stats['papers_truncated']} paper(s) will be trimmed to fit; {stats['reviews_truncated']} review(s) "
+          f"cannot fit at all; plain trl 0.7.11 would cut {stats['reviews_cut_by_plain_trl']} review(s)")
+    print(json.dumps(stats))
+    return 1 if stats["invalid"] or stats["reviews_truncated"] else 0
+
+
+def run_prepare(args) -> int:
+    from reviewgpt.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_records(args.file, skip_invalid=args.skip_invalid)
+    if loaded.rejected:
+        write_rejects(loaded.rejected, out / "rejects.jsonl")
+    train, evals = split_by_paper(loaded.records, args.eval_fraction, args.seed)
+    write_jsonl(train, out / "train.jsonl")
+    write_jsonl(evals, out / "eval.jsonl")
+    export_alpaca(out, {"paper_review": train, **({"paper_review_eval": evals} if evals else {})})
+    summary = {"records": loaded.total, "valid": len(loaded.records), "invalid": len(loaded.rejected),
+               "duplicates": loaded.duplicates, "train": len(train), "eval": len(evals),
+               "train_papers": len({r.paper_id for r in train}), "eval_papers": len({r.paper_id for r in evals}),
+               "output": str(out)}
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,32 @@
+"""`reviewgpt merge`: adapter + 16-bit base -> one model folder."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "merge", help="merge a trained adapter into its 16-bit base model", formatter_class=HelpFormatter,
+        epilog="example:\n  reviewgpt merge runs/gemma --output runs/gemma-merged --base /models/gemma-7b-it",
+    )
+    p.add_argument("adapter", help="the run folder written by `reviewgpt train` (or any PEFT adapter folder)")
+    p.add_argument("--output", required=True, help="folder for the merged model")
+    p.add_argument("--base", help="base model folder (default: the one recorded in adapter_config.json)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="precision the base is loaded and saved in")
+    p.add_argument("--load-in-4bit", action="store_true", help="refused, with the reason: see the merge docs")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from reviewgpt.errors import UserError
+    from reviewgpt.merge import QUANTIZED_MERGE, merge
+
+    if args.load_in_4bit:
+        raise UserError(f"--load-in-4bit: {QUANTIZED_MERGE}.")
+    out = merge(args.adapter, args.output, base=args.base, dtype=args.dtype)
+    print(json.dumps({"merged": str(out)}))
+    return 0

@@ -1,0 +1,55 @@
+"""`reviewgpt quickstart DIR`: the whole pipeline on the CPU in minutes.
+
+sample data -> tiny Gemma -> data check -> train (recipe `tiny`, with eval) -> merge -> review.
+Each step runs the same CLI command a user would type, printed before it runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "quickstart", help="run data check -> train -> merge -> review on a tiny local model (CPU, minutes)",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  reviewgpt quickstart runs/quickstart",
+    )
+    p.add_argument("dir", help="folder for everything the quickstart writes")
+    p.add_argument("--family", choices=["gemma", "mistral"], default="gemma", help="tiny model architecture")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from reviewgpt.cli import main
+    from reviewgpt.errors import UserError
+    from reviewgpt.sample import write_sample
+
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    data = write_sample(root / "sample.jsonl")
+    print(f"wrote {data} (synthetic paper-review records)")
+    model = root / f"tiny-{args.family}"
+    run_dir = root / "run"
+    steps = [
+        ["tiny-model", "--family", args.family, "--output", str(model)],
+        ["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(model)],
+        ["train", "--recipe", "tiny", "--family", args.family, "--model", str(model), "--data", str(data),
+         "--output", str(run_dir), "--eval"],
+        ["merge", str(run_dir), "--output", str(root / "merged"), "--dtype", "float32"],
+        ["review", "--model", str(root / "merged"), "--papers", str(data), "--output", str(root / "reviews.jsonl"),
+         "--limit", "4"],
+    ]
+    started = time.time()
+    for step in steps:
+        print(f"\n$ reviewgpt {shlex.join(step)}", flush=True)
+        code = main(step)
+        if code != 0:
+            raise UserError(f"quickstart step `reviewgpt {step[0]}` failed (exit {code}); see the message above.")
+    print(f"\nquickstart done in {time.time() - started:.0f} s: adapter in {run_dir}, loss curve "
+          f"{run_dir / 'loss_curve.png'}, merged model in {root / 'merged'}, reviews in {root / 'reviews.jsonl'}")
+    return 0

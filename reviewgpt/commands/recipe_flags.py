@@ -1,0 +1,46 @@
+"""CLI flags generated from `Recipe`'s fields, so the dataclass is the one source of truth.
+
+Every flag defaults to None ("not given"), so the YAML recipe supplies the value unless the
+user passes the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Literal
+
+from reviewgpt.recipe import Recipe, field_types
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, skip=("name",)) -> None:
+    group = parser.add_argument_group("recipe fields (override the YAML recipe)")
+    hints = field_types()
+    for f in dataclasses.fields(Recipe):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Union:
+            hint = next(a for a in args if a is not type(None))
+            args = typing.get_args(hint)
+        if hint is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif typing.get_origin(hint) is Literal:
+            group.add_argument(_flag(f.name), dest=f.name, choices=list(args), default=None, help=help_text)
+        elif typing.get_origin(hint) is tuple:
+            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar="A,B,...",
+                               help=help_text + " (comma-separated)")
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=hint, default=None, help=help_text)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Recipe) if f.name != "name"}

@@ -1,0 +1,36 @@
+"""`reviewgpt review`: one generated review per paper, as JSONL."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "review", help="generate one review per paper (JSONL); a rerun skips papers already reviewed",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  reviewgpt review --model runs/gemma-merged --papers papers.jsonl --output reviews.jsonl",
+    )
+    p.add_argument("--model", required=True, help="merged model folder, `train` run folder (adapter) or base model")
+    p.add_argument("--papers", required=True, help="JSONL/JSON with 'paper' (or 'input'); 'paper_id'/'id' optional")
+    p.add_argument("--output", required=True, help="JSONL to append reviews to")
+    p.add_argument("--max-input-tokens", type=int, help="prompt budget; the paper is trimmed to fit "
+                                                         "(default: the recipe's, 7168)")
+    p.add_argument("--max-new-tokens", type=int, help="longest review (default: the recipe's)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
+    p.add_argument("--template", help="prompt template (default: the one the model was trained with)")
+    p.add_argument("--limit", type=int, help="review at most this many papers")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from reviewgpt.generate import GenerationSettings, generate_reviews
+
+    settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, top_p=args.top_p, template=args.template,
+                                  limit=args.limit)
+    print(json.dumps(generate_reviews(args.model, args.papers, args.output, settings)))
+    return 0

@@ -1,0 +1,31 @@
+"""`reviewgpt tiny-model`: a tiny random Gemma or Mistral, built locally, for CPU tries."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "tiny-model", help="build a tiny random model of a real architecture (no download)",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  reviewgpt tiny-model --family gemma --output runs/tiny-gemma",
+    )
+    p.add_argument("--family", choices=["gemma", "mistral"], default="gemma", help="architecture")
+    p.add_argument("--output", required=True, help="folder to write the model and tokenizer to")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers")
+    p.add_argument("--sliding-window", type=int, help="Mistral's attention window (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from reviewgpt.tiny import build_tiny_model
+
+    out = build_tiny_model(args.family, args.output, seed=args.seed, hidden=args.hidden, layers=args.layers,
+                           sliding_window=args.sliding_window)
+    print(json.dumps({"model": str(out), "family": args.family}))
+    return 0

@@ -1,0 +1,73 @@
+"""`data check`: validate a data file and count, with the recipe's tokenizer and template, what
+training would do to each record."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import Recipe
+from reviewgpt.records import load_records, write_rejects
+from reviewgpt.tokenization import PromptEncoder
+
+log = logging.getLogger(__name__)
+
+
+def _percentile(sorted_values, q: float) -> int:
+    if not sorted_values:
+        return 0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_length: Optional[int] = None,
+               skip_invalid: bool = True, rejects_path=None) -> dict:
+    """Counts for a data file. Invalid records are counted (and written to `rejects_path`);
+    with `skip_invalid=False` the first one stops with its file:line."""
+    from tqdm.auto import tqdm
+
+    from reviewgpt.models import load_tokenizer
+    from reviewgpt.prompt import get_template
+
+    max_length = max_length or recipe.max_seq_length
+    tokenizer_path = tokenizer_path or recipe.tokenizer or recipe.model
+    if not tokenizer_path:
+        raise UserError(f"recipe {recipe.name!r} names no model; pass --tokenizer DIR to count tokens.")
+    loaded = load_records(path, skip_invalid=skip_invalid)
+    if loaded.rejected and rejects_path:
+        write_rejects(loaded.rejected, rejects_path)
+    tokenizer = load_tokenizer(tokenizer_path, recipe.family)
+    encoder = PromptEncoder(tokenizer, get_template(recipe.template))
+    lengths, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], 0, 0, 0
+    for record in tqdm(loaded.records, desc="counting tokens", unit="rec", disable=len(loaded.records) < 50):
+        paper_tokens = len(tokenizer(record.paper, add_special_tokens=False)["input_ids"])
+        review_tokens = len(tokenizer(record.review, add_special_tokens=False)["input_ids"]) + len(encoder.end_ids)
+        total = encoder.fixed_length() + paper_tokens + review_tokens
+        lengths.append(total)
+        if total > max_length:
+            # trl 0.7.11's truncation=True keeps the first max_length tokens: the review's tail goes.
+            reviews_cut_by_tail += 1
+            if encoder.fixed_length() + review_tokens + len(encoder.marker_ids) + 1 > max_length:
+                reviews_too_long += 1
+            else:
+                papers_truncated += 1
+    lengths.sort()
+    return {
+        "file": str(Path(path)),
+        "recipe": recipe.name,
+        "template": recipe.template,
+        "max_length": max_length,
+        "records": loaded.total,
+        "valid": len(loaded.records),
+        "invalid": len(loaded.rejected),
+        "duplicates": loaded.duplicates,
+        "papers": len({r.paper_id for r in loaded.records}),
+        "papers_truncated": papers_truncated,
+        "reviews_truncated": reviews_too_long,
+        "reviews_cut_by_plain_trl": reviews_cut_by_tail,
+        "max_tokens": lengths[-1] if lengths else 0,
+        "median_tokens": _percentile(lengths, 0.5),
+        "p90_tokens": _percentile(lengths, 0.9),
+    }

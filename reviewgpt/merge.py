@@ -1,0 +1,80 @@
+"""Merge a LoRA adapter into its base model loaded in 16-bit.
+
+The reference recipe lost a run trying to merge into the 4-bit model: bitsandbytes' 4-bit
+weights cannot absorb the LoRA delta without dequantizing, and re-quantizing afterwards changes
+the model. So the base is always loaded in 16 (or 32) bit here; a quantized base is refused
+with that explanation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from reviewgpt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "reviewgpt.json"
+QUANTIZED_MERGE = (
+    "a 4-bit (or 8-bit) quantized model cannot be merged with its adapter: merge into the 16-bit base "
+    "(the default here) and quantize the merged model afterwards if you need to"
+)
+
+
+def read_adapter_recipe(adapter_dir: Path) -> dict:
+    import yaml
+
+    path = adapter_dir / "reviewgpt_recipe.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def base_of(adapter_dir: Path, base: Optional[str]) -> str:
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise UserError(f"{adapter_dir}: no adapter_config.json; pass the folder `reviewgpt train --output` wrote.")
+    if base:
+        return base
+    return json.loads(config_path.read_text())["base_model_name_or_path"]
+
+
+def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfloat16") -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reviewgpt.models import FAMILIES, load_config
+
+    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    base_path = base_of(adapter_dir, base)
+    if not Path(base_path).is_dir():
+        raise UserError(f"base model {base_path!r} is not a local directory; pass --base DIR.")
+    base_config = json.loads((Path(base_path) / "config.json").read_text())
+    if "quantization_config" in base_config:
+        raise UserError(f"{base_path} is a quantized checkpoint; {QUANTIZED_MERGE}.")
+    recipe = read_adapter_recipe(adapter_dir)
+    family = recipe.get("family") or base_config.get("model_type", "llama")
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    config = load_config(base_path, family) if family in FAMILIES else None
+    log.info("loading %s in %s", base_path, dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_path, config=config, torch_dtype=torch_dtype)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    merged = model.merge_and_unload()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(output_dir), safe_serialization=True)
+    tokenizer_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
+    AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(str(output_dir))
+    metadata = {
+        "base": str(base_path),
+        "adapter": str(adapter_dir),
+        "family": family,
+        "template": recipe.get("template", "alpaca-reference"),
+        "recipe": recipe.get("name"),
+        "dtype": dtype,
+        "review_max_input_tokens": recipe.get("review_max_input_tokens", 7168),
+        "max_new_tokens": recipe.get("max_new_tokens", 1024),
+    }
+    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return output_dir

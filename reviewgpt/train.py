@@ -1,0 +1,341 @@
+"""Train: records -> tokenized examples (review kept whole) -> trl SFTTrainer (QLoRA) -> adapter.
+
+The data is tokenized here, not by trl: trl 0.7.11 cuts the tail of each text, i.e. the review
+(see `reviewgpt.tokenization`). SFTTrainer is given a torch Dataset, which it passes through
+untouched, and a collator that pads labels with -100.
+
+Re-running the same command after a crash resumes from the newest *complete* checkpoint
+(transformers' own `get_last_checkpoint` only looks at folder names, so a checkpoint cut short
+mid-save would be picked). On torch >= 2.6 transformers 4.38.2's resume `torch.load`s the RNG
+state without `weights_only=False` and fails; `trusted_checkpoint_loading` passes it for files
+inside the run's own checkpoint folder only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import Recipe, save_recipe
+from reviewgpt.records import Record, load_records, split_by_paper, write_rejects
+from reviewgpt.tokenization import PromptEncoder, ReviewTooLong, pad_batch
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "reviewgpt_recipe.yaml"
+LOG_FILE = "train_log.jsonl"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TokenizedSplit:
+    examples: List[dict] = field(default_factory=list)
+    papers_truncated: int = 0
+    reviews_skipped: int = 0
+    max_tokens: int = 0
+
+
+def tokenize_records(records: Sequence[Record], encoder: PromptEncoder, recipe: Recipe,
+                     desc: str = "tokenizing") -> TokenizedSplit:
+    """Records -> input_ids/labels; a review that cannot fit stops or is skipped per the recipe."""
+    from tqdm.auto import tqdm
+
+    out = TokenizedSplit()
+    for record in tqdm(records, desc=desc, unit="rec", disable=len(records) < 50):
+        try:
+            ex = encoder.encode_example(record.paper, record.review, recipe.max_seq_length, recipe.loss_on)
+        except ReviewTooLong as exc:
+            if recipe.on_review_too_long == "skip":
+                out.reviews_skipped += 1
+                log.warning("%s: skipped: %s", record.source, exc)
+                continue
+            raise UserError(
+                f"{record.source}: {exc}; raise --max-seq-length or pass --on-review-too-long skip "
+                "to skip and count such records."
+            ) from None
+        out.papers_truncated += ex.paper_truncated
+        out.max_tokens = max(out.max_tokens, len(ex.input_ids))
+        out.examples.append({"input_ids": ex.input_ids, "labels": ex.labels})
+    return out
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A map dataset over pre-tokenized examples (trl 0.7.11 passes torch datasets through untouched)."""
+
+    def __init__(self, examples: List[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.examples[index]
+
+
+class PadCollator:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: List[dict]) -> dict:
+        return pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint the Trainer finished writing: weights, optimizer, scheduler, state and the
+    RNG state, which transformers 4.38.2 writes last."""
+    has_weights = any((path / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin",
+                                                      "model.safetensors", "pytorch_model.bin"))
+    has_rng = any(path.glob("rng_state*.pth"))
+    return (has_weights and has_rng and (path / "trainer_state.json").is_file()
+            and (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file())
+
+
+def newest_complete_checkpoint(output_dir) -> Optional[Path]:
+    candidates = []
+    for child in Path(output_dir).glob("checkpoint-*"):
+        m = CHECKPOINT_RE.match(child.name)
+        if m and child.is_dir():
+            if is_complete_checkpoint(child):
+                candidates.append((int(m.group(1)), child))
+            else:
+                log.warning("ignoring incomplete checkpoint %s (cut short while saving?)", child)
+    return max(candidates)[1] if candidates else None
+
+
+@contextlib.contextmanager
+def trusted_checkpoint_loading(checkpoint: Optional[Path]):
+    """Let transformers 4.38.2 load the run's own RNG/optimizer files on torch >= 2.6."""
+    if checkpoint is None:
+        yield
+        return
+    original = torch.load
+    root = Path(checkpoint).resolve()
+
+    def load(f, *args, **kwargs):
+        if "weights_only" not in kwargs and isinstance(f, (str, os.PathLike)):
+            p = Path(f).resolve()
+            if p == root or root in p.parents:
+                kwargs["weights_only"] = False  # our own checkpoint, written by this run
+        return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _to_float(value):
+    """Tensors in the logs (deepspeed >= 0.13.2 returns grad_norm as one) -> float."""
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def make_log_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class JsonlLogCallback(TrainerCallback):
+        """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            # Convert in place too, so the Trainer's own JSON state never meets a tensor.
+            for key in list(logs):
+                logs[key] = _to_float(logs[key])
+            row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return JsonlLogCallback()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log lines of steps the crashed run did after its last checkpoint."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> Optional[Path]:
+    if not log_path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = {}, {}
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            train[row["step"]] = row["loss"]
+        if "eval_loss" in row:
+            evals[row["step"]] = row["eval_loss"]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train loss")
+    if evals:
+        ax.plot(sorted(evals), [evals[s] for s in sorted(evals)], "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path
+
+
+def _optimizer_for_device(recipe: Recipe, cuda: bool) -> str:
+    if not cuda and ("paged" in recipe.optim or "bnb" in recipe.optim or "8bit" in recipe.optim):
+        log.warning("optimizer %r needs bitsandbytes on a GPU; using adamw_torch on this CPU", recipe.optim)
+        return "adamw_torch"
+    return recipe.optim
+
+
+def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bool):
+    from transformers import TrainingArguments
+
+    bf16 = recipe.bf16 and cuda
+    if recipe.bf16 and not cuda:
+        log.warning("no CUDA GPU: training in fp32 instead of bf16")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        max_grad_norm=recipe.max_grad_norm,
+        weight_decay=recipe.weight_decay,
+        optim=_optimizer_for_device(recipe, cuda),
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_ratio=recipe.warmup_ratio,
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        # transformers 4.38.2 calls checkpointing without use_reentrant; torch warns (later raises).
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        logging_steps=recipe.logging_steps,
+        evaluation_strategy="steps" if do_eval else "no",
+        eval_steps=recipe.eval_steps if do_eval else None,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        ddp_timeout=recipe.ddp_timeout,
+        remove_unused_columns=False,
+        report_to=[],
+        save_safetensors=True,
+        disable_tqdm=False,
+        use_cpu=not cuda,
+    )
+
+
+def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: bool = False,
+          skip_invalid: bool = False, callbacks: Sequence = ()) -> dict:
+    """Run one training job; returns a summary (also written to OUTPUT/train_summary.json)."""
+    from trl import SFTTrainer
+
+    from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
+    from reviewgpt.prompt import get_template, make_formatting_func
+
+    if not recipe.model:
+        raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+
+    loaded = load_records(data_path, skip_invalid=skip_invalid)
+    if loaded.rejected:
+        write_rejects(loaded.rejected, output_dir / "rejects.jsonl")
+        log.warning("%d invalid record(s) set aside in %s", len(loaded.rejected), output_dir / "rejects.jsonl")
+    if loaded.duplicates:
+        log.info("%d exact duplicate record(s) removed", loaded.duplicates)
+    train_records, eval_records = split_by_paper(loaded.records, recipe.eval_fraction if do_eval else 0.0,
+                                                 recipe.seed)
+    if not train_records:
+        raise UserError(f"{data_path}: no valid records to train on.")
+
+    tokenizer = load_tokenizer(recipe.tokenizer or recipe.model, recipe.family)
+    encoder = PromptEncoder(tokenizer, get_template(recipe.template))
+    train_split = tokenize_records(train_records, encoder, recipe, "tokenizing train")
+    eval_split = tokenize_records(eval_records, encoder, recipe, "tokenizing eval") if eval_records else None
+    if not train_split.examples:
+        raise UserError(f"{data_path}: every review was too long for max_seq_length={recipe.max_seq_length}.")
+
+    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
+                            recipe.attn_implementation)
+    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
+                           recipe.lora_target_modules, quantize=recipe.quantize)
+    args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
+
+    checkpoint = Path(resume_from) if resume_from else newest_complete_checkpoint(output_dir)
+    if resume_from and not (checkpoint.is_dir() and is_complete_checkpoint(checkpoint)):
+        raise UserError(f"--resume-from {resume_from}: not a complete checkpoint folder.")
+    log_path = output_dir / LOG_FILE
+    if checkpoint is not None:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        log.info("resuming from %s (step %d)", checkpoint, state["global_step"])
+        _truncate_log(log_path, state["global_step"])
+    else:
+        log_path.unlink(missing_ok=True)
+    save_recipe(recipe, output_dir / RECIPE_FILE)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(train_split.examples),
+        eval_dataset=ListDataset(eval_split.examples) if eval_split and args.do_eval else None,
+        peft_config=lora,
+        tokenizer=tokenizer,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        formatting_func=make_formatting_func(recipe.template),  # unused: the data is pre-tokenized
+        max_seq_length=recipe.max_seq_length,
+        packing=False,
+        callbacks=[make_log_callback(log_path), *callbacks],
+    )
+    started = time.time()
+    with trusted_checkpoint_loading(checkpoint):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model)
+    tokenizer.save_pretrained(str(output_dir))
+    png = plot_loss_curve(log_path, output_dir / "loss_curve.png")
+    summary = {
+        "output": str(output_dir),
+        "recipe": recipe.name,
+        "train_records": len(train_split.examples),
+        "eval_records": len(eval_split.examples) if eval_split else 0,
+        "invalid": len(loaded.rejected),
+        "duplicates": loaded.duplicates,
+        "papers_truncated": train_split.papers_truncated + (eval_split.papers_truncated if eval_split else 0),
+        "reviews_skipped": train_split.reviews_skipped + (eval_split.reviews_skipped if eval_split else 0),
+        "max_tokens": train_split.max_tokens,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "global_step": trainer.state.global_step,
+        "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
+        "seconds": round(time.time() - started, 1),
+        "loss_curve": str(png) if png else None,
+    }
+    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
