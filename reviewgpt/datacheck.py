@@ -42,8 +42,8 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
     encoder = PromptEncoder(tokenizer, get_template(recipe.template))
     lengths, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], 0, 0, 0
     for record in tqdm(loaded.records, desc="counting tokens", unit="rec", disable=len(loaded.records) < 50):
-        paper_tokens = len(tokenizer(record.paper, add_special_tokens=False)["input_ids"])
-        review_tokens = len(tokenizer(record.review, add_special_tokens=False)["input_ids"]) + len(encoder.end_ids)
+        paper_tokens = len(encoder.content_ids(record.paper))
+        review_tokens = len(encoder.content_ids(record.review)) + len(encoder.end_ids)
         total = encoder.fixed_length() + paper_tokens + review_tokens
         lengths.append(total)
         if total > max_length:

@@ -12,6 +12,7 @@ Pinned-stack fixes applied here (REFERENCE.md section 2):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ def qlora_config(
         raise UserError(f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}.")
     bnb = None
     if quantize:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("4-bit QLoRA needs the bitsandbytes package: install the `gpu` extra, "
+                            "or pass --no-quantize (quantize=False) for plain LoRA.")
         bnb = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",

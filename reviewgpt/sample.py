@@ -48,7 +48,7 @@ def _paper(rng: random.Random, index: int, topic) -> tuple:
     return title, "\n".join(parts)
 
 
-def _review(rng: random.Random, topic) -> str:
+def _review(rng: random.Random, topic, reviewer: int) -> str:
     a, b, c = topic
     verdict = rng.choice(["a clear accept", "borderline", "a weak reject"])
     return (
@@ -57,7 +57,7 @@ def _review(rng: random.Random, topic) -> str:
         f"and the method is simple.\n"
         f"Reasons for rejection: the treatment of {c} is {rng.choice(['shallow', 'unclear', 'limited'])}.\n"
         f"Suggestions for improvement: add {rng.choice(['an ablation', 'error bars', 'a larger baseline'])} "
-        f"and discuss {c}.\nOverall this is {verdict}."
+        f"and discuss {c}.\nOverall, as reviewer {reviewer}, I find this {verdict}."
     )
 
 
@@ -69,7 +69,7 @@ def sample_records(n_papers: int = 24, reviews_per_paper: int = 2, seed: int = 0
         title, paper = _paper(rng, i, topic)
         for j in range(reviews_per_paper):
             records.append({"id": f"paper{i:03d}_r{j}", "paper_id": f"paper{i:03d}", "title": title,
-                            "paper": paper, "review": _review(rng, topic)})
+                            "paper": paper, "review": _review(rng, topic, j + 1)})
     return records
 
 

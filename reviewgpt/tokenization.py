@@ -16,6 +16,7 @@ trained on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -53,6 +54,29 @@ def _ids(tokenizer, text: str) -> List[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _special_pattern(tokenizer) -> Optional[re.Pattern]:
+    specials = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+    specials = sorted((s for s in specials if s), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+
+def content_ids(tokenizer, text: str, pattern: Optional[re.Pattern]) -> List[int]:
+    """Token ids of user text (a paper, a review) in which control tokens stay plain text.
+
+    Fast tokenizers turn "<bos>", "</s>" or "<end_of_turn>" anywhere in the text into the control
+    token itself; a paper that quotes one would end the turn or the sequence early. Such a string
+    is tokenized as two plain pieces ("<" + "bos>") instead.
+    """
+    if pattern is None or not pattern.search(text):
+        return _ids(tokenizer, text)
+    ids, pos = [], 0
+    for match in pattern.finditer(text):
+        ids += _ids(tokenizer, text[pos:match.start()])
+        ids += _ids(tokenizer, match.group()[:1]) + _ids(tokenizer, match.group()[1:])
+        pos = match.end()
+    return ids + _ids(tokenizer, text[pos:])
+
+
 class PromptEncoder:
     """Caches the fixed parts of a template's token ids for one tokenizer."""
 
@@ -67,6 +91,10 @@ class PromptEncoder:
         if eos is not None and (not self.end_ids or self.end_ids[-1] != eos):
             self.end_ids = self.end_ids + [eos]
         self.marker_ids = _ids(tokenizer, CUT_MARKER)
+        self.special_pattern = _special_pattern(tokenizer)
+
+    def content_ids(self, text: str) -> List[int]:
+        return content_ids(self.tokenizer, text, self.special_pattern)
 
     def fixed_length(self) -> int:
         return len(self.head_ids) + len(self.tail_ids)
@@ -83,7 +111,7 @@ class PromptEncoder:
 
         Returns (ids, paper_tokens, paper_kept).
         """
-        paper_ids = _ids(self.tokenizer, paper)
+        paper_ids = self.content_ids(paper)
         budget = max_prompt_tokens - self.fixed_length()
         if budget < len(self.marker_ids) + 1:
             raise ValueError(
@@ -95,8 +123,8 @@ class PromptEncoder:
 
     def encode_example(self, paper: str, review: str, max_length: int, loss_on: str = "review") -> Example:
         """Training ids and labels; raises ReviewTooLong if the review cannot fit whole."""
-        paper_ids = _ids(self.tokenizer, paper)
-        review_ids = _ids(self.tokenizer, review) + self.end_ids
+        paper_ids = self.content_ids(paper)
+        review_ids = self.content_ids(review) + self.end_ids
         fixed = self.fixed_length() + len(review_ids)
         budget = max_length - fixed
         if len(paper_ids) > budget and budget < len(self.marker_ids) + 1:
@@ -120,8 +148,7 @@ class PromptEncoder:
 
     def full_length(self, paper: str, review: str) -> int:
         """Tokens of the whole untrimmed example (prompt + review + end)."""
-        return (self.fixed_length() + len(_ids(self.tokenizer, paper)) + len(_ids(self.tokenizer, review))
-                + len(self.end_ids))
+        return self.fixed_length() + len(self.content_ids(paper)) + len(self.content_ids(review)) + len(self.end_ids)
 
 
 def pad_batch(features: List[dict], pad_token_id: int, pad_to_multiple_of: Optional[int] = None) -> dict:

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny models and data built locally, once per session; no network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# urllib3 probes IPv6 support with a socket when first imported; import it before pytest-socket
+# blocks sockets so that probe is not reported as a test's network use.
+import urllib3  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    from reviewgpt.tiny import build_tiny_model
+
+    return build_tiny_model("gemma", tmp_path_factory.mktemp("tiny-gemma"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory):
+    from reviewgpt.tiny import build_tiny_model
+
+    return build_tiny_model("mistral", tmp_path_factory.mktemp("tiny-mistral"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_gemma, tiny_mistral):
+    return {"gemma": tiny_gemma, "mistral": tiny_mistral}
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(tiny_gemma):
+    from reviewgpt.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_gemma), "gemma")
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tiny_mistral):
+    from reviewgpt.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_mistral), "mistral")
+
+
+@pytest.fixture(scope="session")
+def sample_file(tmp_path_factory):
+    from reviewgpt.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("data") / "sample.jsonl", n_papers=8, reviews_per_paper=2)

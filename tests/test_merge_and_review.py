@@ -1,0 +1,92 @@
+import json
+import shutil
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from reviewgpt.cli import main
+from reviewgpt.errors import UserError
+from reviewgpt.generate import GenerationSettings, generate_reviews
+from reviewgpt.merge import merge
+from reviewgpt.recipe import load_recipe
+from reviewgpt.train import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_gemma, sample_file, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    recipe = load_recipe("tiny", {"model": str(tiny_gemma), "max_steps": 4, "save_steps": 4, "max_seq_length": 384})
+    train(recipe, sample_file, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def merged_model(trained_run, tmp_path_factory):
+    return merge(trained_run, tmp_path_factory.mktemp("merged"), dtype="float32")
+
+
+def test_merged_logits_equal_base_plus_adapter(trained_run, merged_model, tiny_gemma):
+    ids = torch.tensor([[2, 10, 50, 99, 120, 7, 300]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_gemma, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, str(trained_run)).eval()
+        adapter_logits = adapted(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_model, torch_dtype=torch.float32).eval()
+        merged_logits = merged(ids).logits
+    assert not torch.allclose(base_logits, adapter_logits, atol=1e-4), "the adapter must change the model"
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5, rtol=1e-4)
+    meta = json.loads((merged_model / "reviewgpt.json").read_text())
+    assert meta["template"] == "gemma-it" and meta["family"] == "gemma"
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_merging_into_a_quantized_base_is_refused_with_the_reason(trained_run, tiny_gemma, tmp_path):
+    quantized = tmp_path / "q"
+    shutil.copytree(tiny_gemma, quantized)
+    config = json.loads((quantized / "config.json").read_text())
+    config["quantization_config"] = {"load_in_4bit": True, "quant_method": "bitsandbytes"}
+    (quantized / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="cannot be merged with its adapter: merge into the 16-bit base"):
+        merge(trained_run, tmp_path / "out", base=str(quantized))
+
+
+def test_merge_cli_refuses_4bit_and_needs_an_adapter(trained_run, tmp_path, capsys):
+    assert main(["merge", str(trained_run), "--output", str(tmp_path / "o"), "--load-in-4bit"]) == 2
+    assert "cannot be merged with its adapter" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "no adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["merged", "adapter"])
+def test_review_writes_one_line_per_paper_and_skips_done_ones(source, merged_model, trained_run, sample_file,
+                                                              tmp_path):
+    model = merged_model if source == "merged" else trained_run
+    out = tmp_path / "reviews.jsonl"
+    settings = GenerationSettings(max_new_tokens=8, limit=3)
+    result = generate_reviews(model, sample_file, out, settings)
+    assert result["written"] == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["paper000", "paper001", "paper002"]
+    for row in rows:
+        assert row["template"] == "gemma-it" and 0 < row["generated_tokens"] <= 8
+        assert set(row["criteria"]) == {"importance and novelty", "reasons for acceptance",
+                                        "reasons for rejection", "suggestions for improvement"}
+        assert row["input_tokens"] <= 384 and isinstance(row["paper_truncated"], bool)
+
+    # A crash left half a line: it is dropped and that paper is reviewed again; the others are skipped.
+    out.write_text(out.read_text().splitlines()[0] + "\n" + '{"id": "paper001", "rev')
+    again = generate_reviews(model, sample_file, out, GenerationSettings(max_new_tokens=8, limit=4))
+    assert (again["written"], again["skipped"]) == (3, 1)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
+        "paper000", "paper001", "paper002", "paper003"]
+
+
+def test_review_input_budget_trims_the_paper(merged_model, sample_file, tmp_path):
+    out = tmp_path / "r.jsonl"
+    generate_reviews(merged_model, sample_file, out, GenerationSettings(max_input_tokens=150, max_new_tokens=2,
+                                                                        limit=1))
+    row = json.loads(out.read_text())
+    assert row["input_tokens"] <= 150 and row["paper_truncated"]

@@ -1,0 +1,80 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import Recipe, builtin_recipes, field_types, load_recipe
+
+
+def test_every_builtin_recipe_loads_with_the_declared_types():
+    hints = field_types()
+    assert set(builtin_recipes()) >= {"gemma-7b-it", "mistral-7b-instruct-v0.2", "tiny"}
+    for name, path in builtin_recipes().items():
+        recipe = load_recipe(name)
+        assert recipe.name == name
+        assert path.read_text().startswith("#"), "each recipe starts with a comment showing how to run it"
+        raw = yaml.safe_load(path.read_text())
+        for key, value in raw.items():
+            if hints[key] is float:
+                assert isinstance(value, float), f"{name}: {key} should be written as a YAML float"
+
+
+def test_gemma_recipe_has_the_reference_hyper_parameters():
+    r = load_recipe("gemma-7b-it")
+    assert (r.per_device_train_batch_size, r.per_device_eval_batch_size, r.gradient_accumulation_steps) == (1, 1, 16)
+    assert (r.learning_rate, r.max_grad_norm, r.weight_decay) == (2e-4, 0.3, 0.001)
+    assert (r.lora_r, r.lora_alpha, r.lora_dropout) == (64, 16, 0.1)
+    assert (r.max_seq_length, r.optim, r.lr_scheduler_type, r.warmup_ratio) == (8192, "paged_adamw_32bit",
+                                                                                   "constant", 0.03)
+    assert (r.save_steps, r.save_total_limit, r.logging_steps, r.num_train_epochs) == (10, 3, 10, 2.0)
+    assert r.bf16 and r.gradient_checkpointing and r.quantize and r.review_max_input_tokens == 7168
+    assert r.template == "alpaca-reference"
+
+
+def test_mistral_recipe_runs_at_12288_tokens():
+    r = load_recipe("mistral-7b-instruct-v0.2")
+    assert r.max_seq_length == 12288 and r.family == "mistral" and r.ddp_timeout == 180000000
+
+
+def test_overrides_win_over_yaml_and_are_type_checked():
+    r = load_recipe("gemma-7b-it", {"max_seq_length": 4096, "quantize": False, "lora_target_modules": "q_proj,v_proj",
+                                    "learning_rate": None})
+    assert (r.max_seq_length, r.quantize, r.lora_target_modules, r.learning_rate) == (4096, False,
+                                                                                      ("q_proj", "v_proj"), 2e-4)
+    with pytest.raises(UserError, match="command line: max_seq_length must be an integer"):
+        load_recipe("gemma-7b-it", {"max_seq_length": "long"})
+
+
+def test_recipes_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_recipe("tiny").learning_rate = 1.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learning_rate: 2e-4\n", r"learning_rate must be a number, got '2e-4' \(write YAML floats with a dot"),
+        ("lora_rank: 8\n", r"unknown recipe field\(s\) \['lora_rank'\]"),
+        ("loss_on: prompt\n", r"loss_on must be one of \['review', 'all'\], got 'prompt'"),
+        ("max_seq_length: 0\n", r"max_seq_length must be >= 1, got 0"),
+        ("template: chatml\n", r"template must be one of"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+    ],
+)
+def test_bad_yaml_recipes_name_the_file_and_value(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as info:
+        load_recipe(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(UserError, match="unknown recipe 'llama-70b'; choose one of: .*gemma-7b-it"):
+        load_recipe("llama-70b")
+
+
+def test_recipe_validation_in_post_init():
+    with pytest.raises(ValueError, match="lora_dropout must be in"):
+        Recipe(lora_dropout=1.5)

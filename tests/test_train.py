@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import load_recipe
+from reviewgpt.train import newest_complete_checkpoint, train
+from tests.util import write_jsonl
+
+
+class CaptureModel(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAtStep(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Crash(f"simulated crash at step {self.step}")
+
+
+def tiny_recipe(family, model_dir, **overrides):
+    values = {"family": family, "model": str(model_dir), "max_steps": 3, "save_steps": 2, "logging_steps": 1,
+              "max_seq_length": 384, "learning_rate": 1e-2}
+    values.update(overrides)
+    return load_recipe("tiny", values)
+
+
+@pytest.mark.parametrize("family", ["gemma", "mistral"])
+def test_three_steps_change_lora_weights_and_leave_the_base_alone(family, tiny_models, sample_file, tmp_path):
+    model_dir = tiny_models[family]
+    base = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    capture = CaptureModel()
+    summary = train(tiny_recipe(family, model_dir), sample_file, tmp_path / "run", callbacks=[capture])
+    assert summary["global_step"] == 3 and summary["train_records"] == 16
+
+    trained = dict(capture.model.named_parameters())
+    lora_b = [p for n, p in trained.items() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero and must have moved"
+    for name, param in trained.items():
+        if "lora_" in name:
+            continue
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(param.detach().cpu(), base[key]), f"{key} changed"
+
+    run = tmp_path / "run"
+    assert (run / "adapter_model.safetensors").is_file() and (run / "adapter_config.json").is_file()
+    assert (run / "tokenizer_config.json").is_file() and (run / "reviewgpt_recipe.yaml").is_file()
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3]
+
+
+def _losses(run):
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_rerun_after_a_crash_resumes_at_the_right_step_with_the_same_loss(tiny_gemma, sample_file, tmp_path):
+    recipe = tiny_recipe("gemma", tiny_gemma, max_steps=5, save_steps=2)
+    straight = train(recipe, sample_file, tmp_path / "straight")
+    assert straight["resumed_from"] is None
+
+    with pytest.raises(Crash):
+        train(recipe, sample_file, tmp_path / "crashed", callbacks=[CrashAtStep(3)])
+    assert newest_complete_checkpoint(tmp_path / "crashed").name == "checkpoint-2"
+    resumed = train(recipe, sample_file, tmp_path / "crashed")  # the same command again
+
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 5
+    expected, got = _losses(tmp_path / "straight"), _losses(tmp_path / "crashed")
+    assert sorted(got) == [1, 2, 3, 4, 5]  # the crashed run's step 3 was dropped and redone
+    for step in (3, 4, 5):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+
+
+def test_incomplete_checkpoints_are_ignored(tmp_path):
+    complete = tmp_path / "checkpoint-2"
+    complete.mkdir()
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_state.pth"):
+        (complete / name).write_text("x")
+    cut_short = tmp_path / "checkpoint-4"
+    cut_short.mkdir()
+    (cut_short / "adapter_model.safetensors").write_text("x")
+    assert newest_complete_checkpoint(tmp_path) == complete
+    assert newest_complete_checkpoint(tmp_path / "checkpoint-4") is None
+
+
+def test_a_review_that_cannot_fit_stops_or_is_skipped_and_counted(tiny_gemma, tmp_path):
+    rows = [{"paper": "A paper. " * 80, "review": "Good work."},
+            {"paper": "Another paper.", "review": "Too long. " * 400}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(UserError, match=r"d.jsonl:2: the review needs \d+ tokens .* --on-review-too-long skip"):
+        train(tiny_recipe("gemma", tiny_gemma, max_seq_length=256), data, tmp_path / "a")
+    summary = train(tiny_recipe("gemma", tiny_gemma, max_seq_length=256, on_review_too_long="skip", max_steps=1),
+                    data, tmp_path / "b")
+    assert summary["reviews_skipped"] == 1 and summary["train_records"] == 1 and summary["papers_truncated"] == 1
+
+
+def test_eval_split_is_evaluated_and_logged(tiny_gemma, sample_file, tmp_path):
+    summary = train(tiny_recipe("gemma", tiny_gemma, max_steps=2, eval_steps=1, eval_fraction=0.25), sample_file,
+                    tmp_path / "run", do_eval=True)
+    assert summary["eval_records"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r for r in rows)
+
+
+def test_invalid_records_stop_training_or_go_to_rejects(tiny_gemma, sample_file, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(sample_file.read_text() + '{"paper": "only a paper"}\n')
+    with pytest.raises(UserError, match=r"d.jsonl:17: field 'review'"):
+        train(tiny_recipe("gemma", tiny_gemma), data, tmp_path / "a")
+    summary = train(tiny_recipe("gemma", tiny_gemma, max_steps=1), data, tmp_path / "b", skip_invalid=True)
+    assert summary["invalid"] == 1
+    assert "only a paper" in (tmp_path / "b" / "rejects.jsonl").read_text()
