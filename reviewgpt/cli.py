@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "reviewgpt.commands.review",
     "reviewgpt.commands.quickstart",
     "reviewgpt.commands.tiny_model",
+    "reviewgpt.commands.doctor",
 ]
 
 
