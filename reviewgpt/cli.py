@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "reviewgpt.commands.quickstart",
     "reviewgpt.commands.tiny_model",
     "reviewgpt.commands.doctor",
+    "reviewgpt.commands.judge",
 ]
 
 

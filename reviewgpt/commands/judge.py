@@ -1,0 +1,167 @@
+"""`reviewgpt judge`: pairwise win rate of candidate reviews against reference reviews."""
+
+from __future__ import annotations
+
+import sys
+
+EXAMPLE = """example:
+  # a paid API (key from $OPENAI_API_KEY), as the reference recipe did with GPT-4:
+  reviewgpt judge --candidate runs/gemma/reviews.jsonl --reference data/eval.jsonl \\
+      --judge openai:gpt-4-1106-preview --output runs/gemma/judge
+  # any OpenAI-compatible server (vLLM, llama.cpp), or a local model directory:
+  reviewgpt judge ... --judge openai:Qwen2-72B-Instruct --base-url http://localhost:8000/v1
+  reviewgpt judge ... --judge hf:models/judge-model --output runs/gemma/judge-local
+A rerun with the same arguments asks only the judgments not yet cached in --output.
+Win rate: ties count half; 95%% Wilson interval over papers."""
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "judge",
+        help="pairwise LLM-judge win rate of candidate vs reference reviews (cached, resumable)",
+        formatter_class=HelpFormatter,
+        epilog=EXAMPLE,
+    )
+    p.add_argument(
+        "--candidate",
+        required=True,
+        metavar="FILE",
+        help="JSONL of reviews to evaluate (e.g. `reviewgpt review` output)",
+    )
+    p.add_argument(
+        "--reference",
+        required=True,
+        metavar="FILE",
+        help="JSONL of reviews to compare against (e.g. the eval data, {paper, review} lines)",
+    )
+    p.add_argument(
+        "--judge",
+        required=True,
+        metavar="SPEC",
+        help="openai:MODEL (chat-completions API) or hf:DIR (local transformers model)",
+    )
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for verdicts, cache and summary")
+    p.add_argument(
+        "--papers",
+        metavar="FILE",
+        help="data file with the papers' text (default: the 'paper' field of either review file, if present)",
+    )
+    p.add_argument(
+        "--pairing",
+        choices=["first", "all"],
+        default="first",
+        help="several reference reviews per paper: judge against the first one, or against all",
+    )
+    p.add_argument(
+        "--paper-chars", type=int, default=6000, help="characters of the paper the judge sees (0: none)"
+    )
+    p.add_argument("--limit", type=int, help="judge at most this many pairs")
+    p.add_argument(
+        "--parse-retries", type=int, default=2, help="re-asks of an answer not in the asked format"
+    )
+    p.add_argument("--retry-unparsable", action="store_true", help="re-ask judgments cached as unparsable")
+    api = p.add_argument_group("openai:MODEL judges")
+    api.add_argument(
+        "--base-url", default="https://api.openai.com/v1", help="API root of any OpenAI-compatible server"
+    )
+    api.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="NAME",
+        help="environment variable holding the API key (the key itself is never written or logged)",
+    )
+    api.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    api.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
+    api.add_argument("--max-retries", type=int, default=6, help="retries on 429, 5xx, timeouts")
+    api.add_argument(
+        "--backoff", type=float, default=2.0, help="first retry wait in seconds; doubles each time"
+    )
+    api.add_argument("--max-tokens", type=int, default=1024, help="longest judge answer")
+    local = p.add_argument_group("hf:DIR judges")
+    local.add_argument(
+        "--local-mode",
+        choices=["loglik", "generate"],
+        default="loglik",
+        help="loglik: forced choice of A/B/tie by log-probability (always parsable); "
+        "generate: free generation parsed like an API answer",
+    )
+    local.add_argument("--max-new-tokens", type=int, default=768, help="generate mode: answer length limit")
+    local.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=run)
+
+
+def make_backend(args):
+    from reviewgpt.errors import UserError
+
+    kind, _, target = args.judge.partition(":")
+    if not target or kind not in ("openai", "hf"):
+        raise UserError(
+            f"--judge {args.judge!r} is not a judge spec; pass openai:MODEL (e.g. "
+            "openai:gpt-4-1106-preview) or hf:DIR (a local model directory)."
+        )
+    try:
+        if kind == "openai":
+            from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig
+
+            return ChatCompletionsClient(
+                HTTPJudgeConfig(
+                    model=target,
+                    base_url=args.base_url,
+                    api_key_env=args.api_key_env,
+                    timeout_s=args.timeout,
+                    max_retries=args.max_retries,
+                    backoff_s=args.backoff,
+                    max_tokens=args.max_tokens,
+                )
+            )
+        from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
+
+        return LocalJudge(
+            LocalJudgeConfig(
+                model_dir=target, mode=args.local_mode, max_new_tokens=args.max_new_tokens, device=args.device
+            )
+        )
+    except ValueError as exc:
+        raise UserError(f"invalid judge setting: {exc}; fix the flag.") from None
+
+
+def run(args) -> int:
+    from reviewgpt.errors import UserError
+    from reviewgpt.judge.run import JudgeRunConfig, run_judge
+
+    try:
+        config = JudgeRunConfig(
+            output_dir=args.output,
+            pairing=args.pairing,
+            paper_chars=args.paper_chars,
+            concurrency=args.concurrency,
+            parse_retries=args.parse_retries,
+            retry_unparsable=args.retry_unparsable,
+            limit=args.limit,
+        )
+    except ValueError as exc:
+        raise UserError(f"invalid judge setting: {exc}; fix the flag.") from None
+    backend = make_backend(args)
+    summary = run_judge(
+        args.candidate, args.reference, backend, config, papers_path=args.papers, progress=sys.stderr.isatty()
+    )
+    w = summary["overall"]
+    rate = (
+        "n/a"
+        if not w["n"]
+        else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
+    )
+    print(
+        f"candidate win rate {rate} over {w['n']} papers; asked {summary['asked']} judgments; "
+        f"unparsable {summary['unparsable_judgments']}; summary in {args.output}/summary.md"
+    )
+    if summary["missing_judgments"]:
+        print(
+            f"reviewgpt judge: {summary['missing_judgments']} judgments could not be asked "
+            "(judge unreachable after retries); rerun the same command to ask only those.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

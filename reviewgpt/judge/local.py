@@ -1,0 +1,188 @@
+"""A local transformers model as the judge: offline, free, deterministic.
+
+Two ways to get a verdict (`mode`):
+
+- `loglik` (default): forced choice. After the judge prompt, the model's answer is started
+  exactly as the prompt asks (`{"<question>": {"winner": "`) and the three completions `A"`,
+  `B"` and `tie"` are scored by their total log-probability - the probability that the model
+  would have written that answer. The most likely one wins. Every verdict parses, no sampling
+  is involved, and the reason records the three log-probabilities. Each question is scored
+  independently of the other answers.
+- `generate`: greedy generation of the whole JSON answer, parsed like an API judge's; a model
+  that does not follow the format yields "unparsable" verdicts (never guessed).
+
+The shared part of the five forced-choice texts (prompt, paper, reviews) runs once; only the
+short tails run per question and answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+from reviewgpt.errors import UserError
+from reviewgpt.judge.prompt import QUESTIONS, WINNERS, Verdict
+
+log = logging.getLogger(__name__)
+
+MODES = ("loglik", "generate")
+
+
+@dataclass(frozen=True)
+class LocalJudgeConfig:
+    model_dir: str = field(metadata={"help": "a transformers model directory (model + tokenizer)"})
+    mode: str = field(default="loglik", metadata={"help": "loglik (forced choice) or generate"})
+    max_new_tokens: int = field(default=768, metadata={"help": "generate mode: answer length limit"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+
+
+def render_chat(tokenizer, messages: List[Dict[str, str]]) -> str:
+    """The prompt in the model's chat format when it has one, else plain text. The system text is
+    folded into the user turn because Gemma's chat template has no system role."""
+    folded = "\n\n".join(m["content"] for m in messages)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": folded}], tokenize=False, add_generation_prompt=True
+        )
+    return f"{folded}\n\nAnswer:\n"
+
+
+def _encode(tokenizer, text: str) -> List[int]:
+    # Chat templates write the BOS text themselves; otherwise let the tokenizer add it.
+    has_bos = bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
+    return tokenizer(text, add_special_tokens=not has_bos)["input_ids"]
+
+
+def _common_prefix_length(sequences: List[List[int]]) -> int:
+    n = min(len(s) for s in sequences)
+    for i in range(n):
+        if any(s[i] != sequences[0][i] for s in sequences[1:]):
+            return i
+    return n
+
+
+def load_judge_model(model_dir: str, device: str = "auto"):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from reviewgpt.models import FAMILIES
+
+    if not Path(model_dir).is_dir():
+        raise UserError(
+            f"judge model directory {model_dir!r} does not exist; pass --judge hf:DIR with a "
+            "transformers model directory."
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        fix = getattr(FAMILIES.get(config.model_type), "hidden_act", None)
+        if fix:  # transformers 4.38.2 reads Gemma's exact gelu; the model was trained with tanh
+            config.hidden_act = fix
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"could not load a judge model from {model_dir!r} ({exc}); pass --judge hf:DIR."
+        ) from None
+    model.eval()
+    return model, tokenizer
+
+
+class LocalJudge:
+    """`verdict(messages)` (loglik mode) or `complete(messages)` (generate mode)."""
+
+    single_threaded = True  # one model, one forward at a time: threads would only contend
+
+    def __init__(self, config: LocalJudgeConfig, model=None, tokenizer=None):
+        self.config = config
+        if model is None:
+            model, tokenizer = load_judge_model(config.model_dir, config.device)
+        self.model, self.tokenizer = model, tokenizer
+        self.use_prefix_cache = True
+
+    @property
+    def identity(self) -> str:
+        c = self.config
+        detail = f"|max_new_tokens={c.max_new_tokens}" if c.mode == "generate" else ""
+        return f"hf:{Path(c.model_dir).resolve().name}|mode={c.mode}{detail}"
+
+    @property
+    def returns_verdicts(self) -> bool:
+        return self.config.mode == "loglik"
+
+    def complete(self, messages: List[Dict[str, str]]) -> str:
+        import torch
+
+        ids = torch.tensor(
+            [_encode(self.tokenizer, render_chat(self.tokenizer, messages))], device=self.model.device
+        )
+        with torch.no_grad():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=self.config.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    def answer_logprobs(self, messages: List[Dict[str, str]]) -> Dict[str, Dict[str, float]]:
+        """{question: {winner: total log-probability of answering it}}."""
+        import torch
+
+        from reviewgpt.judge.scoring import hidden_states, logits_at
+
+        prompt = render_chat(self.tokenizer, messages)
+        texts = {(q, w): f'{prompt}{{"{q}": {{"winner": "{w}"' for q in QUESTIONS for w in WINNERS}
+        encoded = {k: _encode(self.tokenizer, t) for k, t in texts.items()}
+        shared = _common_prefix_length(list(encoded.values())) if self.use_prefix_cache else 0
+        device = self.model.device
+        scores: Dict[str, Dict[str, float]] = {}
+        with torch.no_grad():
+            past, last_hidden = None, None
+            if shared:
+                hidden, past = hidden_states(
+                    self.model,
+                    torch.tensor([encoded[QUESTIONS[0], "A"][:shared]], device=device),
+                    use_cache=True,
+                )
+                last_hidden = hidden[:, -1:]
+                past = past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past
+            for question in QUESTIONS:
+                options = [encoded[question, w] for w in WINNERS]
+                # Score from where the three answers diverge, so all three are compared given one context.
+                start = max(_common_prefix_length(options), 1)
+                scores[question] = {}
+                for winner, ids in zip(WINNERS, options):
+                    # A fresh legacy tuple each time: the model appends to a new cache, ours stays intact.
+                    hidden, _ = hidden_states(
+                        self.model,
+                        torch.tensor([ids[shared:]], device=device),
+                        past_key_values=past,
+                        use_cache=past is not None,
+                    )
+                    if last_hidden is not None:
+                        hidden = torch.cat([last_hidden, hidden], dim=1)
+                    offset = shared - 1 if last_hidden is not None else 0  # position of hidden[:, 0]
+                    logits = logits_at(self.model, hidden[0, start - 1 - offset : len(ids) - 1 - offset])
+                    targets = torch.tensor(ids[start:], device=device)
+                    logprob = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum()
+                    scores[question][winner] = float(logprob)
+        return scores
+
+    def verdict(self, messages: List[Dict[str, str]]) -> Verdict:
+        scores = self.answer_logprobs(messages)
+        winners = {q: max(WINNERS, key=lambda w, q=q: scores[q][w]) for q in QUESTIONS}
+        reasons = {
+            q: "forced choice, log p: " + " ".join(f"{w}={scores[q][w]:.3f}" for w in WINNERS)
+            for q in QUESTIONS
+        }
+        return Verdict(winners=winners, reasons=reasons)

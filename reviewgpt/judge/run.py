@@ -1,0 +1,310 @@
+"""`reviewgpt judge` end to end: pairs -> judgments (cached) -> verdicts JSONL + summary.
+
+Every pair is judged twice, candidate as A then as B. Judgments already in the cache are not
+asked again; the rest run on a thread pool of `concurrency` workers (1 for a local model), and
+each one is cached by the worker that got it. Output files in `output_dir`:
+
+- `verdicts.cache.jsonl`  every judgment as it arrived (see `cache.py`)
+- `verdicts.jsonl`        one line per pair: both orders' winners and reasons, scores, coverage
+- `summary.json`, `summary.md`  win rates, intervals, position consistency, coverage
+- `judge_prompt.txt`      the judge prompt and its version
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+from reviewgpt.coverage import covered_criteria
+from reviewgpt.judge.cache import CACHE_FILE, VerdictCache, cache_key
+from reviewgpt.judge.client import JudgeRequestError
+from reviewgpt.judge.data import Pair, load_paper_texts, load_reviews, make_pairs
+from reviewgpt.judge.prompt import (
+    JUDGE_PROMPT_VERSION,
+    QUESTIONS,
+    UnparsableVerdict,
+    Verdict,
+    build_messages,
+    parse_verdict,
+    prompt_text,
+    trim_paper,
+)
+from reviewgpt.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
+from reviewgpt.prompt import CRITERIA
+
+log = logging.getLogger(__name__)
+
+RAW_ANSWER_KEPT = 4000  # characters of an unparsable answer kept for inspection
+
+
+@dataclass(frozen=True)
+class JudgeRunConfig:
+    output_dir: str = field(metadata={"help": "folder for verdicts, cache and summary"})
+    pairing: str = field(
+        default="first",
+        metadata={
+            "help": "first: each candidate vs the paper's first "
+            "reference review; all: vs every reference review"
+        },
+    )
+    paper_chars: int = field(
+        default=6000, metadata={"help": "characters of the paper shown to the judge (0: none)"}
+    )
+    concurrency: int = field(default=4, metadata={"help": "requests in flight at once"})
+    parse_retries: int = field(default=2, metadata={"help": "re-asks of an answer not in the asked format"})
+    retry_unparsable: bool = field(default=False, metadata={"help": "re-ask judgments cached as unparsable"})
+    limit: int | None = field(default=None, metadata={"help": "judge at most this many pairs"})
+
+    def __post_init__(self):
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, not {self.concurrency!r}")
+        if self.parse_retries < 0:
+            raise ValueError(f"parse_retries must be >= 0, not {self.parse_retries!r}")
+
+
+@dataclass(frozen=True)
+class Task:
+    pair_index: int
+    order: str  # "AB": candidate is A; "BA": candidate is B
+    messages: tuple
+    key: str
+
+
+def build_tasks(pairs: List[Pair], judge_identity: str, paper_chars: int) -> List[Task]:
+    tasks = []
+    for index, pair in enumerate(pairs):
+        paper = trim_paper(pair.paper, paper_chars)
+        for order in CANDIDATE_POSITION:
+            a, b = (pair.candidate, pair.reference) if order == "AB" else (pair.reference, pair.candidate)
+            messages = build_messages(a.review, b.review, paper)
+            tasks.append(
+                Task(index, order, tuple(messages), cache_key(judge_identity, JUDGE_PROMPT_VERSION, messages))
+            )
+    return tasks
+
+
+def ask(backend, messages: List[Dict[str, str]], parse_retries: int) -> dict:
+    """One judgment: {"status": "ok"|"unparsable", "verdict", "raw", "attempts", "error"}.
+    Raises JudgeRequestError when the judge cannot be reached (the judgment stays missing)."""
+    if getattr(backend, "returns_verdicts", False):
+        return {
+            "status": "ok",
+            "verdict": backend.verdict(messages).to_dict(),
+            "raw": None,
+            "attempts": 1,
+            "error": None,
+        }
+    problem, answer = "", ""
+    for attempt in range(1, parse_retries + 2):
+        answer = backend.complete(messages)
+        try:
+            verdict = parse_verdict(answer)
+        except UnparsableVerdict as exc:
+            problem = str(exc)
+            log.info("unparsable judgment (attempt %d/%d): %s", attempt, parse_retries + 1, problem)
+            continue
+        return {
+            "status": "ok",
+            "verdict": verdict.to_dict(),
+            "raw": answer[:RAW_ANSWER_KEPT],
+            "attempts": attempt,
+            "error": None,
+        }
+    return {
+        "status": "unparsable",
+        "verdict": None,
+        "raw": answer[:RAW_ANSWER_KEPT],
+        "attempts": parse_retries + 1,
+        "error": problem,
+    }
+
+
+def _ask_and_cache(
+    backend, task: Task, pair: Pair, cache: VerdictCache, config: JudgeRunConfig, identity: str
+):
+    try:
+        result = ask(backend, list(task.messages), config.parse_retries)
+    except JudgeRequestError as exc:
+        log.warning("paper %s order %s: %s", pair.paper_id, task.order, exc)
+        return task, {"status": "missing", "error": str(exc)}
+    entry = {
+        "key": task.key,
+        "judge": identity,
+        "prompt_version": JUDGE_PROMPT_VERSION,
+        "paper_id": pair.paper_id,
+        "candidate_id": pair.candidate.review_id,
+        "reference_id": pair.reference.review_id,
+        "order": task.order,
+        **result,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    cache.put(entry)  # at once: a crash after this line loses nothing
+    return task, entry
+
+
+def _run_pending(backend, pending: List[Task], pairs: List[Pair], cache, config, identity, progress) -> Dict:
+    from tqdm.auto import tqdm
+
+    results = {}
+    workers = 1 if getattr(backend, "single_threaded", False) else config.concurrency
+    bar = tqdm(total=len(pending), desc="judging", unit="judgment", disable=not progress)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge")
+    try:
+        futures = {
+            executor.submit(_ask_and_cache, backend, t, pairs[t.pair_index], cache, config, identity)
+            for t in pending
+        }
+        while futures:
+            done, futures = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+            for future in done:
+                task, entry = future.result()  # re-raises a UserError (bad key, unknown model): stop the run
+                results[task.key] = entry
+                bar.update(1)
+    except BaseException:
+        # Ctrl-C or a fatal error: drop what has not started and stop retrying; answers already on the
+        # wire still arrive and are cached.
+        if hasattr(backend, "cancel"):
+            backend.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    executor.shutdown(wait=True)
+    return results
+
+
+def _verdict_or_none(entry: dict | None):
+    if entry and entry.get("status") == "ok":
+        return Verdict.from_dict(entry["verdict"])
+    return None
+
+
+def _coverage_rates(reviews) -> Dict[str, float]:
+    unique = {r.review_id: r.review for r in reviews}
+    if not unique:
+        return dict.fromkeys(CRITERIA, 0.0)
+    covered = [covered_criteria(text) for text in unique.values()]
+    return {c: sum(cov[c] for cov in covered) / len(covered) for c in CRITERIA}
+
+
+def run_judge(
+    candidate_path, reference_path, backend, config: JudgeRunConfig, papers_path=None, progress: bool = True
+) -> dict:
+    """Judge every pair (asking only what the cache lacks) and write the results; returns the summary."""
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    candidates, references = load_reviews(candidate_path), load_reviews(reference_path)
+    papers = load_paper_texts(papers_path) if papers_path else {}
+    pairs = make_pairs(candidates, references, config.pairing, papers)
+    if config.limit is not None:
+        pairs = pairs[: config.limit]
+    if not pairs:
+        from reviewgpt.errors import UserError
+
+        raise UserError(
+            f"no paper is in both {candidate_path} and {reference_path} (matched by 'paper_id', "
+            "else 'id'); check that both files describe the same papers."
+        )
+    identity = backend.identity
+    (output_dir / "judge_prompt.txt").write_text(prompt_text(), encoding="utf-8")
+    cache = VerdictCache(output_dir / CACHE_FILE)
+    tasks = build_tasks(pairs, identity, config.paper_chars)
+
+    def needs_asking(task: Task) -> bool:
+        entry = cache.get(task.key)
+        return entry is None or (config.retry_unparsable and entry.get("status") == "unparsable")
+
+    pending = [t for t in tasks if needs_asking(t)]
+    log.info(
+        "%d pairs, %d judgments: %d cached, %d to ask",
+        len(pairs),
+        len(tasks),
+        len(tasks) - len(pending),
+        len(pending),
+    )
+    fresh = _run_pending(backend, pending, pairs, cache, config, identity, progress) if pending else {}
+
+    per_pair: List[Dict[str, dict]] = [{} for _ in pairs]
+    for task in tasks:
+        per_pair[task.pair_index][task.order] = (
+            cache.get(task.key) or fresh.get(task.key) or {"status": "missing"}
+        )
+    summary = _write_outputs(
+        output_dir, pairs, per_pair, candidates, references, identity, config, candidate_path, reference_path
+    )
+    summary["asked"] = len(pending)
+    return summary
+
+
+def _write_outputs(
+    output_dir: Path,
+    pairs,
+    per_pair,
+    candidates,
+    references,
+    identity,
+    config,
+    candidate_path,
+    reference_path,
+) -> dict:
+    from reviewgpt.judge.report import summary_markdown
+
+    stats_input = []
+    with open(output_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:
+        for pair, orders in zip(pairs, per_pair):
+            verdicts = {o: _verdict_or_none(e) for o, e in orders.items()}
+            stats_input.append(
+                {o: {"status": e.get("status"), "verdict": verdicts[o]} for o, e in orders.items()}
+            )
+            line = {
+                "paper_id": pair.paper_id,
+                "candidate_id": pair.candidate.review_id,
+                "reference_id": pair.reference.review_id,
+                "judge": identity,
+                "prompt_version": JUDGE_PROMPT_VERSION,
+                "score": pair_score(verdicts),
+                "criteria_scores": {q: pair_score(verdicts, q) for q in QUESTIONS},
+                "position_consistent": is_position_consistent(verdicts),
+                "orders": {
+                    o: {
+                        "candidate_position": CANDIDATE_POSITION[o],
+                        "status": e.get("status"),
+                        "verdict": e.get("verdict"),
+                        "error": e.get("error"),
+                        **({"raw": e.get("raw")} if e.get("status") == "unparsable" else {}),
+                    }
+                    for o, e in orders.items()
+                },
+                "coverage": {
+                    "candidate": covered_criteria(pair.candidate.review),
+                    "reference": covered_criteria(pair.reference.review),
+                },
+            }
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    stats = summarize(stats_input)
+    paired_candidates = [p.candidate for p in pairs]
+    paired_references = [p.reference for p in pairs]
+    summary = {
+        "judge": identity,
+        "prompt_version": JUDGE_PROMPT_VERSION,
+        "candidate": str(candidate_path),
+        "reference": str(reference_path),
+        "pairing": config.pairing,
+        "paper_chars": config.paper_chars,
+        "candidate_papers": len({c.paper_id for c in candidates}),
+        "reference_papers": len({r.paper_id for r in references}),
+        "papers_judged": len({p.paper_id for p in pairs}),
+        **stats.to_dict(),
+        "coverage": {
+            "candidate": _coverage_rates(paired_candidates),
+            "reference": _coverage_rates(paired_references),
+        },
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    return summary

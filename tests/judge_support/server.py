@@ -1,0 +1,132 @@
+"""A fake chat-completions server on loopback for the judge's HTTP tests.
+
+`FakeJudgeServer(script)` serves POST /v1/chat/completions on 127.0.0.1 with a random port. For
+each request, `script(n, body)` (n = 1-based request number, body = parsed JSON) returns a
+`Reply` (status, content, headers, delay, raw body). The server runs in a daemon thread, records
+every request, refuses more than `max_requests` (500) and stops itself after `lifetime_s`, so a
+failing test can never leave it running.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Dict, List
+
+from reviewgpt.judge.prompt import QUESTIONS
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    content: str = ""  # the assistant message content (status 200)
+    headers: Dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    raw: bytes | None = None  # a body sent as is (malformed wire responses)
+
+
+def verdict_json(winners: Dict[str, str] | str) -> str:
+    """A well-formed judge answer; `winners` is one winner for all questions or a dict per question."""
+    if isinstance(winners, str):
+        winners = dict.fromkeys(QUESTIONS, winners)
+    return json.dumps({q: {"winner": winners[q], "reason": f"because of {q}"} for q in QUESTIONS})
+
+
+def candidate_is(messages, marker: str) -> str:
+    """Which position ("A"/"B") holds the review containing `marker` in the judge prompt."""
+    user = messages[-1]["content"]
+    a = user.split("[Review A]")[1].split("[End of review A]")[0]
+    return "A" if marker in a else "B"
+
+
+class FakeJudgeServer:
+    def __init__(
+        self, script: Callable[[int, dict], Reply], max_requests: int = 200, lifetime_s: float = 30.0
+    ):
+        self.script = script
+        self.max_requests = max_requests
+        self.requests: List[dict] = []
+        self.headers: List[Dict[str, str]] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 10  # a client that never finishes its request cannot pin a thread
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.requests.append(body)
+                    server.headers.append(dict(self.headers))
+                    n = len(server.requests)
+                reply = (
+                    Reply(500, raw=b'{"error": "too many requests for this test"}')
+                    if n > server.max_requests or self.path != "/v1/chat/completions"
+                    else server.script(n, body)
+                )
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if reply.raw is not None:
+                    payload = reply.raw
+                elif reply.status == 200:
+                    payload = json.dumps(
+                        {
+                            "id": f"cmpl-{n}",
+                            "object": "chat.completion",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": reply.content},
+                                }
+                            ],
+                        }
+                    ).encode()
+                else:
+                    payload = json.dumps({"error": {"message": f"status {reply.status}"}}).encode()
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._timer = threading.Timer(lifetime_s, self.stop)
+        self._timer.daemon = True
+
+    def __enter__(self) -> FakeJudgeServer:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
