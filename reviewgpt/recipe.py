@@ -69,6 +69,20 @@ class Recipe:
     review_max_input_tokens: int = _help("prompt budget at generation; the paper is trimmed to fit",
                                          default=7168)
     max_new_tokens: int = _help("longest generated review", default=1024)
+    # Speed and memory (issue 4; reviewgpt.speed, reviewgpt.plan, reviewgpt.oom; docs/performance.md).
+    chunked_loss: bool = _help("loss over labelled positions only, in chunks: never T x vocab fp32 logits "
+                               "(same loss and gradients)", default=True)
+    bf16_frozen_weights: bool = _help("keep frozen norms/embedding in bf16 after peft's fp32 upcast, so "
+                                      "activations stay bf16 (with --bf16)", default=True)
+    causal_sdpa: bool = _help("Gemma + sdpa: is_causal instead of a 4-D mask when a batch has no padding "
+                              "(flash kernel)", default=True)
+    sdpa_cudnn: bool = _help("try cuDNN fused attention first in SDPA (torch >= 2.5)", default=False)
+    checkpoint_keep_attention: bool = _help("save attention outputs in gradient checkpointing instead of "
+                                            "recomputing them (faster, more memory; torch >= 2.4)", default=False)
+    memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
+                               default=True)
+    oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
+                               "resume from the last checkpoint", default=True)
 
     def __post_init__(self):
         if self.template not in TEMPLATES:

@@ -1,0 +1,72 @@
+"""Speed and memory for QLoRA on the pinned stack (issue 4); each technique is a recipe option.
+
+    chunked_loss              loss over labelled positions only, chunked; no T x vocab fp32 logits
+    bf16_frozen_weights       undo peft's fp32 upcast of frozen norms/embedding: bf16 activations
+    causal_sdpa               Gemma: SDPA with is_causal (flash kernel) when a batch has no padding
+    sdpa_cudnn                cuDNN fused attention first in SDPA's backend order (torch >= 2.5)
+    checkpoint_keep_attention save attention outputs in gradient checkpointing (memory for speed)
+
+`apply_speedups(trainer, recipe)` applies them to a built trainer (after trl/peft have wrapped
+the model) and returns what is in force.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from reviewgpt.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
+from reviewgpt.speed.checkpointing import attention_saving_context_fn
+from reviewgpt.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
+from reviewgpt.speed.precision import keep_frozen_weights_in
+
+log = logging.getLogger(__name__)
+
+OPTIONS = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "checkpoint_keep_attention")
+
+__all__ = ["OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "remove_speedups"]
+
+
+def options_of(recipe) -> dict:
+    """The speed options a recipe (or any object with those attributes) asks for."""
+    return {name: bool(getattr(recipe, name, False)) for name in OPTIONS}
+
+
+def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
+    """Apply the recipe's speed options to `trainer.model`; returns {option: in force}."""
+    wanted = options_of(recipe)
+    model = trainer.model
+    done = dict.fromkeys(OPTIONS, False)
+    if wanted["chunked_loss"]:
+        done["chunked_loss"] = patch_chunked_loss(model)
+    if wanted["bf16_frozen_weights"] and bf16:
+        cast = keep_frozen_weights_in(model, torch.bfloat16)
+        done["bf16_frozen_weights"] = True
+        log.info("kept %.2fG frozen parameters in bf16 (peft had upcast them to fp32)", cast / 1e9)
+    if wanted["causal_sdpa"]:
+        done["causal_sdpa"] = patch_gemma_causal_sdpa(model)
+    done["sdpa_cudnn"] = prefer_cudnn_attention(wanted["sdpa_cudnn"]) and wanted["sdpa_cudnn"]
+    if wanted["checkpoint_keep_attention"]:
+        done["checkpoint_keep_attention"] = _keep_attention_in_checkpoints(trainer)
+    log.info("speed options in force: %s", ", ".join(k for k, v in done.items() if v) or "none")
+    return done
+
+
+def _keep_attention_in_checkpoints(trainer) -> bool:
+    if not getattr(trainer.model, "is_gradient_checkpointing", False) and not trainer.args.gradient_checkpointing:
+        return False
+    context_fn = attention_saving_context_fn()
+    if context_fn is None:
+        return False
+    kwargs = {**(trainer.args.gradient_checkpointing_kwargs or {}), "use_reentrant": False, "context_fn": context_fn}
+    trainer.args.gradient_checkpointing_kwargs = kwargs  # the Trainer re-enables with these on train()
+    trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return True
+
+
+def remove_speedups(trainer) -> None:
+    """Undo the patches (not the bf16 cast, which loses nothing: the weights were loaded in bf16)."""
+    unpatch_chunked_loss(trainer.model)
+    unpatch_gemma_causal_sdpa(trainer.model)
+    prefer_cudnn_attention(False)

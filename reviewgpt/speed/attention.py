@@ -1,0 +1,97 @@
+"""Let attention take its fast kernels on the pinned stack.
+
+transformers 4.38.2 `GemmaModel._update_causal_mask` always builds a 4-D float mask (from a
+max_position x max_position buffer, doubled past 8192) and `GemmaSdpaAttention` passes it to
+`scaled_dot_product_attention`, so SDPA never takes its flash kernel and computes the masked
+upper triangle too. When a training batch has no padding, the mask says nothing that
+`is_causal=True` does not: these patches drop it and call SDPA with `is_causal=True`. With padding
+(or in eval/generation) the original code runs. Mistral's SDPA path already does this.
+
+flash-attn 2 is used when installed (`attn_implementation: auto`, see reviewgpt.models).
+`prefer_cudnn_attention` puts cuDNN's fused attention first in SDPA's backend order where torch
+has that switch (torch >= 2.5; a no-op before).
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _no_padding(attention_mask) -> bool:
+    return attention_mask is None or (attention_mask.dim() == 2 and bool(torch.all(attention_mask == 1)))
+
+
+def _gemma_update_causal_mask(self, attention_mask, input_tensor):
+    if self.training and self.config._attn_implementation == "sdpa" and _no_padding(attention_mask):
+        return None  # GemmaSdpaAttention below then uses is_causal=True
+    return type(self)._update_causal_mask(self, attention_mask, input_tensor)
+
+
+def _gemma_sdpa_forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_value=None,
+                        output_attentions=False, use_cache=False, cache_position=None, **kwargs):
+    """GemmaSdpaAttention.forward (4.38.2) with `is_causal=True` when no mask was built."""
+    if attention_mask is not None or output_attentions or past_key_value is not None:
+        return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_key_value=past_key_value, output_attentions=output_attentions,
+                                  use_cache=use_cache, cache_position=cache_position, **kwargs)
+    from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, repeat_kv
+
+    bsz, q_len, _ = hidden_states.size()
+    query = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    cos, sin = self.rotary_emb(value, position_ids, seq_len=None)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin, None)
+    key = repeat_kv(key, self.num_key_value_groups)
+    value = repeat_kv(value, self.num_key_value_groups)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=None, dropout_p=self.attention_dropout if self.training else 0.0,
+        is_causal=q_len > 1)
+    out = out.transpose(1, 2).contiguous().view(bsz, q_len, -1)
+    return self.o_proj(out), None, past_key_value
+
+
+def patch_gemma_causal_sdpa(model) -> bool:
+    """Instance-level patches on a Gemma model loaded with attn_implementation='sdpa'."""
+    patched = False
+    for module in model.modules():
+        name = type(module).__name__
+        if name == "GemmaModel" and module.config._attn_implementation == "sdpa":
+            module._update_causal_mask = types.MethodType(_gemma_update_causal_mask, module)
+            patched = True
+        elif name == "GemmaSdpaAttention":
+            module.forward = types.MethodType(_gemma_sdpa_forward, module)
+    return patched
+
+
+def unpatch_gemma_causal_sdpa(model) -> None:
+    for module in model.modules():
+        for attr in ("_update_causal_mask", "forward"):
+            if type(module).__name__ in ("GemmaModel", "GemmaSdpaAttention") and attr in vars(module):
+                delattr(module, attr)
+
+
+_DEFAULT_ORDER = None
+
+
+def prefer_cudnn_attention(enable: bool = True) -> bool:
+    """Put cuDNN attention first in SDPA's backend order (or restore torch's order); False if
+    this torch has no such switch."""
+    global _DEFAULT_ORDER
+    getter = getattr(torch._C, "_get_sdp_priority_order", None)
+    setter = getattr(torch._C, "_set_sdp_priority_order", None)
+    backend = getattr(getattr(torch.nn, "attention", None), "SDPBackend", None)
+    if getter is None or setter is None or not hasattr(backend, "CUDNN_ATTENTION"):
+        log.info("torch %s cannot reorder SDPA backends; keeping its default", torch.__version__)
+        return False
+    if _DEFAULT_ORDER is None:
+        _DEFAULT_ORDER = list(getter())
+    cudnn = backend.CUDNN_ATTENTION.value
+    order = [cudnn] + [b for b in _DEFAULT_ORDER if b != cudnn] if enable else _DEFAULT_ORDER
+    setter(order)
+    return True

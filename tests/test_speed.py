@@ -1,0 +1,149 @@
+"""Chunked loss, bf16 precision and Gemma's causal SDPA path equal the reference on tiny models."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from reviewgpt.speed import apply_speedups, remove_speedups
+from reviewgpt.speed.attention import patch_gemma_causal_sdpa, unpatch_gemma_causal_sdpa
+from reviewgpt.speed.loss import IGNORE_INDEX, causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
+from reviewgpt.speed.precision import float_parameter_bytes, keep_frozen_weights_in
+
+REL = 1e-3
+
+
+def load(path, attn="sdpa", dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn, torch_dtype=dtype)
+    model.config.use_cache = False
+    return model
+
+
+def batch(vocab, b=2, t=48, seed=0, prompt=20):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (b, t), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt] = IGNORE_INDEX  # loss on the "review" only, as the recipes do
+    return ids, labels
+
+
+def loss_and_grads(model, ids, labels, **kw):
+    model.zero_grad()
+    out = model(input_ids=ids, labels=labels, **kw)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), grads
+
+
+def assert_close(a, b, rel=REL):
+    assert torch.linalg.vector_norm(a.float() - b.float()) <= rel * torch.linalg.vector_norm(b.float()) + 1e-12
+
+
+@pytest.mark.parametrize("family", ["gemma", "mistral"])
+def test_chunked_loss_and_grads_match_the_reference_forward(family, tiny_models):
+    model = load(tiny_models[family])
+    ids, labels = batch(model.config.vocab_size)
+    ref_loss, ref_grads = loss_and_grads(model, ids, labels)
+    assert patch_chunked_loss(model, rows=7)  # several chunks, one ragged
+    loss, grads = loss_and_grads(model, ids, labels)
+    out = model(input_ids=ids, labels=labels)
+    assert out.logits is None  # the point: no T x vocab logits
+    unpatch_chunked_loss(model)
+    assert abs(loss.item() - ref_loss.item()) <= REL * abs(ref_loss.item())
+    assert set(grads) == set(ref_grads)
+    for name in ref_grads:
+        assert_close(grads[name], ref_grads[name])
+    assert model(input_ids=ids, labels=labels).logits is not None  # unpatched again
+
+
+def test_chunked_loss_grad_of_the_weight_and_ignored_positions():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 9))
+    labels[0, :4] = IGNORE_INDEX
+    loss = causal_lm_loss(hidden, weight, labels, rows=3)
+    loss.backward()
+    gh, gw = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    logits = (hidden @ weight.t())[:, :-1].reshape(-1, 50)
+    ref = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1))
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    assert_close(gh, hidden.grad, 1e-5)
+    assert_close(gw, weight.grad, 1e-5)
+    assert torch.isnan(causal_lm_loss(hidden, weight, torch.full_like(labels, IGNORE_INDEX)))
+
+
+def test_gemma_causal_sdpa_equals_the_masked_path(tiny_gemma):
+    model = load(tiny_gemma).train()
+    ids, labels = batch(model.config.vocab_size)
+    mask = torch.ones_like(ids)
+    ref_loss, ref_grads = loss_and_grads(model, ids, labels, attention_mask=mask)
+    assert patch_gemma_causal_sdpa(model)
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return original(*args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        loss, grads = loss_and_grads(model, ids, labels, attention_mask=mask)
+        padded = mask.clone()
+        padded[1, -5:] = 0
+        model(input_ids=ids, labels=labels, attention_mask=padded)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    n = model.config.num_hidden_layers
+    assert calls[:n] == [(None, True)] * n  # no padding: the flash-eligible call
+    assert all(m is not None for m, _ in calls[n:])  # padding: the original masked path
+    unpatch_gemma_causal_sdpa(model)
+    assert abs(loss.item() - ref_loss.item()) <= REL * abs(ref_loss.item())
+    for name in ref_grads:
+        assert_close(grads[name], ref_grads[name])
+
+
+@pytest.mark.parametrize("family", ["gemma", "mistral"])
+def test_frozen_weights_back_in_bf16_keep_the_loss(family, tiny_models):
+    model = load(tiny_models[family], dtype=torch.bfloat16)
+    ids, labels = batch(model.config.vocab_size)
+    with torch.no_grad():
+        native = model(input_ids=ids, labels=labels).loss
+    for p in model.parameters():  # what peft's prepare_model_for_kbit_training does
+        p.requires_grad_(False)
+        p.data = p.data.float()
+    with torch.no_grad():
+        upcast = model(input_ids=ids, labels=labels).loss
+    cast = keep_frozen_weights_in(model, torch.bfloat16)
+    assert cast == sum(p.numel() for p in model.parameters())
+    assert set(float_parameter_bytes(model)) == {"bfloat16"}
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        restored = model(input_ids=ids, labels=labels).loss
+    assert hidden.dtype == torch.bfloat16  # the residual stream stays bf16
+    assert abs(restored.item() - upcast.item()) <= 2e-2 * abs(upcast.item())
+    assert abs(restored.item() - native.item()) <= 2e-2 * abs(native.item())
+
+
+def test_apply_speedups_on_a_peft_trainer_changes_nothing_but_speed(tiny_gemma, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from reviewgpt.recipe import load_recipe
+
+    model = get_peft_model(load(tiny_gemma), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True,
+                             gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainer = Trainer(model=model, args=args)
+    ids, labels = batch(model.config.vocab_size)
+    model.train()
+    ref_loss, ref_grads = loss_and_grads(model, ids, labels)
+    recipe = load_recipe("tiny", {"model": str(tiny_gemma)})
+    done = apply_speedups(trainer, recipe, bf16=False)
+    assert done["chunked_loss"] and done["causal_sdpa"] and not done["bf16_frozen_weights"]
+    loss, grads = loss_and_grads(model, ids, labels)
+    remove_speedups(trainer)
+    assert abs(loss.item() - ref_loss.item()) <= REL * abs(ref_loss.item())
+    for name in ref_grads:
+        assert_close(grads[name], ref_grads[name])
