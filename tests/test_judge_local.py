@@ -1,0 +1,129 @@
+"""A local transformers model as the judge (tiny random Gemma: the real code paths, not quality)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reviewgpt.cli import main
+from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
+from reviewgpt.judge.prompt import QUESTIONS, WINNERS, build_messages
+from reviewgpt.judge.run import JudgeRunConfig, run_judge
+from tests.judge_support.data import write_review_files
+
+
+@pytest.fixture(scope="module")
+def judge(tiny_gemma):
+    return LocalJudge(LocalJudgeConfig(model_dir=str(tiny_gemma)))
+
+
+MESSAGES = build_messages("Strengths: clear. Weaknesses: small data.", "Fine paper.", "A paper on pruning.")
+
+
+def test_forced_choice_scores_are_the_models_own_log_probabilities(judge):
+    import torch
+
+    scores = judge.answer_logprobs(MESSAGES)
+    assert set(scores) == set(QUESTIONS) and all(set(s) == set(WINNERS) for s in scores.values())
+    # Recompute one answer from scratch with the model's full forward pass (no prefix cache, no trick).
+    from reviewgpt.judge.local import _encode, render_chat
+
+    prompt = render_chat(judge.tokenizer, MESSAGES)
+    full = {w: _encode(judge.tokenizer, f'{prompt}{{"overall": {{"winner": "{w}"') for w in WINNERS}
+    start = min(next(i for i, (a, b) in enumerate(zip(full["A"], full[w])) if a != b) for w in ("B", "tie"))
+    ids = torch.tensor([full["tie"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(judge.model(ids).logits[0].float(), -1)
+    expected = sum(logp[i - 1, ids[0, i]].item() for i in range(start, ids.shape[1]))
+    assert scores["overall"]["tie"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_prefix_cache_changes_nothing(judge):
+    cached = judge.answer_logprobs(MESSAGES)
+    judge.use_prefix_cache = False
+    try:
+        plain = judge.answer_logprobs(MESSAGES)
+    finally:
+        judge.use_prefix_cache = True
+    for q in QUESTIONS:
+        for w in WINNERS:
+            assert cached[q][w] == pytest.approx(plain[q][w], abs=1e-4)
+
+
+def test_verdict_is_the_most_likely_answer_and_deterministic(judge):
+    scores = judge.answer_logprobs(MESSAGES)
+    v = judge.verdict(MESSAGES)
+    assert v.winners["overall"] == max(WINNERS, key=scores["overall"].get)
+    assert "log p" in v.reasons["overall"]
+    assert judge.verdict(MESSAGES) == v
+
+
+def test_local_judge_run_end_to_end_then_cached(tmp_path, tiny_gemma, capsys):
+    candidate, reference = write_review_files(tmp_path, n_papers=2)
+    args = [
+        "judge",
+        "--candidate",
+        str(candidate),
+        "--reference",
+        str(reference),
+        "--judge",
+        f"hf:{tiny_gemma}",
+        "--output",
+        str(tmp_path / "out"),
+        "--paper-chars",
+        "300",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["judged_pairs"] == 2 and summary["unparsable_judgments"] == 0
+    assert summary["judge"].startswith("hf:") and "mode=loglik" in summary["judge"]
+    assert main(args) == 0
+    assert "asked 0 judgments" in capsys.readouterr().out
+
+
+def test_generating_judge_that_ignores_the_format_is_unparsable_not_guessed(tmp_path, tiny_gemma):
+    candidate, reference = write_review_files(tmp_path, n_papers=1)
+    backend = LocalJudge(LocalJudgeConfig(model_dir=str(tiny_gemma), mode="generate", max_new_tokens=8))
+    summary = run_judge(
+        candidate,
+        reference,
+        backend,
+        JudgeRunConfig(output_dir=str(tmp_path / "o"), parse_retries=1, paper_chars=0),
+        progress=False,
+    )
+    assert summary["unparsable_judgments"] == 2 and summary["judged_pairs"] == 0
+    line = json.loads((tmp_path / "o" / "verdicts.jsonl").read_text())
+    assert line["score"] is None and line["orders"]["AB"]["verdict"] is None
+
+
+def test_missing_judge_directory_is_a_user_error(tmp_path, capsys):
+    candidate, reference = write_review_files(tmp_path, n_papers=1)
+    code = main(
+        [
+            "judge",
+            "--candidate",
+            str(candidate),
+            "--reference",
+            str(reference),
+            "--judge",
+            f"hf:{tmp_path / 'nope'}",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    code = main(
+        [
+            "judge",
+            "--candidate",
+            str(candidate),
+            "--reference",
+            str(reference),
+            "--judge",
+            "gpt4",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "not a judge spec" in capsys.readouterr().err
