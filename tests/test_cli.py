@@ -1,0 +1,131 @@
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reviewgpt import cli
+from reviewgpt.cli import build_parser, main
+from tests.util import write_jsonl
+
+
+def _all_subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _all_subcommands(sub, (*prefix, name))
+
+
+SUBCOMMANDS = [path for path, _ in _all_subcommands(build_parser())]
+
+
+def test_the_core_subcommands_exist():
+    names = {path[0] for path in SUBCOMMANDS}
+    assert {"recipes", "data", "train", "merge", "review", "quickstart", "tiny-model"} <= names
+    assert ("data", "check") in SUBCOMMANDS and ("data", "prepare") in SUBCOMMANDS
+
+
+@pytest.mark.parametrize("path", SUBCOMMANDS, ids=[" ".join(p) for p in SUBCOMMANDS])
+def test_every_subcommand_help_ends_with_an_example(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*path, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out.split("\n\n")[-1] or "example" in out[-600:], out[-600:]
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from reviewgpt.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_python_dash_m_reviewgpt_works():
+    out = subprocess.run([sys.executable, "-m", "reviewgpt", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("reviewgpt ")
+
+
+def test_unknown_recipe_is_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["train", "--recipe", "llama-70b", "--data", "x.jsonl", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown recipe 'llama-70b'" in err and "Traceback" not in err
+
+
+def test_train_aliases_pick_the_recipe(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    cli.train_gemma(["--data", "d.jsonl"])
+    cli.train_mistral(["--data", "d.jsonl"])
+    assert seen == [["train", "--recipe", "gemma-7b-it", "--data", "d.jsonl"],
+                    ["train", "--recipe", "mistral-7b-instruct-v0.2", "--data", "d.jsonl"]]
+
+
+def test_recipe_flags_are_generated_from_the_dataclass(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--max-seq-length", "--no-quantize", "--loss-on {review,all}", "--lora-target-modules",
+                 "--learning-rate", "--on-review-too-long {error,skip}"):
+        assert flag in out
+
+
+def test_recipes_lists_and_validates(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma-7b-it" in out and "mistral-7b-instruct-v0.2" in out and out.count(" ok") >= 3
+
+
+def test_data_check_last_line_is_json(sample_file, tiny_gemma, capsys):
+    assert main(["data", "check", str(sample_file), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("records", "valid", "invalid", "duplicates", "papers_truncated", "reviews_truncated", "max_tokens"):
+        assert key in last
+    assert (last["records"], last["valid"], last["invalid"]) == (16, 16, 0)
+    assert last["max_tokens"] > 384 and last["papers_truncated"] > 0
+
+
+def test_data_check_counts_invalid_and_unfit_records_and_fails(tmp_path, tiny_gemma, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "p " * 50, "review": "r"}, {"paper": "p"}, "{oops",
+                                              {"paper": "p", "review": "long " * 600},
+                                              {"paper": "p " * 50, "review": "r"}])
+    code = main(["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(tiny_gemma),
+                 "--max-length", "200", "--rejects", str(tmp_path / "rej.jsonl")])
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1
+    assert (stats["records"], stats["valid"], stats["invalid"], stats["duplicates"]) == (5, 2, 2, 1)
+    assert stats["reviews_truncated"] == 1
+    assert len((tmp_path / "rej.jsonl").read_text().splitlines()) == 2
+
+
+def test_data_check_without_a_tokenizer_says_how(sample_file, capsys):
+    assert main(["data", "check", str(sample_file), "--recipe", "gemma-7b-it"]) == 2
+    assert "pass --tokenizer DIR" in capsys.readouterr().err
+
+
+def test_data_prepare_splits_by_paper_and_exports(sample_file, tmp_path, capsys):
+    assert main(["data", "prepare", str(sample_file), "--output", str(tmp_path), "--eval-fraction", "0.25"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["train_papers"], summary["eval_papers"], summary["train"] + summary["eval"]) == (6, 2, 16)
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert set(info) == {"paper_review", "paper_review_eval"}
+
+
+def test_bad_data_line_stops_train_with_file_and_line(tmp_path, tiny_gemma, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "p", "review": "r"}, '{"paper": "p", "review": 3}'])
+    code = main(["train", "--recipe", "tiny", "--model", str(tiny_gemma), "--data", str(data), "--output",
+                 str(tmp_path / "run")])
+    assert code == 2
+    assert f"{data}:2: field 'review' must be a string, got int" in capsys.readouterr().err
+
+
+def test_4bit_on_cpu_from_the_cli_is_one_clear_sentence(tmp_path, tiny_gemma, sample_file, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU message")
+    code = main(["train", "--recipe", "tiny", "--model", str(tiny_gemma), "--data", str(sample_file),
+                 "--output", str(tmp_path), "--quantize"])
+    assert code == 2
+    assert "needs a CUDA GPU and this machine has none; pass --no-quantize" in capsys.readouterr().err
