@@ -53,7 +53,7 @@ def load_for_generation(model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reviewgpt.merge import METADATA_FILE, base_of, read_adapter_recipe
-    from reviewgpt.models import FAMILIES, load_config
+    from reviewgpt.models import FAMILIES, load_config, require_local_or_cached
 
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder; pass a merged model or a `reviewgpt train` run.")
@@ -64,6 +64,7 @@ def load_for_generation(model_dir: Path):
 
         recipe = read_adapter_recipe(model_dir)
         base = base_of(model_dir, None)
+        require_local_or_cached(base, "the adapter's base model", "`reviewgpt merge ADAPTER --base DIR` and --model")
         family = recipe.get("family", "llama")
         config = load_config(base, family) if family in FAMILIES else None
         model = AutoModelForCausalLM.from_pretrained(base, config=config, torch_dtype=dtype)
@@ -74,6 +75,9 @@ def load_for_generation(model_dir: Path):
     else:
         meta_path = model_dir / METADATA_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if not (model_dir / "config.json").is_file():
+            raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a merged model "
+                            "folder or a `reviewgpt train` run folder.")
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token_id is None:

@@ -77,7 +77,7 @@ def qlora_config(
     return bnb, lora
 
 
-def _require_local_or_cached(name: str, what: str, flag: str) -> None:
+def require_local_or_cached(name: str, what: str, flag: str) -> None:
     """Fail early and clearly when a hub id is given and the hub is not reachable."""
     if Path(name).is_dir():
         return
@@ -100,7 +100,7 @@ def _require_local_or_cached(name: str, what: str, flag: str) -> None:
 def load_tokenizer(path: str, family: str, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    _require_local_or_cached(path, "tokenizer", "--tokenizer")
+    require_local_or_cached(path, "tokenizer", "--tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -173,7 +173,7 @@ def load_base_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    _require_local_or_cached(path, "model", "--model")
+    require_local_or_cached(path, "model", "--model")
     if quantize:
         check_quantization_possible()
     config = load_config(path, family)
