@@ -211,5 +211,11 @@ def docker(session: nox.Session) -> None:
             if target == "cpu" and Path(TORCH_CPU_WHEELS).is_dir():
                 extra += ["--volume", f"{TORCH_CPU_WHEELS}:/opt/torch-wheels:ro"]
                 overrides["TORCH_FIND_LINKS"] = "/opt/torch-wheels"
+                overrides["TORCH_INDEX_URL"] = ""  # not reachable here; the wheel is on disk
+        ca_bundle = os.environ.get("PIP_CERT", "")
+        if ca_bundle and Path(ca_bundle).is_file():
+            # pip inside the build trusts what pip outside does (a TLS-inspecting proxy's CA, CI here).
+            extra += ["--volume", f"{ca_bundle}:/run/reviewgpt-ca.crt:ro"]
+            overrides["CA_BUNDLE"] = "/run/reviewgpt-ca.crt"
         session.run(*engine, "build", "-f", "docker/Dockerfile", "-t", f"reviewgpt:{target}",
                     *build_args(target, **overrides), *extra, ".", external=True)
