@@ -31,6 +31,9 @@ COMMAND_MODULES = [
     "reviewgpt.commands.tiny_model",
     "reviewgpt.commands.doctor",
     "reviewgpt.commands.judge",
+    "reviewgpt.commands.needle",
+    "reviewgpt.commands.bench",
+    "reviewgpt.commands.plan",
 ]
 
 
