@@ -162,8 +162,10 @@ def _lock_target(session: nox.Session, target: str, scratch: Path, args: list) -
 def _engine() -> list:
     if shutil.which("docker") and _docker_daemon_up():
         return ["docker"]
-    # No Docker engine (this project's machines): rootful podman with vfs storage and runc.
-    return ["podman", "--storage-driver", "vfs", "--runtime", "runc"]
+    # No Docker engine (this project's machines): rootful podman with vfs storage and runc;
+    # REVIEWGPT_PODMAN_ARGS adds global flags (CI: a fresh --root per run).
+    return ["podman", *os.environ.get("REVIEWGPT_PODMAN_ARGS", "").split(), "--storage-driver", "vfs",
+            "--runtime", "runc"]
 
 
 def _docker_daemon_up() -> bool:
@@ -205,7 +207,7 @@ def docker(session: nox.Session) -> None:
         if os.environ.get("REVIEWGPT_BASE_IMAGE"):
             overrides["BASE_IMAGE"] = overrides["RUNTIME_IMAGE"] = os.environ["REVIEWGPT_BASE_IMAGE"]
         extra = []
-        if engine != ["docker"]:
+        if engine[0] == "podman":
             # Network for RUN steps needs chroot isolation; the ulimits keep runc within the sandbox's.
             extra += ["--isolation", "chroot", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
             if target == "cpu" and Path(TORCH_CPU_WHEELS).is_dir():
