@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "reviewgpt.commands.doctor",
     "reviewgpt.commands.judge",
     "reviewgpt.commands.needle",
+    "reviewgpt.commands.report",
     "reviewgpt.commands.bench",
     "reviewgpt.commands.plan",
 ]
@@ -69,6 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _offline_by_default()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` relaunches itself with these
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -296,9 +296,10 @@ def test_a_rejected_key_stops_with_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "refused the API key (HTTP 401)" in err and "REVIEWGPT_TEST_KEY" in err
     assert "Traceback" not in err and SECRET not in err
-    assert server.count <= 4  # stopped at once, not retried per judgment
+    # Never retried (that would be 6 x 7 requests); workers may pick up a task or two before the stop lands.
+    assert server.count <= 6
     # Workers still in flight stop retrying (default 2 s backoff) instead of holding the process open.
-    deadline = time.time() + 3
+    deadline = time.time() + 10
     while any(t.name.startswith("judge") for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.02)
     assert not any(t.name.startswith("judge") for t in threading.enumerate())

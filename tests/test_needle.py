@@ -130,7 +130,8 @@ def test_cli_writes_csv_and_heatmap_and_resumes(tmp_path, windowed_mistral, caps
     ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["measured"] == 6
-    rows = list(csv.DictReader(open(out / "needle.csv")))
+    with open(out / "needle.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [(int(r["length"]), float(r["depth_percent"])) for r in rows] == [
         (n, d) for n in (80, 128) for d in (0.0, 50.0, 100.0)
     ]

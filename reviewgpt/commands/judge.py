@@ -12,7 +12,7 @@ EXAMPLE = """example:
   reviewgpt judge ... --judge openai:Qwen2-72B-Instruct --base-url http://localhost:8000/v1
   reviewgpt judge ... --judge hf:models/judge-model --output runs/gemma/judge-local
 A rerun with the same arguments asks only the judgments not yet cached in --output.
-Win rate: ties count half; 95%% Wilson interval over papers."""
+Win rate: ties count half; 95% Wilson interval over papers."""
 
 
 def register(subparsers) -> None:
@@ -54,18 +54,12 @@ def register(subparsers) -> None:
         default="first",
         help="several reference reviews per paper: judge against the first one, or against all",
     )
-    p.add_argument(
-        "--paper-chars", type=int, default=6000, help="characters of the paper the judge sees (0: none)"
-    )
+    p.add_argument("--paper-chars", type=int, default=6000, help="characters of the paper the judge sees (0: none)")
     p.add_argument("--limit", type=int, help="judge at most this many pairs")
-    p.add_argument(
-        "--parse-retries", type=int, default=2, help="re-asks of an answer not in the asked format"
-    )
+    p.add_argument("--parse-retries", type=int, default=2, help="re-asks of an answer not in the asked format")
     p.add_argument("--retry-unparsable", action="store_true", help="re-ask judgments cached as unparsable")
     api = p.add_argument_group("openai:MODEL judges")
-    api.add_argument(
-        "--base-url", default="https://api.openai.com/v1", help="API root of any OpenAI-compatible server"
-    )
+    api.add_argument("--base-url", default="https://api.openai.com/v1", help="API root of any OpenAI-compatible server")
     api.add_argument(
         "--api-key-env",
         default="OPENAI_API_KEY",
@@ -75,9 +69,7 @@ def register(subparsers) -> None:
     api.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     api.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
     api.add_argument("--max-retries", type=int, default=6, help="retries on 429, 5xx, timeouts")
-    api.add_argument(
-        "--backoff", type=float, default=2.0, help="first retry wait in seconds; doubles each time"
-    )
+    api.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds; doubles each time")
     api.add_argument("--max-tokens", type=int, default=1024, help="longest judge answer")
     local = p.add_argument_group("hf:DIR judges")
     local.add_argument(
@@ -148,11 +140,7 @@ def run(args) -> int:
         args.candidate, args.reference, backend, config, papers_path=args.papers, progress=sys.stderr.isatty()
     )
     w = summary["overall"]
-    rate = (
-        "n/a"
-        if not w["n"]
-        else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
-    )
+    rate = "n/a" if not w["n"] else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
     print(
         f"candidate win rate {rate} over {w['n']} papers; asked {summary['asked']} judgments; "
         f"unparsable {summary['unparsable_judgments']}; summary in {args.output}/summary.md"

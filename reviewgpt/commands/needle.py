@@ -9,7 +9,7 @@ EXAMPLE = """example:
   reviewgpt needle --model runs/mistral-merged --lengths 2048,4096,8192,12288,16384 \\
       --depths 0,10,20,30,40,50,60,70,80,90,100 --output runs/mistral-merged/needle
 Writes needle.csv (one row per cell, appended as measured; a rerun resumes) and
-needle_heatmap.png (answer loss and retrieval, depth x length). Depth 0%% = start of the context."""
+needle_heatmap.png (answer loss and retrieval, depth x length). Depth 0% = start of the context."""
 
 
 def _ints(text: str):
