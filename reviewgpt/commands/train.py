@@ -17,7 +17,9 @@ def register(subparsers) -> None:
             "examples:\n"
             "  reviewgpt train --recipe gemma-7b-it --model /models/gemma-7b-it --data papers.jsonl --output runs/g\n"
             "  reviewgpt train --recipe tiny --model runs/tiny-gemma --data sample.jsonl --output runs/tiny\n"
-            "  train-mistral --model /models/mistral --data papers.jsonl --output runs/m --max-seq-length 8192"
+            "  train-mistral --model /models/mistral --data papers.jsonl --output runs/m --max-seq-length 8192\n"
+            "  reviewgpt train --recipe mistral-7b-instruct-v0.2 --gpus 2 --deepspeed zero2 --model /models/mistral "
+            "--data papers.jsonl --output runs/m"
         ),
     )
     p.add_argument("--recipe", required=True, help="built-in recipe name (see `reviewgpt recipes`) or a YAML file")
@@ -28,8 +30,44 @@ def register(subparsers) -> None:
     p.add_argument("--eval", action="store_true", help="hold out eval_fraction of the papers and evaluate")
     p.add_argument("--skip-invalid", action="store_true",
                    help="set invalid records aside in OUTPUT/rejects.jsonl instead of stopping")
+    launch = p.add_argument_group("several GPUs / nodes (one process per GPU through `accelerate launch`)")
+    launch.add_argument("--gpus", type=int, help="GPUs per node; > 1 relaunches this command with accelerate (DDP)")
+    launch.add_argument("--nodes", type=int, default=1, help="machines taking part")
+    launch.add_argument("--node-rank", type=int, default=0, help="this machine's rank (0 = the main one)")
+    launch.add_argument("--main-addr", help="address of the rank-0 machine (needed with --nodes > 1)")
+    launch.add_argument("--main-port", type=int, default=29500, help="port on the rank-0 machine")
+    launch.add_argument("--deepspeed", choices=["zero2", "zero3"],
+                        help="DeepSpeed ZeRO stage 2 (shipped config); zero3 is refused on this transformers pin")
+    launch.add_argument("--deepspeed-config", help="your own DeepSpeed JSON instead of the shipped one")
     add_recipe_flags(p)
     p.set_defaults(func=run)
+
+
+def _relaunch_if_asked(args, recipe) -> int | None:
+    """Run this same command under `accelerate launch` when --gpus/--nodes ask for several processes."""
+    import os
+
+    from reviewgpt import distributed
+    from reviewgpt.errors import UserError
+
+    if args.deepspeed == "zero3":
+        raise UserError(f"--deepspeed zero3: {distributed.ZERO3_REFUSED}.")
+    processes = (args.gpus or 1) * args.nodes
+    if processes <= 1 or distributed.world_size() > 1:
+        return None  # one process, or already launched (accelerate/torchrun set WORLD_SIZE)
+    import torch
+
+    if torch.cuda.device_count() < (args.gpus or 1):
+        raise UserError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    distributed.accumulation_per_process(recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps,
+                                         processes)  # fail here, not in every child
+    argv = args.argv[args.argv.index("train") + 1:]
+    cmd = distributed.launch_command(distributed.strip_launch_flags(argv), args.gpus or 1, args.nodes,
+                                     args.node_rank, args.main_addr, args.main_port, args.deepspeed,
+                                     args.deepspeed_config, bf16=recipe.bf16)
+    if args.deepspeed:
+        os.environ["REVIEWGPT_DEEPSPEED_CONFIG"] = cmd[cmd.index("--deepspeed_config_file") + 1]
+    return distributed.relaunch(cmd)
 
 
 def run(args) -> int:
@@ -38,6 +76,9 @@ def run(args) -> int:
     from reviewgpt.train import train
 
     recipe = load_recipe(args.recipe, recipe_overrides(args))
+    code = _relaunch_if_asked(args, recipe)
+    if code is not None:
+        return code
     summary = train(recipe, args.data, args.output, resume_from=args.resume_from, do_eval=args.eval,
                     skip_invalid=args.skip_invalid)
     print(json.dumps(summary))
