@@ -150,10 +150,13 @@ def resolve_attention(requested: str) -> str:
     return "sdpa"
 
 
-def load_config(path: str, family: str):
+def load_config(path: str, family: str, attn_implementation: Optional[str] = None):
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    # transformers 4.38.2 ignores `from_pretrained(..., attn_implementation=X)` when a `config=` is
+    # passed too (the model silently gets sdpa), so the choice goes into the config here.
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    config = AutoConfig.from_pretrained(path, **kwargs)
     fix = FAMILIES[family].hidden_act
     if fix and getattr(config, "hidden_act", None) != fix:
         log.info("setting hidden_act=%s (transformers 4.38.2 reads %r for %s)", fix, config.hidden_act, family)
@@ -176,10 +179,11 @@ def load_base_model(
     require_local_or_cached(path, "model", "--model")
     if quantize:
         check_quantization_possible()
-    config = load_config(path, family)
+    attention = resolve_attention(attn_implementation)
+    config = load_config(path, family, attention)
     bnb, _ = qlora_config(family, quantize=quantize)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    kwargs = dict(config=config, torch_dtype=dtype, attn_implementation=resolve_attention(attn_implementation))
+    kwargs = dict(config=config, torch_dtype=dtype)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
         # One GPU per process (under accelerate/torchrun LOCAL_RANK picks it): never let a single

@@ -53,3 +53,10 @@ def test_tokenizers_pad_right_and_mistral_gets_a_pad_token(tiny_gemma, tiny_mist
 def test_hub_ids_fail_offline_with_the_fix():
     with pytest.raises(UserError, match="not a local directory .* pass --tokenizer DIR"):
         load_tokenizer("google/gemma-7b-it", "gemma")
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_asked_attention_is_the_one_loaded(tiny_mistral, attention):
+    # transformers 4.38.2 drops attn_implementation= when a config is passed as well.
+    model = load_base_model(str(tiny_mistral), "mistral", quantize=False, bf16=False, attn_implementation=attention)
+    assert model.config._attn_implementation == attention
