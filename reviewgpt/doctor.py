@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import importlib.metadata as metadata
 import io
+import logging
 import os
 import platform
 import re
@@ -105,9 +106,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _quiet_import(module: str):
-    # bitsandbytes and deepspeed print banners and warnings on import; keep doctor's output clean.
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        return importlib.import_module(module)
+    # bitsandbytes and deepspeed print banners and log warnings on import; keep doctor's report clean
+    # (what matters from them is whether the import raised).
+    logging.disable(logging.WARNING)
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            return importlib.import_module(module)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _driver_cuda() -> Optional[str]:
