@@ -193,6 +193,32 @@ def _probe_import(dist: str, module: str) -> ImportProbe:
     return ImportProbe(version)
 
 
+def _reviewgpt_version() -> str:
+    from reviewgpt import __version__
+
+    return __version__
+
+
+def _pins() -> Tuple[str, ...]:
+    """reviewgpt's requirements: its installed metadata, else pyproject.toml of a source checkout
+    run through PYTHONPATH (as on a machine where packages were installed with --target)."""
+    if _version("reviewgpt"):
+        return tuple(metadata.requires("reviewgpt") or ())
+    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        return ()
+    try:
+        with open(pyproject, "rb") as f:
+            project = tomllib.load(f)["project"]
+    except (OSError, KeyError, ValueError):
+        return ()
+    extras = project.get("optional-dependencies", {})
+    return tuple(project.get("dependencies", [])) + tuple(
+        f'{req}; extra == "{extra}"' for extra, reqs in extras.items() for req in reqs)
+
+
 def probe_environment() -> Environment:
     """Look at this machine once; every check reads only what this returns."""
     torch_info = _probe_torch()
@@ -200,11 +226,11 @@ def probe_environment() -> Environment:
     if flash.version and flash.error is None:
         # The compiled kernels are a separate module; an ABI mismatch shows up only there.
         flash = _probe_import("flash-attn", "flash_attn_2_cuda")
-    pins = tuple(metadata.requires("reviewgpt") or ()) if _version("reviewgpt") else ()
+    pins = _pins()
     names = set(_PACKAGES) | {canonicalize_name(Requirement(p).name) for p in pins}
     return Environment(
         python=platform.python_version(),
-        packages={name: _version(name) for name in sorted(names)},
+        packages={name: _version(name) for name in sorted(names)} | {"reviewgpt": _reviewgpt_version()},
         pins=pins,
         driver_cuda=_driver_cuda(),
         driver_version=_driver_version(),
