@@ -76,7 +76,8 @@ class Recipe:
                                       "activations stay bf16 (with --bf16)", default=True)
     causal_sdpa: bool = _help("Gemma + sdpa: is_causal instead of a 4-D mask when a batch has no padding "
                               "(flash kernel)", default=True)
-    sdpa_cudnn: bool = _help("try cuDNN fused attention first in SDPA (torch >= 2.5)", default=False)
+    sdpa_cudnn: bool = _help("cuDNN fused attention first in SDPA's backend order (torch >= 2.5; "
+                             "no-op before)", default=True)
     checkpoint_keep_attention: bool = _help("save attention outputs in gradient checkpointing instead of "
                                             "recomputing them (faster, more memory; torch >= 2.4)", default=False)
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",

@@ -26,7 +26,15 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from reviewgpt.distributed import (
+    accumulation_per_process,
+    floats_in_logs,
+    is_main_process,
+    single_gpu_guard,
+    world_size,
+)
 from reviewgpt.errors import UserError
+from reviewgpt.oom import with_oom_recovery
 from reviewgpt.recipe import Recipe, save_recipe
 from reviewgpt.records import Record, load_records, split_by_paper, write_rejects
 from reviewgpt.tokenization import PromptEncoder, ReviewTooLong, pad_batch
@@ -137,13 +145,6 @@ def trusted_checkpoint_loading(checkpoint: Optional[Path]):
         torch.load = original
 
 
-def _to_float(value):
-    """Tensors in the logs (deepspeed >= 0.13.2 returns grad_norm as one) -> float."""
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
 def make_log_callback(path: Path):
     from transformers import TrainerCallback
 
@@ -151,16 +152,32 @@ def make_log_callback(path: Path):
         """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
+            if not logs:
                 return
-            # Convert in place too, so the Trainer's own JSON state never meets a tensor.
-            for key in list(logs):
-                logs[key] = _to_float(logs[key])
+            # Tensors (deepspeed >= 0.13.2's grad_norm) -> floats, here and in the copy the Trainer
+            # keeps in its state, which transformers 4.38.x dumps to JSON (transformers#29207).
+            floats_in_logs(logs)
+            if state.log_history:
+                floats_in_logs(state.log_history[-1])
+            if not state.is_world_process_zero:
+                return
             row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
     return JsonlLogCallback()
+
+
+def peak_memory_per_gpu() -> Optional[List[float]]:
+    """Peak allocated GiB of each process's GPU (gathered from every rank under DDP)."""
+    if not torch.cuda.is_available():
+        return None
+    mine = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+        return everyone
+    return [mine]
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -217,11 +234,17 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
     bf16 = recipe.bf16 and cuda
     if recipe.bf16 and not cuda:
         log.warning("no CUDA GPU: training in fp32 instead of bf16")
-    return TrainingArguments(
+    processes = world_size()
+    accumulation = accumulation_per_process(recipe.per_device_train_batch_size,
+                                            recipe.gradient_accumulation_steps, processes)
+    if processes > 1:
+        log.info("%d processes: accumulation %d per process keeps the effective batch of %d",
+                 processes, accumulation, recipe.effective_batch_size)
+    args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=recipe.per_device_train_batch_size,
         per_device_eval_batch_size=recipe.per_device_eval_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         learning_rate=recipe.learning_rate,
         max_grad_norm=recipe.max_grad_norm,
         weight_decay=recipe.weight_decay,
@@ -249,16 +272,25 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         save_safetensors=True,
         disable_tqdm=False,
         use_cpu=not cuda,
+        # Set by `reviewgpt train --deepspeed zero2` for the processes it launches.
+        deepspeed=os.environ.get("REVIEWGPT_DEEPSPEED_CONFIG") or None,
+        # Every LoRA weight gets a gradient; the unused-parameter search only costs time under DDP.
+        ddp_find_unused_parameters=False if processes > 1 else None,
     )
+    single_gpu_guard(args)
+    return args
 
 
+@with_oom_recovery  # issue 4: a CUDA OOM halves the micro-batch and resumes (recipe.oom_recovery)
 def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: bool = False,
           skip_invalid: bool = False, callbacks: Sequence = ()) -> dict:
     """Run one training job; returns a summary (also written to OUTPUT/train_summary.json)."""
     from trl import SFTTrainer
 
     from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
+    from reviewgpt.plan import check_fits
     from reviewgpt.prompt import get_template, make_formatting_func
+    from reviewgpt.speed import apply_speedups
 
     if not recipe.model:
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
@@ -267,7 +299,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     cuda = torch.cuda.is_available()
 
     loaded = load_records(data_path, skip_invalid=skip_invalid)
-    if loaded.rejected:
+    if loaded.rejected and is_main_process():
         write_rejects(loaded.rejected, output_dir / "rejects.jsonl")
         log.warning("%d invalid record(s) set aside in %s", len(loaded.rejected), output_dir / "rejects.jsonl")
     if loaded.duplicates:
@@ -284,6 +316,8 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if not train_split.examples:
         raise UserError(f"{data_path}: every review was too long for max_seq_length={recipe.max_seq_length}.")
 
+    if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
+        check_fits(recipe, train_split.max_tokens)
     model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
                             recipe.attn_implementation)
     _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
@@ -294,13 +328,16 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if resume_from and not (checkpoint.is_dir() and is_complete_checkpoint(checkpoint)):
         raise UserError(f"--resume-from {resume_from}: not a complete checkpoint folder.")
     log_path = output_dir / LOG_FILE
+    main_process = is_main_process()  # under several processes only rank 0 writes files
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         log.info("resuming from %s (step %d)", checkpoint, state["global_step"])
-        _truncate_log(log_path, state["global_step"])
-    else:
+        if main_process:
+            _truncate_log(log_path, state["global_step"])
+    elif main_process:
         log_path.unlink(missing_ok=True)
-    save_recipe(recipe, output_dir / RECIPE_FILE)
+    if main_process:
+        save_recipe(recipe, output_dir / RECIPE_FILE)
 
     trainer = SFTTrainer(
         model=model,
@@ -315,12 +352,15 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         packing=False,
         callbacks=[make_log_callback(log_path), *callbacks],
     )
+    apply_speedups(trainer, recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
     started = time.time()
     with trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model)
-    tokenizer.save_pretrained(str(output_dir))
-    png = plot_loss_curve(log_path, output_dir / "loss_curve.png")
+    trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model); rank 0 only
+    png = None
+    if main_process:
+        tokenizer.save_pretrained(str(output_dir))
+        png = plot_loss_curve(log_path, output_dir / "loss_curve.png")
     summary = {
         "output": str(output_dir),
         "recipe": recipe.name,
@@ -336,6 +376,9 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
         "seconds": round(time.time() - started, 1),
         "loss_curve": str(png) if png else None,
+        "world_size": world_size(),
+        "peak_allocated_gib_per_gpu": peak_memory_per_gpu(),
     }
-    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if main_process:
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

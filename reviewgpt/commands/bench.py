@@ -1,0 +1,61 @@
+"""`reviewgpt bench`: timed training steps of a recipe on the GPU; one JSON line per configuration."""
+
+from __future__ import annotations
+
+import json
+
+
+def _ints(text: str):
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "bench",
+        help="measure tokens/s and peak GPU memory of a recipe's training step (and the reference path)",
+        formatter_class=HelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  reviewgpt bench --recipe gemma-7b-it --seq 12288 --random-init --reference\n"
+            "  reviewgpt bench --recipe mistral-7b-instruct-v0.2 --seq 12288 --batch 1,3 --model /models/mistral\n"
+            "  reviewgpt bench --recipe gemma-7b-it --seq 8192,12288 --random-init --reference --ablate"
+        ),
+    )
+    p.add_argument("--recipe", required=True, help="built-in recipe name or YAML file")
+    p.add_argument("--seq", required=True, help="tokens per sequence (comma-separated for several)")
+    p.add_argument("--batch", default="1", help="micro-batch size(s), comma-separated")
+    p.add_argument("--steps", type=int, default=4, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--model", help="local model directory (default: the recipe's; see --random-init)")
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights of the recipe's real architecture, saved once (no hub)")
+    p.add_argument("--weights-dir", help="where --random-init keeps its weights (default: the temp folder)")
+    p.add_argument("--reference", action="store_true",
+                   help="also measure the seed recipe's path (every speed option off) in this process")
+    p.add_argument("--ablate", action="store_true",
+                   help="also measure each speed technique switched on in turn (at the first seq/batch)")
+    p.add_argument("--no-quantize", action="store_true", help="plain LoRA (no bitsandbytes; CPU tries)")
+    p.add_argument("--output", help="also append the JSON lines to this file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from reviewgpt.bench import run_bench
+    from reviewgpt.recipe import load_recipe
+
+    overrides = {"quantize": False} if args.no_quantize else {}
+    recipe = load_recipe(args.recipe, overrides)
+
+    def emit(row):
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.output:
+            with open(args.output, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+    run_bench(recipe, _ints(args.seq), _ints(args.batch), steps=args.steps, warmup=args.warmup,
+              model_dir=args.model, random_init=args.random_init, reference=args.reference, ablate=args.ablate,
+              weights_dir=args.weights_dir, emit=emit)
+    return 0

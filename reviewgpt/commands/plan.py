@@ -1,0 +1,39 @@
+"""`reviewgpt plan`: predicted peak GPU memory per micro-batch, before loading anything."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from reviewgpt.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "plan",
+        help="predict peak GPU memory for batch sizes 1..N and recommend micro-batch + grad accumulation",
+        formatter_class=HelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  reviewgpt plan --recipe gemma-7b-it --seq 12288 --gpu-mem 24\n"
+            "  reviewgpt plan --recipe mistral-7b-instruct-v0.2 --seq 12288 --gpu-mem 48 --max-batch 4"
+        ),
+    )
+    p.add_argument("--recipe", required=True, help="built-in recipe name or YAML file")
+    p.add_argument("--seq", type=int, help="tokens per sequence (default: the recipe's max_seq_length)")
+    p.add_argument("--gpu-mem", type=float, required=True, help="GPU memory in GiB")
+    p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch to consider")
+    p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free")
+    p.add_argument("--model", help="local model directory (its config.json gives the architecture)")
+    p.add_argument("--reference", action="store_true", help="plan the seed recipe's path (speed options off)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from reviewgpt.plan import plan
+    from reviewgpt.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, {"model": args.model})
+    result = plan(recipe, args.seq or recipe.max_seq_length, args.gpu_mem, args.max_batch, args.headroom,
+                  reference=args.reference)
+    print(json.dumps(result))
+    return 0 if result["recommendation"] else 3

@@ -1,0 +1,104 @@
+"""OOM self-recovery for `train`: halve the micro-batch, double grad accumulation, resume.
+
+The reference Mistral run died of out-of-memory at 4 a.m. and was restarted by hand at batch 2
+from its last checkpoint (REFERENCE.md 1b). Here a CUDA out-of-memory inside `train` frees the
+GPU (drops the trainer and model, clears the traceback's frames, empties the cache), halves
+`per_device_train_batch_size`, multiplies `gradient_accumulation_steps` so the effective batch
+stays, and calls `train` again, which resumes from the newest complete checkpoint. Each recovery
+is logged and appended to OUTPUT/oom_recovery.jsonl. At micro-batch 1 it stops with a clear message.
+
+transformers 4.38.2 resumes with the *checkpoint's* batch size (`state.train_batch_size`, there for
+auto_find_batch_size), not the new one: the checkpoint's trainer_state.json is updated to match.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from reviewgpt.errors import UserError
+
+log = logging.getLogger(__name__)
+EVENTS_FILE = "oom_recovery.jsonl"
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)  # torch >= 1.13
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+
+
+def free_gpu(exc: BaseException) -> None:
+    """Release what the failed attempt's frames still hold (trainer, model, activations)."""
+    import torch
+
+    if exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)
+    exc.__traceback__ = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def smaller_batch(recipe):
+    """Half the micro-batch, grad accumulation raised to keep the effective batch (rounded up)."""
+    micro = recipe.per_device_train_batch_size
+    effective = recipe.effective_batch_size
+    new_micro = max(1, micro // 2)
+    return recipe.replace(per_device_train_batch_size=new_micro,
+                          gradient_accumulation_steps=-(-effective // new_micro))
+
+
+def _match_checkpoint_batch(output_dir: Path, micro: int):
+    from reviewgpt.train import newest_complete_checkpoint
+
+    checkpoint = newest_complete_checkpoint(output_dir)
+    if checkpoint is not None:
+        path = checkpoint / "trainer_state.json"
+        state = json.loads(path.read_text())
+        state["train_batch_size"] = micro
+        path.write_text(json.dumps(state, indent=2) + "\n")
+    return checkpoint
+
+
+def with_oom_recovery(train_fn):
+    """Decorate `train(recipe, data_path, output_dir, **kwargs)` with OOM recovery (recipe.oom_recovery)."""
+
+    @functools.wraps(train_fn)
+    def train(recipe, data_path, output_dir, **kwargs):
+        while True:
+            try:
+                return train_fn(recipe, data_path, output_dir, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - only CUDA OOM is handled, the rest re-raised
+                if not (getattr(recipe, "oom_recovery", False) and is_cuda_oom(exc)):
+                    raise
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                free_gpu(exc)
+            if recipe.per_device_train_batch_size <= 1:
+                raise UserError(
+                    f"out of GPU memory at micro-batch 1 ({message}); nothing left to halve: use a shorter "
+                    "--max-seq-length, keep the speed options on (see `reviewgpt plan`), or a larger GPU.")
+            smaller = smaller_batch(recipe)
+            checkpoint = _match_checkpoint_batch(Path(output_dir), smaller.per_device_train_batch_size)
+            event = {"time": round(time.time(), 3), "error": message,
+                     "from": [recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps],
+                     "to": [smaller.per_device_train_batch_size, smaller.gradient_accumulation_steps],
+                     "resume_from": str(checkpoint) if checkpoint else None}
+            log.warning("CUDA out of memory at micro-batch %d x %d; retrying at %d x %d from %s",
+                        *event["from"], *event["to"], event["resume_from"] or "the start")
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(output_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
+            recipe = smaller
+            kwargs["resume_from"] = None  # the newest complete checkpoint, which may be newer
+
+    return train

@@ -1,0 +1,231 @@
+"""Memory planner: predict a QLoRA training step's peak GPU memory before loading anything.
+
+    reviewgpt plan --recipe gemma-7b-it --seq 12288 --gpu-mem 24
+
+The prediction adds up what is known exactly (4-bit weights, bf16/fp32 embedding, LoRA weights
+and gradients, one checkpointed hidden state per layer) and what was measured (the working set of
+one layer's recompute + backward, the reference loss's fp32 logits), per token, with coefficients
+calibrated on the GPU device (CALIBRATION, docs/performance.md). It answers for the recipe's
+speed options (reviewgpt.speed) or for the reference path (`reference=True`). bitsandbytes' paged
+optimizer states live in CUDA unified memory, outside PyTorch's allocator, and are not counted.
+
+`train` calls `check_fits` before loading the model and refuses a configuration that will not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from reviewgpt.errors import UserError
+
+log = logging.getLogger(__name__)
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    family: str
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+    max_positions: int = 8192
+    rope_theta: float = 10000.0
+
+    @property
+    def linear_params(self) -> int:
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        per_layer = 2 * self.hidden * q + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate
+        return per_layer * self.layers
+
+    def module_shapes(self) -> dict:
+        """(in, out) of each linear module name, as LoRA sees it."""
+        q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+# The real architectures (transformers configs of the hub models; BASELINE.md).
+ARCHITECTURES = {
+    "gemma-7b": Architecture("gemma-7b", "gemma", 256000, 3072, 24576, 28, 16, 16, 256, tied=True),
+    "gemma-2b": Architecture("gemma-2b", "gemma", 256000, 2048, 16384, 18, 8, 1, 256, tied=True),
+    "mistral-7b": Architecture("mistral-7b", "mistral", 32000, 4096, 14336, 32, 32, 8, 128, tied=False,
+                               max_positions=32768, rope_theta=1e6),
+}
+HUB_IDS = {
+    "google/gemma-7b-it": "gemma-7b", "google/gemma-7b": "gemma-7b",
+    "google/gemma-2b-it": "gemma-2b", "google/gemma-2b": "gemma-2b",
+    "mistralai/Mistral-7B-Instruct-v0.2": "mistral-7b", "mistralai/Mistral-7B-v0.1": "mistral-7b",
+}
+
+# Bytes per token per hidden / intermediate unit for one layer's recompute + backward, the
+# reference loss's bytes per logit, and fixed overhead; fitted on the device (docs/performance.md).
+CALIBRATION = {
+    "work_per_hidden": 30.0,
+    "work_per_intermediate": 12.0,
+    "reference_bytes_per_logit": 12.0,
+    "overhead_gib": 0.5,
+    "reserved_over_allocated": 1.22,
+    "cuda_context_gib": 0.6,
+    "calibrated_on": "NVIDIA H100 80GB HBM3, bench/device_grid.sh (docs/performance.md): gemma-7b 8K/12K, "
+                     "mistral-7b 12K b1/b3, reference and reviewgpt paths, all within 10%",
+}
+
+
+def architecture_from_config(config: dict, name: str = "custom") -> Architecture:
+    family = {"gemma": "gemma", "mistral": "mistral", "llama": "llama"}.get(config.get("model_type"), "llama")
+    heads = config["num_attention_heads"]
+    return Architecture(
+        name=name, family=family, vocab=config["vocab_size"], hidden=config["hidden_size"],
+        intermediate=config["intermediate_size"], layers=config["num_hidden_layers"], heads=heads,
+        kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        tied=bool(config.get("tie_word_embeddings", family == "gemma")),
+        max_positions=config.get("max_position_embeddings", 8192),
+        rope_theta=config.get("rope_theta", 10000.0),
+    )
+
+
+def architecture_of(model: Optional[str]) -> Architecture:
+    """From a local model directory's config.json, a known hub id, or an ARCHITECTURES name."""
+    if model and (Path(model) / "config.json").is_file():
+        config = json.loads((Path(model) / "config.json").read_text())
+        return architecture_from_config(config, Path(model).name)
+    if model in HUB_IDS:
+        return ARCHITECTURES[HUB_IDS[model]]
+    if model in ARCHITECTURES:
+        return ARCHITECTURES[model]
+    raise UserError(f"no architecture known for model {model!r}: pass a local model directory (with "
+                    f"config.json) or one of {', '.join(sorted(HUB_IDS))}.")
+
+
+def lora_params(arch: Architecture, r: int, targets) -> int:
+    shapes = arch.module_shapes()
+    return sum(r * sum(shapes[t]) for t in targets if t in shapes) * arch.layers
+
+
+def _gemma_mask_side(arch: Architecture, seq: int) -> int:
+    side = arch.max_positions
+    while side < seq:  # 4.38.2 doubles its causal-mask buffer when a sequence is longer
+        side *= 2
+    return side
+
+
+def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_targets=None,
+            options: Optional[dict] = None, reference: bool = False, quantize: bool = True,
+            gradient_checkpointing: bool = True, paged_optimizer: bool = True, labelled_fraction: float = 1.0,
+            calibration: Optional[dict] = None) -> dict:
+    """Predicted peak allocated bytes of one training step, with its parts (all in GiB)."""
+    cal = {**CALIBRATION, **(calibration or {})}
+    opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
+            "checkpoint_keep_attention": False}
+    if not reference:
+        opts.update({k: v for k, v in (options or {}).items() if k in opts})
+    targets = lora_targets or ("q_proj", "k_proj", "v_proj", "o_proj")
+    tokens = batch * seq
+    act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
+    parts = {
+        "weights": arch.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256) if quantize else 2),
+        "embedding": arch.vocab * arch.hidden * act * (1 if arch.tied else 2),
+        "lora": lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
+        "checkpoints": arch.layers * tokens * arch.hidden * act if gradient_checkpointing else 0,
+        "layer_work": tokens * (cal["work_per_hidden"] * arch.hidden * act / 2
+                                + cal["work_per_intermediate"] * arch.intermediate),
+    }
+    if not gradient_checkpointing:
+        parts["layer_work"] *= arch.layers
+    if opts["checkpoint_keep_attention"]:
+        parts["checkpoints"] += arch.layers * tokens * arch.heads * (arch.head_dim * 2 + 4)
+    if arch.family == "gemma" and not opts["causal_sdpa"]:
+        side = _gemma_mask_side(arch, seq)
+        parts["attention_mask"] = 2 * batch * side * side * act
+    labelled = tokens * labelled_fraction
+    if opts["chunked_loss"]:
+        rows = min(8192, max(128, GIB // (4 * arch.vocab)))
+        loss = 2 * labelled * arch.hidden * act + rows * arch.vocab * 6
+        if act == 4:  # fp32 frozen LM head: the loss makes one bf16 copy of it
+            loss += arch.vocab * arch.hidden * 2
+    else:
+        loss = tokens * arch.vocab * cal["reference_bytes_per_logit"]
+    parts["loss_or_layer"] = max(loss, parts.pop("layer_work"))
+    parts["overhead"] = cal["overhead_gib"] * GIB
+    total = sum(parts.values())
+    return {"allocated_gib": round(total / GIB, 2),
+            "reserved_gib": round(total / GIB * cal["reserved_over_allocated"], 2),
+            "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
+
+
+def _predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None) -> dict:
+    from reviewgpt.speed import options_of
+
+    return predict(arch, seq, batch, lora_r=recipe.lora_r,
+                   lora_targets=recipe.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
+                   options=options_of(recipe), reference=reference, quantize=recipe.quantize,
+                   gradient_checkpointing=recipe.gradient_checkpointing,
+                   paged_optimizer="paged" in recipe.optim, calibration=calibration)
+
+
+def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: float = 0.05,
+         reference: bool = False) -> dict:
+    """Peak per batch size 1..max_batch and the largest batch that fits with headroom, keeping the
+    recipe's effective batch (micro-batch x grad accumulation)."""
+    arch = architecture_of(recipe.model)
+    usable = gpu_mem_gib * (1 - headroom) - CALIBRATION["cuda_context_gib"]
+    rows, best = [], None
+    for b in range(1, max_batch + 1):
+        p = _predict_recipe(recipe, arch, seq, b, reference)
+        fits = p["reserved_gib"] <= usable
+        rows.append({"batch": b, **p, "fits": fits})
+        if fits:
+            best = b
+    effective = recipe.effective_batch_size
+    recommendation = None
+    if best is not None:
+        micro = max(d for d in range(1, best + 1) if effective % d == 0) if effective >= 1 else best
+        recommendation = {"per_device_train_batch_size": micro,
+                          "gradient_accumulation_steps": max(1, effective // micro),
+                          "effective_batch_size": micro * max(1, effective // micro),
+                          "largest_batch_that_fits": best}
+    return {"recipe": recipe.name, "architecture": arch.name, "seq": seq, "gpu_mem_gib": gpu_mem_gib,
+            "usable_gib": round(usable, 2), "path": "reference" if reference else "reviewgpt",
+            "batches": rows, "recommendation": recommendation, "calibrated_on": CALIBRATION["calibrated_on"],
+            "architecture_facts": asdict(arch)}
+
+
+def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optional[dict]:
+    """Raise UserError when the recipe's micro-batch is predicted not to fit this GPU."""
+    if not (recipe.memory_check and recipe.quantize):
+        return None
+    if gpu_mem_gib is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        gpu_mem_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    try:
+        result = plan(recipe, seq, gpu_mem_gib, max_batch=recipe.per_device_train_batch_size)
+    except UserError as exc:  # unknown architecture: nothing to check against
+        log.info("memory check skipped: %s", exc)
+        return None
+    row = result["batches"][-1]
+    if row["fits"]:
+        log.info("memory plan: %.1f GiB predicted of %.1f GiB usable", row["reserved_gib"], result["usable_gib"])
+        return result
+    rec = result["recommendation"]
+    fix = (f"pass --per-device-train-batch-size {rec['per_device_train_batch_size']} "
+           f"--gradient-accumulation-steps {rec['gradient_accumulation_steps']} (same effective batch)"
+           if rec else "use a shorter --max-seq-length or a larger GPU")
+    raise UserError(
+        f"recipe {recipe.name!r} at {seq} tokens x micro-batch {recipe.per_device_train_batch_size} needs "
+        f"~{row['reserved_gib']:.1f} GiB, more than the {result['usable_gib']:.1f} GiB usable on this "
+        f"{gpu_mem_gib:.0f} GiB GPU; {fix}. See `reviewgpt plan`; --no-memory-check skips this check.")
+

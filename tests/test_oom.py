@@ -1,0 +1,65 @@
+"""OOM self-recovery, by injecting a CUDA out-of-memory error into a tiny CPU training run."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from reviewgpt.errors import UserError
+from reviewgpt.oom import EVENTS_FILE, is_cuda_oom, smaller_batch
+from reviewgpt.recipe import load_recipe
+from reviewgpt.train import RECIPE_FILE, train
+
+
+class OOMWhileBatch(TrainerCallback):
+    """Raise CUDA OOM at `step` whenever the micro-batch is larger than `fits`."""
+
+    def __init__(self, step, fits):
+        self.step, self.fits, self.raised = step, fits, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and args.per_device_train_batch_size > self.fits:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
+def recipe(model_dir, **kw):
+    values = {"model": str(model_dir), "max_steps": 4, "save_steps": 2, "logging_steps": 1, "max_seq_length": 384,
+              "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
+    values.update(kw)
+    return load_recipe("tiny", values)
+
+
+def test_oom_halves_the_batch_and_resumes_from_the_checkpoint(tiny_gemma, sample_file, tmp_path):
+    out = tmp_path / "run"
+    inject = OOMWhileBatch(step=3, fits=1)
+    summary = train(recipe(tiny_gemma), sample_file, out, callbacks=[inject])
+    events = [json.loads(line) for line in (out / EVENTS_FILE).read_text().splitlines()]
+    assert [e["from"] for e in events] == [[4, 1], [2, 2]] and [e["to"] for e in events] == [[2, 2], [1, 4]]
+    assert events[0]["resume_from"].endswith("checkpoint-2") and inject.raised == 2
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
+    saved = (out / RECIPE_FILE).read_text()
+    assert "per_device_train_batch_size: 1" in saved and "gradient_accumulation_steps: 4" in saved
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 1
+
+
+def test_oom_at_micro_batch_one_stops_clearly(tiny_gemma, sample_file, tmp_path):
+    with pytest.raises(UserError, match="out of GPU memory at micro-batch 1"):
+        train(recipe(tiny_gemma, per_device_train_batch_size=1), sample_file, tmp_path / "r",
+              callbacks=[OOMWhileBatch(step=1, fits=0)])
+
+
+def test_oom_recovery_off_and_other_errors_pass_through(tiny_gemma, sample_file, tmp_path):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train(recipe(tiny_gemma, oom_recovery=False), sample_file, tmp_path / "r",
+              callbacks=[OOMWhileBatch(step=1, fits=0)])
+    assert is_cuda_oom(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert not is_cuda_oom(RuntimeError("shape mismatch"))
+
+
+def test_smaller_batch_keeps_the_effective_batch():
+    r = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 8})
+    s = smaller_batch(r)
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (1, 24)

@@ -1,0 +1,82 @@
+"""Memory planner: arithmetic, recommendations, refusal, CLI (no GPU, nothing loaded)."""
+
+import json
+
+import pytest
+
+from reviewgpt.cli import main
+from reviewgpt.errors import UserError
+from reviewgpt.plan import ARCHITECTURES, architecture_of, check_fits, lora_params, plan, predict
+from reviewgpt.recipe import load_recipe
+
+# Measured on the device (NVIDIA H100 80GB HBM3, docs/performance.md): peak allocated GiB.
+MEASURED = [
+    ("gemma-7b", 8192, 1, False, 9.84), ("gemma-7b", 12288, 1, False, 12.02),
+    ("mistral-7b", 12288, 1, False, 11.03), ("mistral-7b", 12288, 3, False, 23.80),
+    ("gemma-7b", 8192, 1, True, 34.87), ("gemma-7b", 12288, 1, True, 48.64),
+    ("mistral-7b", 12288, 1, True, 16.40), ("mistral-7b", 12288, 3, True, 38.92),
+]
+DEFAULTS = {"chunked_loss": True, "bf16_frozen_weights": True, "causal_sdpa": True}
+
+
+@pytest.mark.parametrize("arch,seq,batch,reference,measured", MEASURED)
+def test_prediction_within_10_percent_of_the_device_measurements(arch, seq, batch, reference, measured):
+    got = predict(ARCHITECTURES[arch], seq, batch, options=DEFAULTS, reference=reference)["allocated_gib"]
+    assert abs(got - measured) <= 0.10 * measured
+
+
+def test_known_parts_are_exact():
+    gemma = ARCHITECTURES["gemma-7b"]
+    assert gemma.linear_params == 28 * (2 * 3072 * 4096 * 2 + 3 * 3072 * 24576)
+    assert lora_params(gemma, 64, ["q_proj"]) == 28 * 64 * (3072 + 4096)
+    p = predict(gemma, 8192, 1, options=DEFAULTS)["parts_gib"]
+    assert p["embedding"] == round(256000 * 3072 * 2 / 2**30, 2)
+    assert p["checkpoints"] == round(28 * 8192 * 3072 * 2 / 2**30, 2)
+    ref = predict(gemma, 12288, 1, reference=True)["parts_gib"]
+    assert ref["attention_mask"] > 0 and abs(ref["embedding"] - 2 * p["embedding"]) <= 0.02
+
+
+def test_peak_grows_with_batch_and_sequence():
+    m = ARCHITECTURES["mistral-7b"]
+    peaks = [predict(m, s, b, options=DEFAULTS)["allocated_gib"] for s, b in ((4096, 1), (8192, 1), (8192, 2))]
+    assert peaks == sorted(peaks) and len(set(peaks)) == 3
+
+
+def test_plan_recommends_the_largest_batch_keeping_the_effective_batch():
+    recipe = load_recipe("mistral-7b-instruct-v0.2")  # micro-batch 2 x 8 = 16
+    result = plan(recipe, 12288, gpu_mem_gib=48, max_batch=6)
+    fits = [r["batch"] for r in result["batches"] if r["fits"]]
+    assert fits and fits == list(range(1, len(fits) + 1))
+    rec = result["recommendation"]
+    assert rec["largest_batch_that_fits"] == fits[-1]
+    assert rec["per_device_train_batch_size"] * rec["gradient_accumulation_steps"] == 16
+    assert plan(recipe, 12288, gpu_mem_gib=4)["recommendation"] is None
+
+
+def test_reference_path_needs_far_more_memory():
+    recipe = load_recipe("gemma-7b-it")
+    ours = plan(recipe, 12288, 80, max_batch=1)["batches"][0]["allocated_gib"]
+    ref = plan(recipe, 12288, 80, max_batch=1, reference=True)["batches"][0]["allocated_gib"]
+    assert ours <= 16 < 40 < ref
+
+
+def test_check_fits_refuses_with_a_fix(tmp_path):
+    recipe = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 4,
+                                                      "gradient_accumulation_steps": 4})
+    with pytest.raises(UserError, match="--per-device-train-batch-size 2 --gradient-accumulation-steps 8"):
+        check_fits(recipe, 12288, gpu_mem_gib=32)
+    assert check_fits(recipe, 12288, gpu_mem_gib=80)["batches"][-1]["fits"]
+    assert check_fits(recipe.replace(memory_check=False), 12288, gpu_mem_gib=1) is None
+
+
+def test_architecture_from_a_local_config(tiny_mistral):
+    arch = architecture_of(str(tiny_mistral))
+    assert arch.family == "mistral" and arch.hidden == 64 and not arch.tied
+    with pytest.raises(UserError, match="no architecture known"):
+        architecture_of("someone/unknown-model")
+
+
+def test_plan_cli_prints_json(capsys):
+    assert main(["plan", "--recipe", "gemma-7b-it", "--seq", "12288", "--gpu-mem", "24", "--max-batch", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["architecture"] == "gemma-7b" and out["recommendation"]["per_device_train_batch_size"] >= 1
