@@ -224,3 +224,19 @@ def docker(session: nox.Session) -> None:
             overrides["CA_BUNDLE"] = "/run/reviewgpt-ca.crt"
         session.run(*engine, "build", "-f", "docker/Dockerfile", "-t", f"reviewgpt:{target}",
                     *build_args(target, **overrides), *extra, ".", external=True)
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """The issue-4 GPU grid: reference path vs reviewgpt, gemma-7b 8K/12K b1, mistral-7b 12K b1/b3.
+
+    Runs on a GPU machine where reviewgpt and the pinned stack import (random weights of the real
+    architectures, no hub); JSON lines go to runs/bench.jsonl. `-- --ablate` adds per-technique rows.
+    """
+    out = "runs/bench.jsonl"
+    Path("runs").mkdir(exist_ok=True)
+    common = ["--random-init", "--reference", "--output", out, *session.posargs]
+    session.run("python", "-m", "reviewgpt", "bench", "--recipe", "gemma-7b-it", "--seq", "8192,12288",
+                *common, env=OFFLINE_ENV, external=True)
+    session.run("python", "-m", "reviewgpt", "bench", "--recipe", "mistral-7b-instruct-v0.2", "--seq", "12288",
+                "--batch", "1,3", *common, env=OFFLINE_ENV, external=True)

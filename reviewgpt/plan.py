@@ -152,8 +152,8 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     if opts["chunked_loss"]:
         rows = min(8192, max(128, GIB // (4 * arch.vocab)))
         loss = 2 * labelled * arch.hidden * act + rows * arch.vocab * 6
-        if act == 4:  # fp32 frozen LM head: the loss makes one bf16 copy of it
-            loss += arch.vocab * arch.hidden * 2
+        if act == 4:  # fp32 frozen LM head: a bf16 copy of it shows in the peak (measured, H100)
+            parts["lm_head_bf16_copy"] = arch.vocab * arch.hidden * 2
     else:
         loss = tokens * arch.vocab * cal["reference_bytes_per_logit"]
     parts["loss_or_layer"] = max(loss, parts.pop("layer_work"))
