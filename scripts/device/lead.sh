@@ -7,7 +7,7 @@
 # Needs the pinned wheels in .gpuwheels/ and deepspeed 0.14.4 (sdist) + deps in .gpuwheels-ds/.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-STEPS=${STEPS:-5}; SEQ=${SEQ:-4096}
+STEPS=${STEPS:-4}; SEQ=${SEQ:-4096}
 t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 pip install -q --no-deps --target /tmp/pydeps .gpuwheels/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/pydeps:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -18,7 +18,7 @@ python -m reviewgpt doctor --recipe gemma-7b-it > "$OUT/doctor.txt" 2>&1; echo "
 tail -n 25 "$OUT/doctor.txt"
 
 stamp "GPU tests (4-bit load + train + merge)"
-CUDA_VISIBLE_DEVICES=0 timeout 180 python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -n 5
+CUDA_VISIBLE_DEVICES=0 timeout 150 python -m pytest -o addopts="" -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -n 5
 
 stamp "issue 5: tiny fine-tune -> reviews -> local judge -> needle -> report"
 (
@@ -45,12 +45,12 @@ random_weights(ARCHITECTURES['gemma-7b'], '/tmp/gemma7b')" 2>&1 | tail -n 2
 common="--recipe gemma-7b-it --model /tmp/gemma7b --data /tmp/long.jsonl --max-steps $STEPS --save-steps 1000 \
  --logging-steps 1 --max-seq-length $SEQ --per-device-train-batch-size 1 --gradient-accumulation-steps 4 --lora-dropout 0.0"
 stamp "one GPU"
-CUDA_VISIBLE_DEVICES=0 timeout 240 python -m reviewgpt train $common --output /tmp/one 2>&1 | grep -E "^\{|Error|error" | tail -n 3
+CUDA_VISIBLE_DEVICES=0 timeout 150 python -m reviewgpt train $common --output /tmp/one 2>&1 | grep -E "^\{|Error|error" | tail -n 3
 stamp "DDP, 2 GPUs"
-timeout 240 python -m reviewgpt train $common --gpus 2 --output /tmp/ddp 2>&1 | grep -E "^\{|Error|error" | tail -n 3
+timeout 150 python -m reviewgpt train $common --gpus 2 --output /tmp/ddp 2>&1 | grep -E "^\{|Error|error" | tail -n 3
 stamp "ZeRO-2, 2 GPUs (deepspeed 0.14.4: 0.13.1 does not import on this torch)"
 DS_BUILD_OPS=0 pip install -q --no-deps --no-build-isolation --target /tmp/dsdeps .gpuwheels-ds/* 2>&1 | tail -n 2
-PYTHONPATH=/tmp/dsdeps:$PYTHONPATH timeout 240 python -m reviewgpt train $common --gpus 2 --deepspeed zero2 \
+PYTHONPATH=/tmp/dsdeps:$PYTHONPATH timeout 150 python -m reviewgpt train $common --gpus 2 --deepspeed zero2 \
   --output /tmp/zero2 2>&1 | grep -E "^\{|Error|error" | tail -n 3
 python scripts/device/scaling.py $((4 * SEQ)) /tmp/one /tmp/ddp /tmp/zero2 | tee "$OUT/scaling.json"
 stamp "done"
