@@ -6,6 +6,8 @@ GPU (drops the trainer and model, clears the traceback's frames, empties the cac
 `per_device_train_batch_size`, multiplies `gradient_accumulation_steps` so the effective batch
 stays, and calls `train` again, which resumes from the newest complete checkpoint. Each recovery
 is logged and appended to OUTPUT/oom_recovery.jsonl. At micro-batch 1 it stops with a clear message.
+Under several processes (DDP, ZeRO-2) it stops every process with the command to rerun instead:
+one rank cannot change its batch while the others wait in a collective.
 
 transformers 4.38.2 resumes with the *checkpoint's* batch size (`state.train_batch_size`, there for
 auto_find_batch_size), not the new one: the checkpoint's trainer_state.json is updated to match.
@@ -21,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from reviewgpt.distributed import world_size
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,16 @@ def with_oom_recovery(train_fn):
                     raise
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 free_gpu(exc)
+            processes = world_size()
+            if processes > 1:
+                # One rank cannot shrink its batch and resume while the others wait inside a
+                # collective: stop every process (the launcher ends the rest) and say what to rerun.
+                smaller = smaller_batch(recipe) if recipe.per_device_train_batch_size > 1 else recipe
+                raise UserError(
+                    f"out of GPU memory under {processes} processes ({message}); rerun the same command with "
+                    f"--per-device-train-batch-size {smaller.per_device_train_batch_size} "
+                    f"--gradient-accumulation-steps {smaller.gradient_accumulation_steps}: it resumes from the "
+                    "newest complete checkpoint.")
             if recipe.per_device_train_batch_size <= 1:
                 raise UserError(
                     f"out of GPU memory at micro-batch 1 ({message}); nothing left to halve: use a shorter "

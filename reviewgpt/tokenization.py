@@ -51,7 +51,8 @@ class Example:
 def _ids(tokenizer, text: str) -> List[int]:
     if not text:
         return []
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # verbose=False: a paper longer than the model is expected here (it is trimmed afterwards).
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _special_pattern(tokenizer) -> Optional[re.Pattern]:

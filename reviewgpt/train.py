@@ -168,6 +168,25 @@ def make_log_callback(path: Path):
     return JsonlLogCallback()
 
 
+def drop_empty_param_groups(trainer) -> None:
+    """Under DeepSpeed ZeRO, build the optimizer without empty parameter groups.
+
+    transformers 4.38.2 makes a weight-decay and a no-decay group; with LoRA the second is empty.
+    ZeRO drops empty groups after the scheduler was built for both, and torch >= 2.6's scheduler
+    then fails its strict zip ("zip() argument 2 is longer than argument 1") at the first step.
+    """
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return
+    create_optimizer = trainer.create_optimizer
+
+    def create_optimizer_without_empty_groups():
+        optimizer = create_optimizer()
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+
+    trainer.create_optimizer = create_optimizer_without_empty_groups
+
+
 def peak_memory_per_gpu() -> Optional[List[float]]:
     """Peak allocated GiB of each process's GPU (gathered from every rank under DDP)."""
     if not torch.cuda.is_available():
@@ -352,6 +371,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         packing=False,
         callbacks=[make_log_callback(log_path), *callbacks],
     )
+    drop_empty_param_groups(trainer)
     apply_speedups(trainer, recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
     started = time.time()
     with trusted_checkpoint_loading(checkpoint):

@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -78,7 +79,7 @@ def test_launch_command_is_accelerate_with_ddp_or_zero2():
                                     deepspeed="zero2")
     assert ds[ds.index("--num_processes") + 1] == "8" and ds[ds.index("--machine_rank") + 1] == "1"
     assert ds[ds.index("--deepspeed_config_file") + 1].endswith("envs/distributed/deepspeed-zero2.json")
-    config = json.loads(open(ds[ds.index("--deepspeed_config_file") + 1]).read())
+    config = json.loads(Path(ds[ds.index("--deepspeed_config_file") + 1]).read_text())
     assert config["zero_optimization"]["stage"] == 2 and config["gradient_accumulation_steps"] == "auto"
     with pytest.raises(UserError, match="--nodes > 1 needs --main-addr"):
         distributed.launch_command([], gpus=1, nodes=2)

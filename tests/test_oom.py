@@ -63,3 +63,22 @@ def test_smaller_batch_keeps_the_effective_batch():
     r = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 8})
     s = smaller_batch(r)
     assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (1, 24)
+
+
+def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatch, tmp_path):
+    from reviewgpt.oom import with_oom_recovery
+    from reviewgpt.recipe import load_recipe
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    calls = []
+
+    @with_oom_recovery
+    def fake_train(recipe, data_path, output_dir, **kwargs):
+        calls.append(recipe.per_device_train_batch_size)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    r = load_recipe("tiny", {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4})
+    with pytest.raises(UserError, match=r"under 2 processes .* --per-device-train-batch-size 1 "
+                                        r"--gradient-accumulation-steps 8: it resumes"):
+        fake_train(r, "d.jsonl", tmp_path)
+    assert calls == [2]  # no retry inside one rank
