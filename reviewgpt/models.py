@@ -181,6 +181,11 @@ def load_base_model(
         check_quantization_possible()
     attention = resolve_attention(attn_implementation)
     config = load_config(path, family, attention)
+    window = getattr(config, "sliding_window", None)
+    if window and attention == "sdpa":
+        log.warning("%s has a %d-token sliding window, which transformers 4.38.2's SDPA path ignores (it attends "
+                    "to the whole context); --attn-implementation flash_attention_2 (or eager) honours it",
+                    path, window)
     bnb, _ = qlora_config(family, quantize=quantize)
     dtype = torch.bfloat16 if bf16 else torch.float32
     kwargs = dict(config=config, torch_dtype=dtype)
