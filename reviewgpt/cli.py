@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 from reviewgpt import __version__
@@ -64,6 +65,10 @@ def _offline_by_default() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # Offline, peft 0.9.0 cannot ask the hub whether the base's config exists and warns on every
+    # save that it "will assume that the vocabulary was not modified": true here (LoRA on
+    # projections only), and local base folders do have their config.
+    warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
