@@ -463,11 +463,23 @@ MODEL_SHAPES = {
 
 
 def estimate_training_bytes(recipe) -> int:
-    """A rough peak for one training process: weights, LoRA state, checkpointed activations, logits.
+    """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes,
+    with the recipe's speed options); a rough formula where the planner does not know the model."""
+    from reviewgpt.errors import UserError
+    from reviewgpt.plan import GIB as PLAN_GIB
+    from reviewgpt.plan import _predict_recipe, architecture_of
 
-    The logits term is what decides at long context: transformers 4.38.2 materialises about three
-    fp32 copies of tokens x vocab (REFERENCE.md section 2). A later issue adds a real planner.
-    """
+    try:
+        arch = architecture_of(recipe.model)
+    except UserError:
+        return _rough_training_bytes(recipe)
+    predicted = _predict_recipe(recipe, arch, recipe.max_seq_length, recipe.per_device_train_batch_size)
+    return int(predicted["reserved_gib"] * PLAN_GIB)
+
+
+def _rough_training_bytes(recipe) -> int:
+    """Weights, LoRA state, checkpointed activations and fp32 logits (transformers 4.38.2 makes about
+    three fp32 copies of tokens x vocab, REFERENCE.md section 2)."""
     shape = MODEL_SHAPES[recipe.family]
     tokens = recipe.per_device_train_batch_size * recipe.max_seq_length
     weights = shape["params"] * (0.56 if recipe.quantize else 2.0)  # NF4 + double-quant constants

@@ -233,14 +233,17 @@ def test_memory_estimate_grows_with_context_and_batch():
     base = doctor.estimate_training_bytes(gemma)
     assert doctor.estimate_training_bytes(gemma.replace(max_seq_length=12288)) > base
     assert doctor.estimate_training_bytes(gemma.replace(per_device_train_batch_size=2)) > base
-    # Gemma's 256K vocabulary makes its logits the big term: ~23 GiB at 8K (REFERENCE.md 2).
-    assert 20 * GIB < base < 60 * GIB
+    # The planner's numbers (measured within 10% on the device): ~12 GiB with the speed options,
+    # and ~35+ GiB on the seed recipe's path, where Gemma's fp32 logits dominate (REFERENCE.md 2).
+    assert 8 * GIB < base < 20 * GIB
+    seed_path = gemma.replace(chunked_loss=False, bf16_frozen_weights=False, causal_sdpa=False)
+    assert doctor.estimate_training_bytes(seed_path) > 30 * GIB
 
 
 def test_recipe_that_does_not_fit_fails_and_tight_fit_warns():
     gemma = load_recipe("gemma-7b-it")
     need = doctor.estimate_training_bytes(gemma)
-    small = Gpu("NVIDIA A10", (8, 6), 24 * GIB, 22 * GIB)
+    small = Gpu("NVIDIA T4", (7, 5), 16 * GIB, 8 * GIB)
     check = doctor.check_gpu_memory(broken(gpus=(small,)), gemma)
     assert check.status == "FAIL" and "--per-device-train-batch-size" in check.fix
     tight = Gpu("GPU", (8, 0), 80 * GIB, int(need / 0.95))
