@@ -49,7 +49,7 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
         if total > max_length:
             # trl 0.7.11's truncation=True keeps the first max_length tokens: the review's tail goes.
             reviews_cut_by_tail += 1
-            if encoder.fixed_length() + review_tokens + len(encoder.marker_ids) + 1 > max_length:
+            if encoder.shortest_length(review_tokens) > max_length:
                 reviews_too_long += 1
             else:
                 papers_truncated += 1

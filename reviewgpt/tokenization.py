@@ -100,6 +100,11 @@ class PromptEncoder:
     def fixed_length(self) -> int:
         return len(self.head_ids) + len(self.tail_ids)
 
+    def shortest_length(self, review_tokens: int) -> int:
+        """The fewest tokens an example with this review (incl. end + EOS) can have once its paper
+        is cut: prompt, cut marker, one paper token, review. Above max_length: ReviewTooLong."""
+        return self.fixed_length() + review_tokens + len(self.marker_ids) + 1
+
     def _trim_paper(self, paper_ids: List[int], budget: int) -> Tuple[List[int], int]:
         """Keep the paper's head within `budget` tokens, marking the cut: (ids, paper tokens kept)."""
         if len(paper_ids) <= budget:
@@ -126,10 +131,9 @@ class PromptEncoder:
         """Training ids and labels; raises ReviewTooLong if the review cannot fit whole."""
         paper_ids = self.content_ids(paper)
         review_ids = self.content_ids(review) + self.end_ids
-        fixed = self.fixed_length() + len(review_ids)
-        budget = max_length - fixed
-        if len(paper_ids) > budget and budget < len(self.marker_ids) + 1:
-            raise ReviewTooLong(fixed + len(self.marker_ids) + 1, max_length)
+        budget = max_length - self.fixed_length() - len(review_ids)
+        if len(paper_ids) > budget and self.shortest_length(len(review_ids)) > max_length:
+            raise ReviewTooLong(self.shortest_length(len(review_ids)), max_length)
         kept, n_kept = self._trim_paper(paper_ids, budget)
         prompt_ids = self.head_ids + kept + self.tail_ids
         input_ids = prompt_ids + review_ids
@@ -146,10 +150,6 @@ class PromptEncoder:
             paper_kept=n_kept,
             review_tokens=len(review_ids),
         )
-
-    def full_length(self, paper: str, review: str) -> int:
-        """Tokens of the whole untrimmed example (prompt + review + end)."""
-        return self.fixed_length() + len(self.content_ids(paper)) + len(self.content_ids(review)) + len(self.end_ids)
 
 
 def pad_batch(features: List[dict], pad_token_id: int, pad_to_multiple_of: Optional[int] = None) -> dict:
