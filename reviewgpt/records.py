@@ -94,6 +94,15 @@ def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
             yield f"{path}:{lineno}", _BadJson(f"not valid JSON ({exc.msg} at column {exc.colno})"), line
 
 
+def json_objects(path) -> Iterator[Tuple[str, object]]:
+    """(source "file:line", object) for every record of a JSONL or JSON-list file; a line that is
+    not valid JSON stops with its file:line (readers that may skip bad lines use `_raw_items`)."""
+    for source, obj, _raw in _raw_items(Path(path)):
+        if isinstance(obj, _BadJson):
+            raise UserError(f"{source}: {obj}; fix the line.")
+        yield source, obj
+
+
 def _pick(obj: dict, keys: Tuple[str, ...]) -> Tuple[Optional[str], object]:
     for key in keys:
         if key in obj:
@@ -228,9 +237,7 @@ def load_papers(path) -> List[Paper]:
     """
     path = Path(path)
     papers, seen = [], set()
-    for source, obj, _raw in _raw_items(path):
-        if isinstance(obj, _BadJson):
-            raise UserError(f"{source}: {obj}; fix the line.")
+    for source, obj in json_objects(path):
         if not isinstance(obj, dict):
             raise UserError(f"{source}: expected a JSON object with 'paper', got {type(obj).__name__}.")
         key, text = _pick(obj, PAPER_KEYS)

@@ -12,7 +12,6 @@ candidates and reproducible), or against every reference review (`pairing="all"`
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,37 +39,12 @@ class Pair:
     paper: str = ""
 
 
-def _objects(path: Path):
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: no such file; pass a JSONL file of reviews (one JSON object a line)."
-        ) from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file.") from None
-        yield from ((f"{path}:record {i}", item) for i, item in enumerate(items, 1))
-        return
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); fix the line."
-            ) from None
-
-
 def load_reviews(path) -> List[ReviewEntry]:
-    from reviewgpt.records import _digest
+    from reviewgpt.records import _digest, json_objects
 
     path = Path(path)
     entries = []
-    for source, obj in _objects(path):
+    for source, obj in json_objects(path):
         if not isinstance(obj, dict):
             raise UserError(f"{source}: expected a JSON object with 'review', got {type(obj).__name__}.")
         review = obj.get("review", obj.get("output"))
