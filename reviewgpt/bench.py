@@ -8,11 +8,14 @@ steps, then the median of `steps` timed steps; peak = torch.cuda.max_memory_allo
 
 The model is loaded once per call. Reference rows (every speed option off: the seed recipe's path)
 run first, while peft's fp32 upcast is still in place; then the recipe's options are applied.
-`ablate=True` adds one row per technique, switched on in turn, at the first grid point.
+`ablate=True` adds one row per technique, switched on in turn, at the first grid point;
+`skip_layers=(4, 8)` adds rows with that many layers not recomputed (memory for speed), and
+`profile=N` adds the N costliest GPU operations of one step of the recipe's own options.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -25,11 +28,15 @@ from typing import Iterable, List, Optional
 import torch
 
 from reviewgpt.plan import ARCHITECTURES, Architecture, architecture_of
-from reviewgpt.speed import OPTIONS, apply_speedups, options_of, remove_speedups
+from reviewgpt.speed import OFF, apply_speedups, options_of, remove_speedups
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
-OFF = dict.fromkeys(OPTIONS, False)
+# Switched on one after another by --ablate (each row keeps the ones before it) ...
+CHAIN = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm")
+# ... and measured on top of the recipe's own options (they cost memory).
+EXTRAS = ("checkpoint_keep_attention",)
+ONLY_FOR = {"causal_sdpa": ("gemma",), "fused_rmsnorm": ("mistral", "llama")}
 
 
 def transformers_config(arch: Architecture, tokenizer=None):
@@ -122,6 +129,47 @@ class StepTimer:
         return _Timer()
 
 
+class StepProfiler:
+    """torch.profiler over one optimizer step (after `skip` steps): where the GPU time goes."""
+
+    def __init__(self, skip: int):
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        self.prof = profile(activities=[ProfilerActivity.CUDA],
+                            schedule=schedule(wait=skip, warmup=0, active=1, repeat=1))
+
+    def __enter__(self):
+        self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.prof.__exit__(*exc)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        prof = self.prof
+
+        class _Step(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                prof.step()
+
+        return _Step()
+
+    def top(self, n: int) -> List[dict]:
+        def self_us(event):
+            return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+
+        try:
+            events = sorted(self.prof.key_averages(), key=self_us, reverse=True)
+        except Exception as exc:  # noqa: BLE001 - a profiler problem must not lose the measurement
+            log.warning("no profile: %s", exc)
+            return []
+        total = sum(self_us(e) for e in events) or 1
+        return [{"kernel": e.key[:100], "ms": round(self_us(e) / 1000, 2), "share": round(self_us(e) / total, 4),
+                 "calls": e.count} for e in events[:n]]
+
+
 def versions() -> dict:
     import accelerate
     import peft
@@ -140,22 +188,25 @@ def versions() -> dict:
 
 
 def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, options: dict, output_dir,
-            arch: Optional[Architecture] = None, label: str = "") -> dict:
-    """One configuration: a fresh Trainer over `model`, `warmup + steps` optimizer steps."""
+            arch: Optional[Architecture] = None, label: str = "", profile: int = 0) -> dict:
+    """One configuration: a fresh Trainer over `model`, `warmup + steps` optimizer steps (and one
+    more under the profiler when `profile` > 0: its N costliest GPU kernels go into the row)."""
     from transformers import Trainer
 
     from reviewgpt.plan import predict
     from reviewgpt.train import ListDataset, PadCollator, training_arguments
 
     cuda = torch.cuda.is_available()
+    profile = profile if cuda else 0
     run = recipe.replace(per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-                         max_steps=warmup + steps, save_steps=10**9, logging_steps=10**9, **options)
+                         max_steps=warmup + steps + (1 if profile else 0), save_steps=10**9,
+                         logging_steps=10**9, **options)
     args = training_arguments(run, Path(output_dir), do_eval=False, cuda=cuda)
     args.disable_tqdm = True
     g = torch.Generator().manual_seed(seq * 31 + batch)
     vocab = model.get_input_embeddings().weight.shape[0]
     examples = []
-    for _ in range(batch * (warmup + steps)):
+    for _ in range(batch * run.max_steps):
         ids = torch.randint(3, vocab, (seq,), generator=g).tolist()
         examples.append({"input_ids": ids, "labels": ids})
     timer = StepTimer()
@@ -168,11 +219,15 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
         torch.cuda.reset_peak_memory_stats()
     row = {"path": "reference" if not any(options.values()) else "reviewgpt", "label": label,
            "recipe": recipe.name, "architecture": arch.name if arch else None, "seq": seq, "batch": batch}
+    profiler = StepProfiler(warmup + steps) if profile else None
+    if profiler:
+        trainer.add_callback(profiler.callback())
     try:
-        trainer.train()
+        with profiler or contextlib.nullcontext():
+            trainer.train()
     except torch.cuda.OutOfMemoryError as exc:
         row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
-    timed = timer.times[warmup:]
+    timed = timer.times[warmup:warmup + steps]
     if timed:
         step = statistics.median(timed)
         row.update(tokens_per_s=round(batch * seq / step, 1), step_s=round(step, 4),
@@ -188,6 +243,8 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
                                    lora_targets=run.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
                                    options=options, quantize=run.quantize and cuda,
                                    paged_optimizer="paged" in args.optim)
+    if profiler:
+        row["profile_top_kernels"] = profiler.top(profile)
     row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())
     trainer.model.zero_grad(set_to_none=True)
     del trainer
@@ -195,23 +252,26 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     return row
 
 
-def ablation_steps(recipe, family: str) -> List[tuple]:
-    """(label, options) rows switching the techniques on one at a time (then the extra options)."""
+def ablation_steps(recipe, family: str, skip_layers: Iterable[int] = ()) -> List[tuple]:
+    """(label, options) rows: CHAIN switched on one at a time, then EXTRAS and each number of
+    layers kept (not recomputed) on top of the recipe's options."""
     on: dict = dict(OFF)
     rows = []
-    for name in ("chunked_loss", "bf16_frozen_weights", "causal_sdpa"):
-        if name == "causal_sdpa" and family != "gemma":
+    for name in CHAIN:
+        if family not in ONLY_FOR.get(name, (family,)):
             continue
         on = {**on, name: True}
         rows.append((f"+{name}", dict(on)))
-    for name in ("sdpa_cudnn", "checkpoint_keep_attention"):
-        rows.append((f"defaults+{name}", {**on, name: True}))
+    ours = options_of(recipe)
+    rows += [(f"defaults+{name}", {**ours, name: True}) for name in EXTRAS]
+    rows += [(f"defaults+checkpoint_skip_layers={n}", {**ours, "checkpoint_skip_layers": n}) for n in skip_layers]
     return rows
 
 
 def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 4, warmup: int = 2,
               model_dir: Optional[str] = None, random_init: bool = False, reference: bool = False,
-              ablate: bool = False, weights_dir: Optional[str] = None, emit=None) -> List[dict]:
+              ablate: bool = False, weights_dir: Optional[str] = None, emit=None, skip_layers: Iterable[int] = (),
+              profile: int = 0) -> List[dict]:
     """Measure the grid (seq x batch); returns the rows (and passes each to `emit` as it is made)."""
     arch = ARCHITECTURES.get(recipe.model) or architecture_of(model_dir or recipe.model)
     if model_dir is None:
@@ -227,25 +287,25 @@ def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 
     out_dir = tempfile.mkdtemp(prefix="reviewgpt-bench-")
     rows = []
 
-    def record(row):
+    def record(seq, batch, options, label, top=0):
+        row = measure(model, recipe, seq, batch, steps, warmup, options, out_dir, arch, label, profile=top)
         rows.append(row)
         if emit:
             emit(row)
 
+    first = grid[0]
+    extra = ablation_steps(recipe, arch.family, skip_layers)
     if reference:
         for s, b in grid:
-            record(measure(model, recipe, s, b, steps, warmup, dict(OFF), out_dir, arch, "reference"))
-    if ablate:
-        s, b = grid[0]
-        for label, opts in ablation_steps(recipe, arch.family):
-            if label.startswith("defaults+") or opts == ours:
-                continue  # the recipe's own options are measured below, at every grid point
-            record(measure(model, recipe, s, b, steps, warmup, opts, out_dir, arch, label))
-    for s, b in grid:
-        record(measure(model, recipe, s, b, steps, warmup, ours, out_dir, arch, "recipe defaults"))
-    if ablate:
-        s, b = grid[0]
-        for label, opts in ablation_steps(recipe, arch.family):
-            if label.startswith("defaults+") and opts != ours:
-                record(measure(model, recipe, s, b, steps, warmup, opts, out_dir, arch, label))
+            record(s, b, dict(OFF), "reference")
+    if ablate:  # the chain; its last row is usually the recipe's own options, measured next
+        for label, opts in extra:
+            if not label.startswith("defaults+") and opts != ours:
+                record(*first, opts, label)
+    for i, (s, b) in enumerate(grid):
+        record(s, b, ours, "recipe defaults", top=profile if i == 0 else 0)
+    for label, opts in extra:
+        wanted = ablate if "skip_layers" not in label else True
+        if label.startswith("defaults+") and wanted and opts != ours:
+            record(*first, opts, label)
     return rows

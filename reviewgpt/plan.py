@@ -74,6 +74,9 @@ CALIBRATION = {
     "work_per_intermediate": 12.0,
     "reference_bytes_per_logit": 12.0,
     "overhead_gib": 0.5,
+    # one decoder layer's activations kept for backward (checkpoint_skip_layers), bytes per token
+    "kept_per_hidden": 20.0,
+    "kept_per_intermediate": 8.0,
     "reserved_over_allocated": 1.22,
     "cuda_context_gib": 0.6,
     "calibrated_on": "NVIDIA H100 80GB HBM3, bench/device_grid.sh (docs/performance.md): gemma-7b 8K/12K, "
@@ -127,9 +130,10 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     """Predicted peak allocated bytes of one training step, with its parts (all in GiB)."""
     cal = {**CALIBRATION, **(calibration or {})}
     opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
-            "checkpoint_keep_attention": False}
+            "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0}
     if not reference:
         opts.update({k: v for k, v in (options or {}).items() if k in opts})
+    kept = min(int(opts["checkpoint_skip_layers"] or 0), arch.layers) if gradient_checkpointing else 0
     targets = lora_targets or ("q_proj", "k_proj", "v_proj", "o_proj")
     tokens = batch * seq
     act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
@@ -137,14 +141,17 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         "weights": arch.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256) if quantize else 2),
         "embedding": arch.vocab * arch.hidden * act * (1 if arch.tied else 2),
         "lora": lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
-        "checkpoints": arch.layers * tokens * arch.hidden * act if gradient_checkpointing else 0,
+        "checkpoints": (arch.layers - kept) * tokens * arch.hidden * act if gradient_checkpointing else 0,
         "layer_work": tokens * (cal["work_per_hidden"] * arch.hidden * act / 2
                                 + cal["work_per_intermediate"] * arch.intermediate),
     }
     if not gradient_checkpointing:
         parts["layer_work"] *= arch.layers
+    if kept:
+        parts["kept_layers"] = kept * tokens * (cal["kept_per_hidden"] * arch.hidden * act / 2
+                                                + cal["kept_per_intermediate"] * arch.intermediate)
     if opts["checkpoint_keep_attention"]:
-        parts["checkpoints"] += arch.layers * tokens * arch.heads * (arch.head_dim * 2 + 4)
+        parts["checkpoints"] += (arch.layers - kept) * tokens * arch.heads * (arch.head_dim * 2 + 4)
     if arch.family == "gemma" and not opts["causal_sdpa"]:
         side = _gemma_mask_side(arch, seq)
         parts["attention_mask"] = 2 * batch * side * side * act
@@ -164,12 +171,12 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
 
 
-def _predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None) -> dict:
+def _predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
     from reviewgpt.speed import options_of
 
     return predict(arch, seq, batch, lora_r=recipe.lora_r,
                    lora_targets=recipe.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
-                   options=options_of(recipe), reference=reference, quantize=recipe.quantize,
+                   options={**options_of(recipe), **option_changes}, reference=reference, quantize=recipe.quantize,
                    gradient_checkpointing=recipe.gradient_checkpointing,
                    paged_optimizer="paged" in recipe.optim, calibration=calibration)
 
@@ -195,10 +202,22 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
                           "gradient_accumulation_steps": max(1, effective // micro),
                           "effective_batch_size": micro * max(1, effective // micro),
                           "largest_batch_that_fits": best}
+        if recipe.gradient_checkpointing and not reference:
+            recommendation["checkpoint_skip_layers"] = layers_that_fit(recipe, arch, seq, micro, usable)
     return {"recipe": recipe.name, "architecture": arch.name, "seq": seq, "gpu_mem_gib": gpu_mem_gib,
             "usable_gib": round(usable, 2), "path": "reference" if reference else "reviewgpt",
             "batches": rows, "recommendation": recommendation, "calibrated_on": CALIBRATION["calibrated_on"],
             "architecture_facts": asdict(arch)}
+
+
+def layers_that_fit(recipe, arch, seq: int, batch: int, usable_gib: float) -> int:
+    """The most decoder layers that can skip recompute (checkpoint_skip_layers) within `usable_gib`."""
+    best = 0
+    for kept in range(arch.layers + 1):
+        if _predict_recipe(recipe, arch, seq, batch, checkpoint_skip_layers=kept)["reserved_gib"] > usable_gib:
+            break
+        best = kept
+    return best
 
 
 def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optional[dict]:
@@ -220,6 +239,18 @@ def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optiona
     if row["fits"]:
         log.info("memory plan: %.1f GiB predicted of %.1f GiB usable", row["reserved_gib"], result["usable_gib"])
         return result
+    micro = recipe.per_device_train_batch_size
+    if recipe.checkpoint_skip_layers:  # first see whether keeping fewer layers is the fix
+        without = plan(recipe.replace(checkpoint_skip_layers=0), seq, gpu_mem_gib, max_batch=micro)
+        if without["batches"][-1]["fits"]:
+            kept = layers_that_fit(recipe, architecture_of(recipe.model), seq, micro, result["usable_gib"])
+            raise UserError(
+                f"recipe {recipe.name!r} at {seq} tokens x micro-batch {micro} keeps "
+                f"{recipe.checkpoint_skip_layers} layers' activations (checkpoint_skip_layers) and needs "
+                f"~{row['reserved_gib']:.1f} GiB, more than the {result['usable_gib']:.1f} GiB usable on this "
+                f"{gpu_mem_gib:.0f} GiB GPU; pass --checkpoint-skip-layers {kept}. See `reviewgpt plan`; "
+                "--no-memory-check skips this check.")
+        result = without
     rec = result["recommendation"]
     fix = (f"pass --per-device-train-batch-size {rec['per_device_train_batch_size']} "
            f"--gradient-accumulation-steps {rec['gradient_accumulation_steps']} (same effective batch)"

@@ -78,8 +78,15 @@ class Recipe:
                               "(flash kernel)", default=True)
     sdpa_cudnn: bool = _help("cuDNN fused attention first in SDPA's backend order (torch >= 2.5; "
                              "no-op before)", default=True)
+    fused_lora: bool = _help("LoRA up-projection, scaling and residual add in one GEMM (peft's math, fewer "
+                             "passes over the activations)", default=True)
+    fused_rmsnorm: bool = _help("Mistral/Llama RMSNorm through torch's fused rms_norm kernel (torch >= 2.4; "
+                                "no-op before)", default=True)
     checkpoint_keep_attention: bool = _help("save attention outputs in gradient checkpointing instead of "
                                             "recomputing them (faster, more memory; torch >= 2.4)", default=False)
+    checkpoint_skip_layers: int = _help("the last N decoder layers keep their activations instead of being "
+                                        "recomputed (faster, more memory; `reviewgpt plan` says how many fit)",
+                                        default=0)
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
@@ -101,6 +108,8 @@ class Recipe:
                      "logging_steps", "review_max_input_tokens", "max_new_tokens", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.checkpoint_skip_layers < 0:
+            raise ValueError(f"checkpoint_skip_layers must be >= 0, got {self.checkpoint_skip_layers!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not 0.0 <= self.eval_fraction < 1.0:

@@ -26,3 +26,31 @@ def test_bench_gpu_4bit_tiny(tiny_gemma, capsys):
                  "--steps", "1", "--warmup", "1", "--reference"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"path")]
     assert rows[1]["peak_allocated_gib"] <= rows[0]["peak_allocated_gib"]
+
+
+def test_ablation_rows_chain_the_techniques_then_add_memory_for_speed_rows():
+    from reviewgpt.bench import ablation_steps
+    from reviewgpt.recipe import load_recipe
+
+    mistral = ablation_steps(load_recipe("mistral-7b-instruct-v0.2"), "mistral", skip_layers=(4, 8))
+    labels = [label for label, _ in mistral]
+    assert labels == ["+chunked_loss", "+bf16_frozen_weights", "+sdpa_cudnn", "+fused_lora", "+fused_rmsnorm",
+                      "defaults+checkpoint_keep_attention", "defaults+checkpoint_skip_layers=4",
+                      "defaults+checkpoint_skip_layers=8"]
+    assert mistral[0][1]["chunked_loss"] and not mistral[0][1]["fused_lora"]
+    assert mistral[-1][1]["checkpoint_skip_layers"] == 8 and mistral[-1][1]["fused_lora"]
+    gemma = [label for label, _ in ablation_steps(load_recipe("gemma-7b-it"), "gemma")]
+    assert "+causal_sdpa" in gemma and "+fused_rmsnorm" not in gemma
+
+
+def test_bench_cpu_skip_layer_rows(tiny_mistral, tmp_path, capsys):
+    from reviewgpt.recipe import RECIPE_DIR
+
+    recipe = tmp_path / "tiny-checkpointed.yaml"  # nothing to skip without gradient checkpointing
+    recipe.write_text((RECIPE_DIR / "tiny.yaml").read_text().replace("gradient_checkpointing: false",
+                                                                     "gradient_checkpointing: true"))
+    assert main(["bench", "--recipe", str(recipe), "--model", str(tiny_mistral), "--seq", "32", "--steps", "1",
+                 "--warmup", "1", "--no-quantize", "--skip-layers", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"path")]
+    assert [r["label"] for r in rows] == ["recipe defaults", "defaults+checkpoint_skip_layers=1"]
+    assert rows[1]["options"]["checkpoint_skip_layers"] == 1 and rows[0]["options"]["checkpoint_skip_layers"] == 0

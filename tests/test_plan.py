@@ -80,3 +80,21 @@ def test_plan_cli_prints_json(capsys):
     assert main(["plan", "--recipe", "gemma-7b-it", "--seq", "12288", "--gpu-mem", "24", "--max-batch", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["architecture"] == "gemma-7b" and out["recommendation"]["per_device_train_batch_size"] >= 1
+
+
+def test_layers_kept_from_recompute_cost_memory_and_plan_says_how_many_fit():
+    m = ARCHITECTURES["mistral-7b"]
+    base = predict(m, 12288, 1, options=DEFAULTS)
+    four = predict(m, 12288, 1, options={**DEFAULTS, "checkpoint_skip_layers": 4})
+    eight = predict(m, 12288, 1, options={**DEFAULTS, "checkpoint_skip_layers": 8})
+    step = four["allocated_gib"] - base["allocated_gib"]
+    assert step > 0 and eight["allocated_gib"] - four["allocated_gib"] == pytest.approx(step, abs=0.02)
+    assert four["parts_gib"]["checkpoints"] < base["parts_gib"]["checkpoints"]  # kept layers store no checkpoint
+    recipe = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 1,
+                                                      "gradient_accumulation_steps": 16})
+    small, large = (plan(recipe, 12288, mem, max_batch=1)["recommendation"]["checkpoint_skip_layers"]
+                    for mem in (24, 80))
+    assert 0 <= small < large < m.layers  # 80 GiB does not hold every layer's activations at 12K
+    with pytest.raises(UserError, match=f"--checkpoint-skip-layers {large}"):
+        check_fits(recipe.replace(checkpoint_skip_layers=m.layers), 12288, gpu_mem_gib=80)
+    assert check_fits(recipe.replace(checkpoint_skip_layers=large), 12288, gpu_mem_gib=80)["batches"][-1]["fits"]

@@ -20,7 +20,9 @@ def register(subparsers) -> None:
             "examples:\n"
             "  reviewgpt bench --recipe gemma-7b-it --seq 12288 --random-init --reference\n"
             "  reviewgpt bench --recipe mistral-7b-instruct-v0.2 --seq 12288 --batch 1,3 --model /models/mistral\n"
-            "  reviewgpt bench --recipe gemma-7b-it --seq 8192,12288 --random-init --reference --ablate"
+            "  reviewgpt bench --recipe gemma-7b-it --seq 8192,12288 --random-init --reference --ablate\n"
+            "  reviewgpt bench --recipe mistral-7b-instruct-v0.2 --seq 12288 --random-init \\\n"
+            "      --skip-layers 4,8 --profile 25"
         ),
     )
     p.add_argument("--recipe", required=True, help="built-in recipe name or YAML file")
@@ -36,6 +38,10 @@ def register(subparsers) -> None:
                    help="also measure the seed recipe's path (every speed option off) in this process")
     p.add_argument("--ablate", action="store_true",
                    help="also measure each speed technique switched on in turn (at the first seq/batch)")
+    p.add_argument("--skip-layers", default="",
+                   help="also measure with this many layers not recomputed (comma-separated, e.g. 4,8)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile one extra step of the recipe's options: its N costliest GPU kernels")
     p.add_argument("--no-quantize", action="store_true", help="plain LoRA (no bitsandbytes; CPU tries)")
     p.add_argument("--output", help="also append the JSON lines to this file")
     p.set_defaults(func=run)
@@ -57,5 +63,5 @@ def run(args) -> int:
 
     run_bench(recipe, _ints(args.seq), _ints(args.batch), steps=args.steps, warmup=args.warmup,
               model_dir=args.model, random_init=args.random_init, reference=args.reference, ablate=args.ablate,
-              weights_dir=args.weights_dir, emit=emit)
+              weights_dir=args.weights_dir, emit=emit, skip_layers=_ints(args.skip_layers), profile=args.profile)
     return 0

@@ -4,7 +4,10 @@
     bf16_frozen_weights       undo peft's fp32 upcast of frozen norms/embedding: bf16 activations
     causal_sdpa               Gemma: SDPA with is_causal (flash kernel) when a batch has no padding
     sdpa_cudnn                cuDNN fused attention first in SDPA's backend order (torch >= 2.5)
+    fused_lora                LoRA up-projection + scale + residual add in one GEMM (peft's math)
+    fused_rmsnorm             Mistral/Llama RMSNorm through torch's fused rms_norm kernel
     checkpoint_keep_attention save attention outputs in gradient checkpointing (memory for speed)
+    checkpoint_skip_layers    N: the last N decoder layers are not recomputed (memory for speed)
 
 `apply_speedups(trainer, recipe)` applies them to a built trainer (after trl/peft have wrapped
 the model) and returns what is in force.
@@ -17,27 +20,34 @@ import logging
 import torch
 
 from reviewgpt.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
-from reviewgpt.speed.checkpointing import attention_saving_context_fn
+from reviewgpt.speed.checkpointing import attention_saving_context_fn, keep_last_layers, recompute_all_layers
+from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
+from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
 from reviewgpt.speed.precision import keep_frozen_weights_in
 
 log = logging.getLogger(__name__)
 
-OPTIONS = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "checkpoint_keep_attention")
+SWITCHES = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm",
+            "checkpoint_keep_attention")
+COUNTS = ("checkpoint_skip_layers",)  # integer options; 0 = off
+OPTIONS = SWITCHES + COUNTS
+OFF = {**dict.fromkeys(SWITCHES, False), **dict.fromkeys(COUNTS, 0)}
 
-__all__ = ["OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "remove_speedups"]
+__all__ = ["OFF", "OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "remove_speedups"]
 
 
 def options_of(recipe) -> dict:
     """The speed options a recipe (or any object with those attributes) asks for."""
-    return {name: bool(getattr(recipe, name, False)) for name in OPTIONS}
+    return {**{name: bool(getattr(recipe, name, False)) for name in SWITCHES},
+            **{name: int(getattr(recipe, name, 0) or 0) for name in COUNTS}}
 
 
 def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
     """Apply the recipe's speed options to `trainer.model`; returns {option: in force}."""
     wanted = options_of(recipe)
     model = trainer.model
-    done = dict.fromkeys(OPTIONS, False)
+    done = dict(OFF)
     if wanted["chunked_loss"]:
         done["chunked_loss"] = patch_chunked_loss(model)
     if wanted["bf16_frozen_weights"] and bf16:
@@ -47,14 +57,24 @@ def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
     if wanted["causal_sdpa"]:
         done["causal_sdpa"] = patch_gemma_causal_sdpa(model)
     done["sdpa_cudnn"] = prefer_cudnn_attention(wanted["sdpa_cudnn"]) and wanted["sdpa_cudnn"]
+    if wanted["fused_lora"]:
+        done["fused_lora"] = patch_fused_lora(model) > 0
+    if wanted["fused_rmsnorm"]:
+        done["fused_rmsnorm"] = patch_fused_rmsnorm(model) > 0
     if wanted["checkpoint_keep_attention"]:
         done["checkpoint_keep_attention"] = _keep_attention_in_checkpoints(trainer)
+    if wanted["checkpoint_skip_layers"] and _checkpointing(trainer):
+        done["checkpoint_skip_layers"] = keep_last_layers(model, wanted["checkpoint_skip_layers"])
     log.info("speed options in force: %s", ", ".join(k for k, v in done.items() if v) or "none")
     return done
 
 
+def _checkpointing(trainer) -> bool:
+    return bool(getattr(trainer.model, "is_gradient_checkpointing", False) or trainer.args.gradient_checkpointing)
+
+
 def _keep_attention_in_checkpoints(trainer) -> bool:
-    if not getattr(trainer.model, "is_gradient_checkpointing", False) and not trainer.args.gradient_checkpointing:
+    if not _checkpointing(trainer):
         return False
     context_fn = attention_saving_context_fn()
     if context_fn is None:
@@ -69,4 +89,7 @@ def remove_speedups(trainer) -> None:
     """Undo the patches (not the bf16 cast, which loses nothing: the weights were loaded in bf16)."""
     unpatch_chunked_loss(trainer.model)
     unpatch_gemma_causal_sdpa(trainer.model)
+    unpatch_fused_lora(trainer.model)
+    unpatch_fused_rmsnorm(trainer.model)
+    recompute_all_layers(trainer.model)
     prefer_cudnn_attention(False)

@@ -1,16 +1,22 @@
-"""Selective activation checkpointing: keep attention outputs instead of recomputing them.
+"""Spend spare GPU memory on less recompute: two ways to checkpoint less than every layer.
+
+1. `checkpoint_keep_attention`: keep attention outputs instead of recomputing them.
 
 With plain gradient checkpointing every layer's forward runs twice; attention's forward is
 the costliest part of that recompute at 8-12K tokens. torch >= 2.4's selective checkpointing
 (`create_selective_checkpoint_contexts`) can save the SDPA kernels' outputs (B x T x heads x
 head_dim + log-sum-exp, ~100 MB per layer at 12K) while recomputing everything else. Costs memory,
 so it is an option (`checkpoint_keep_attention`), off by default; `reviewgpt plan` accounts for it.
+
+2. `checkpoint_skip_layers: N`: the last N decoder layers are not checkpointed at all (see
+`keep_last_layers` below); `reviewgpt plan` says how many fit in the GPU's spare memory.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import types
 
 import torch
 
@@ -51,3 +57,79 @@ def attention_saving_context_fn():
                     torch.__version__)
         return None
     return functools.partial(create_selective_checkpoint_contexts, save_attention_policy)
+
+
+# --- Keeping some layers' activations: no recompute for the last N decoder layers ---------------
+#
+# transformers 4.38.2 checkpoints every decoder layer or none (`model.gradient_checkpointing`), so a
+# 12K step on an 80 GB card recomputes all 32 Mistral layers while tens of GiB sit unused. The
+# decoder loop calls `self._gradient_checkpointing_func(decoder_layer.__call__, ...)`; wrapping that
+# function lets the chosen layers run plainly (their activations stay until backward) and the rest
+# be checkpointed as before. Which layers does not change the compute or the peak; the last ones
+# are chosen. The Trainer re-enables checkpointing at train() start (replacing the function), so
+# the model's `gradient_checkpointing_enable` is wrapped too, to wrap again after each enable.
+
+
+class SkipCheckpointFor:
+    """A `_gradient_checkpointing_func` that runs the given layers without checkpointing."""
+
+    def __init__(self, checkpoint_fn, layers):
+        self.checkpoint_fn = checkpoint_fn
+        self.layer_ids = {id(layer) for layer in layers}
+
+    def __call__(self, fn, *args, **kwargs):
+        if id(getattr(fn, "__self__", None)) in self.layer_ids:
+            return fn(*args, **kwargs)
+        return self.checkpoint_fn(fn, *args, **kwargs)
+
+
+def _decoder_stack(model):
+    """The module that loops over decoder layers (MistralModel, GemmaModel, LlamaModel)."""
+    for module in model.modules():
+        if hasattr(module, "gradient_checkpointing") and isinstance(getattr(module, "layers", None),
+                                                                      torch.nn.ModuleList):
+            return module
+    return None
+
+
+def _owner_of_enable(model):
+    """The transformers model whose `gradient_checkpointing_enable` the Trainer ends up calling."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def keep_last_layers(model, n: int) -> int:
+    """Let the last `n` decoder layers skip recompute; returns how many layers that is (0: none)."""
+    stack = _decoder_stack(model)
+    if stack is None or n <= 0:
+        return 0
+    layers = list(stack.layers)[-n:]
+
+    def wrap():
+        func = getattr(stack, "_gradient_checkpointing_func", None)
+        if func is not None:
+            func = func.checkpoint_fn if isinstance(func, SkipCheckpointFor) else func
+            stack._gradient_checkpointing_func = SkipCheckpointFor(func, layers)
+
+    owner = _owner_of_enable(model)
+    enable = type(owner).gradient_checkpointing_enable
+
+    def gradient_checkpointing_enable(self, *args, **kwargs):
+        enable(self, *args, **kwargs)
+        wrap()
+
+    owner.gradient_checkpointing_enable = types.MethodType(gradient_checkpointing_enable, owner)
+    owner._reviewgpt_kept_layers = len(layers)
+    wrap()
+    return len(layers)
+
+
+def recompute_all_layers(model) -> None:
+    """Undo `keep_last_layers`."""
+    owner = _owner_of_enable(model)
+    vars(owner).pop("gradient_checkpointing_enable", None)
+    vars(owner).pop("_reviewgpt_kept_layers", None)
+    stack = _decoder_stack(model)
+    func = getattr(stack, "_gradient_checkpointing_func", None) if stack is not None else None
+    if isinstance(func, SkipCheckpointFor):
+        stack._gradient_checkpointing_func = func.checkpoint_fn

@@ -1,0 +1,52 @@
+"""RMSNorm through torch's fused kernel (Mistral / Llama).
+
+transformers 4.38.2's `MistralRMSNorm` is five element-wise passes in fp32 over the T x hidden
+activations (upcast, square, mean, scale, downcast) plus the weight multiply, and autograd keeps
+an fp32 copy of the input for backward; there are two per layer, run twice with gradient
+checkpointing. `torch.nn.functional.rms_norm` (torch >= 2.4; a single fused CUDA kernel with a
+fused backward in recent torch) computes the same `x * rsqrt(mean(x^2) + eps)` with fp32
+accumulation and keeps only the per-row reciprocal. The weight is applied inside the kernel when
+it has the input's dtype (bf16 after `bf16_frozen_weights`); otherwise afterwards, with the same
+dtype promotion as the original. Gemma's norm (`1 + weight`, see reviewgpt.speed.precision) is
+left alone. On a torch without `rms_norm` nothing is patched.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+_RMSNORM_TYPES = ("MistralRMSNorm", "LlamaRMSNorm")
+
+
+def _fused_rmsnorm_forward(self, hidden_states):
+    shape = (hidden_states.shape[-1],)
+    if self.weight.dtype == hidden_states.dtype:
+        return F.rms_norm(hidden_states, shape, self.weight, self.variance_epsilon)
+    return self.weight * F.rms_norm(hidden_states, shape, None, self.variance_epsilon)
+
+
+def patch_fused_rmsnorm(model) -> int:
+    """Instance-level patch of Mistral/Llama RMSNorm modules; returns how many were patched."""
+    if not hasattr(F, "rms_norm"):
+        return 0
+    patched = 0
+    for module in model.modules():
+        if type(module).__name__ in _RMSNORM_TYPES and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(_fused_rmsnorm_forward, module)
+            patched += 1
+    return patched
+
+
+def unpatch_fused_rmsnorm(model) -> None:
+    for module in model.modules():
+        forward = vars(module).get("forward")
+        if getattr(forward, "__func__", None) is _fused_rmsnorm_forward:
+            del module.forward
+
+
+def rms_norm_is_fused() -> bool:
+    """Whether this torch has an ATen fused RMSNorm kernel (else rms_norm is a composite of ops)."""
+    return hasattr(torch.ops.aten, "_fused_rms_norm")
