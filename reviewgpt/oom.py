@@ -6,6 +6,8 @@ GPU (drops the trainer and model, clears the traceback's frames, empties the cac
 `per_device_train_batch_size`, multiplies `gradient_accumulation_steps` so the effective batch
 stays, and calls `train` again, which resumes from the newest complete checkpoint. Each recovery
 is logged and appended to OUTPUT/oom_recovery.jsonl. At micro-batch 1 it stops with a clear message.
+When the recipe keeps layers from recompute (`checkpoint_skip_layers`), the first recovery gives
+those up instead (every layer recomputed again, same batch): that memory was bought for speed only.
 Under several processes (DDP, ZeRO-2) it stops every process with the command to rerun instead:
 one rank cannot change its batch while the others wait in a collective.
 
@@ -61,6 +63,17 @@ def smaller_batch(recipe):
                           gradient_accumulation_steps=-(-effective // new_micro))
 
 
+def smaller_footprint(recipe):
+    """The next configuration to try after an OOM, and what changed (None at the end of the road)."""
+    if getattr(recipe, "checkpoint_skip_layers", 0) > 0:
+        return recipe.replace(checkpoint_skip_layers=0), "every layer recomputed (checkpoint_skip_layers 0)"
+    if recipe.per_device_train_batch_size > 1:
+        smaller = smaller_batch(recipe)
+        return smaller, (f"micro-batch {smaller.per_device_train_batch_size} x "
+                         f"{smaller.gradient_accumulation_steps} accumulation")
+    return None, None
+
+
 def _match_checkpoint_batch(output_dir: Path, micro: int):
     from reviewgpt.train import newest_complete_checkpoint
 
@@ -86,28 +99,31 @@ def with_oom_recovery(train_fn):
                     raise
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 free_gpu(exc)
+            smaller, change = smaller_footprint(recipe)
             processes = world_size()
             if processes > 1:
                 # One rank cannot shrink its batch and resume while the others wait inside a
                 # collective: stop every process (the launcher ends the rest) and say what to rerun.
-                smaller = smaller_batch(recipe) if recipe.per_device_train_batch_size > 1 else recipe
+                smaller = smaller or recipe
+                flags = (f"--per-device-train-batch-size {smaller.per_device_train_batch_size} "
+                         f"--gradient-accumulation-steps {smaller.gradient_accumulation_steps}")
+                if getattr(recipe, "checkpoint_skip_layers", 0):
+                    flags += f" --checkpoint-skip-layers {smaller.checkpoint_skip_layers}"
                 raise UserError(
                     f"out of GPU memory under {processes} processes ({message}); rerun the same command with "
-                    f"--per-device-train-batch-size {smaller.per_device_train_batch_size} "
-                    f"--gradient-accumulation-steps {smaller.gradient_accumulation_steps}: it resumes from the "
-                    "newest complete checkpoint.")
-            if recipe.per_device_train_batch_size <= 1:
+                    f"{flags}: it resumes from the newest complete checkpoint.")
+            if smaller is None:
                 raise UserError(
                     f"out of GPU memory at micro-batch 1 ({message}); nothing left to halve: use a shorter "
                     "--max-seq-length, keep the speed options on (see `reviewgpt plan`), or a larger GPU.")
-            smaller = smaller_batch(recipe)
             checkpoint = _match_checkpoint_batch(Path(output_dir), smaller.per_device_train_batch_size)
             event = {"time": round(time.time(), 3), "error": message,
                      "from": [recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps],
                      "to": [smaller.per_device_train_batch_size, smaller.gradient_accumulation_steps],
+                     "checkpoint_skip_layers": [getattr(r, "checkpoint_skip_layers", 0) for r in (recipe, smaller)],
                      "resume_from": str(checkpoint) if checkpoint else None}
-            log.warning("CUDA out of memory at micro-batch %d x %d; retrying at %d x %d from %s",
-                        *event["from"], *event["to"], event["resume_from"] or "the start")
+            log.warning("CUDA out of memory at micro-batch %d x %d; retrying with %s from %s",
+                        *event["from"], change, event["resume_from"] or "the start")
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(output_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")

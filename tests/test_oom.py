@@ -45,6 +45,32 @@ def test_oom_halves_the_batch_and_resumes_from_the_checkpoint(tiny_gemma, sample
     assert state["train_batch_size"] == 1
 
 
+def test_oom_gives_up_kept_layers_before_halving_the_batch(tiny_gemma, sample_file, tmp_path):
+    out = tmp_path / "run"
+    inject = OOMWhileKeeping(step=3)
+    summary = train(recipe(tiny_gemma, per_device_train_batch_size=2, gradient_checkpointing=True,
+                           checkpoint_skip_layers=1), sample_file, out, callbacks=[inject])
+    events = [json.loads(line) for line in (out / EVENTS_FILE).read_text().splitlines()]
+    assert len(events) == 1 and events[0]["from"] == events[0]["to"] == [2, 1]  # same batch
+    assert events[0]["checkpoint_skip_layers"] == [1, 0] and inject.raised == 1
+    assert summary["global_step"] == 4 and "checkpoint_skip_layers: 0" in (out / RECIPE_FILE).read_text()
+
+
+class OOMWhileKeeping(TrainerCallback):
+    """Raise CUDA OOM at `step` while a layer is kept from recompute."""
+
+    def __init__(self, step):
+        self.step, self.raised = step, 0
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from reviewgpt.speed.checkpointing import SkipCheckpointFor, _decoder_stack
+
+        kept = isinstance(getattr(_decoder_stack(model), "_gradient_checkpointing_func", None), SkipCheckpointFor)
+        if state.global_step == self.step and kept:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
 def test_oom_at_micro_batch_one_stops_clearly(tiny_gemma, sample_file, tmp_path):
     with pytest.raises(UserError, match="out of GPU memory at micro-batch 1"):
         train(recipe(tiny_gemma, per_device_train_batch_size=1), sample_file, tmp_path / "r",
@@ -82,3 +108,6 @@ def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatc
                                         r"--gradient-accumulation-steps 8: it resumes"):
         fake_train(r, "d.jsonl", tmp_path)
     assert calls == [2]  # no retry inside one rank
+    with pytest.raises(UserError, match=r"--per-device-train-batch-size 2 --gradient-accumulation-steps 4 "
+                                        r"--checkpoint-skip-layers 0: it resumes"):
+        fake_train(r.replace(checkpoint_skip_layers=4), "d.jsonl", tmp_path)
