@@ -151,3 +151,12 @@ def test_skip_layers_must_not_be_negative():
 
     with pytest.raises(UserError, match="checkpoint_skip_layers must be >= 0"):
         load_recipe("tiny").replace(checkpoint_skip_layers=-1)
+
+
+def test_fused_rmsnorm_is_a_no_op_on_a_torch_without_rms_norm(tiny_mistral, monkeypatch):
+    import torch.nn.functional as F
+
+    monkeypatch.delattr(F, "rms_norm")  # torch < 2.4, as in the CUDA 11.x images
+    model = load(tiny_mistral)
+    assert patch_fused_rmsnorm(model) == 0
+    assert not any("forward" in vars(m) for m in model.modules())
