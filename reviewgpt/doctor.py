@@ -454,44 +454,14 @@ def check_hf_offline(env: Environment) -> Check:
                  "set HF_HUB_OFFLINE=1 once the model is downloaded")
 
 
-# Model shapes for the memory estimate (hub config.json of each base model).
-MODEL_SHAPES = {
-    "gemma": {"params": 8.54e9, "hidden": 3072, "layers": 28, "vocab": 256000},
-    "mistral": {"params": 7.24e9, "hidden": 4096, "layers": 32, "vocab": 32000},
-    "llama": {"params": 6.74e9, "hidden": 4096, "layers": 32, "vocab": 32000},
-}
-
-
 def estimate_training_bytes(recipe) -> int:
-    """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes,
-    with the recipe's speed options); a rough formula where the planner does not know the model."""
-    from reviewgpt.errors import UserError
-    from reviewgpt.plan import GIB as PLAN_GIB
-    from reviewgpt.plan import _predict_recipe, architecture_of
+    """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes, with
+    the recipe's speed options). A model the planner does not know is taken as its family's 7B."""
+    from reviewgpt.plan import _predict_recipe, architecture_or_family_default
 
-    try:
-        arch = architecture_of(recipe.model)
-    except UserError:
-        return _rough_training_bytes(recipe)
+    arch = architecture_or_family_default(recipe.model, recipe.family)
     predicted = _predict_recipe(recipe, arch, recipe.max_seq_length, recipe.per_device_train_batch_size)
-    return int(predicted["reserved_gib"] * PLAN_GIB)
-
-
-def _rough_training_bytes(recipe) -> int:
-    """Weights, LoRA state, checkpointed activations and fp32 logits (transformers 4.38.2 makes about
-    three fp32 copies of tokens x vocab, REFERENCE.md section 2)."""
-    shape = MODEL_SHAPES[recipe.family]
-    tokens = recipe.per_device_train_batch_size * recipe.max_seq_length
-    weights = shape["params"] * (0.56 if recipe.quantize else 2.0)  # NF4 + double-quant constants
-    lora_params = 2 * recipe.lora_r * shape["hidden"] * 7 * shape["layers"] * 1.6  # 7 projections, MLP wider
-    lora_state = lora_params * 16  # fp32 weight, grad and two Adam moments
-    # Checkpointed layer inputs (fp32: peft upcasts the norms) + one layer recomputed (~16 copies).
-    per_layer = tokens * shape["hidden"] * 4
-    activations = per_layer * (shape["layers"] if recipe.gradient_checkpointing else 16 * shape["layers"])
-    activations += per_layer * 16
-    logits = 3 * tokens * shape["vocab"] * 4
-    cuda_context = 1.0 * GIB
-    return int(weights + lora_state + activations + logits + cuda_context)
+    return int(predicted["reserved_gib"] * GIB)
 
 
 def check_gpu_memory(env: Environment, recipe=None) -> Check:
@@ -500,7 +470,7 @@ def check_gpu_memory(env: Environment, recipe=None) -> Check:
     free = min(g.free_bytes for g in env.gpus)
     if recipe is None:
         return Check("gpu-memory", "OK", f"{free / GIB:.1f} GiB free on the fullest GPU; pass --recipe to compare")
-    if recipe.model is None or recipe.family not in MODEL_SHAPES:
+    if recipe.model is None:
         return Check("gpu-memory", "OK", f"recipe {recipe.name!r} names no base model; {free / GIB:.1f} GiB free")
     need = estimate_training_bytes(recipe)
     detail = (f"recipe {recipe.name} needs about {need / GIB:.1f} GiB per GPU (batch "

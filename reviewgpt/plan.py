@@ -60,11 +60,15 @@ ARCHITECTURES = {
     "gemma-2b": Architecture("gemma-2b", "gemma", 256000, 2048, 16384, 18, 8, 1, 256, tied=True),
     "mistral-7b": Architecture("mistral-7b", "mistral", 32000, 4096, 14336, 32, 32, 8, 128, tied=False,
                                max_positions=32768, rope_theta=1e6),
+    "llama-2-7b": Architecture("llama-2-7b", "llama", 32000, 4096, 11008, 32, 32, 32, 128, tied=False,
+                               max_positions=4096),
 }
+FAMILY_DEFAULTS = {"gemma": "gemma-7b", "mistral": "mistral-7b", "llama": "llama-2-7b"}
 HUB_IDS = {
     "google/gemma-7b-it": "gemma-7b", "google/gemma-7b": "gemma-7b",
     "google/gemma-2b-it": "gemma-2b", "google/gemma-2b": "gemma-2b",
     "mistralai/Mistral-7B-Instruct-v0.2": "mistral-7b", "mistralai/Mistral-7B-v0.1": "mistral-7b",
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b", "meta-llama/Llama-2-7b-chat-hf": "llama-2-7b",
 }
 
 # Bytes per token per hidden / intermediate unit for one layer's recompute + backward, the
@@ -110,6 +114,15 @@ def architecture_of(model: Optional[str]) -> Architecture:
         return ARCHITECTURES[model]
     raise UserError(f"no architecture known for model {model!r}: pass a local model directory (with "
                     f"config.json) or one of {', '.join(sorted(HUB_IDS))}.")
+
+
+def architecture_or_family_default(model: Optional[str], family: str) -> Architecture:
+    """`architecture_of(model)`, or the family's 7B architecture when the model is not known (a rough
+    answer for `doctor`, which must say something before the weights are downloaded)."""
+    try:
+        return architecture_of(model)
+    except UserError:
+        return ARCHITECTURES[FAMILY_DEFAULTS[family]]
 
 
 def lora_params(arch: Architecture, r: int, targets) -> int:

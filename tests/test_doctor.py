@@ -238,6 +238,10 @@ def test_memory_estimate_grows_with_context_and_batch():
     assert 8 * GIB < base < 20 * GIB
     seed_path = gemma.replace(chunked_loss=False, bf16_frozen_weights=False, causal_sdpa=False)
     assert doctor.estimate_training_bytes(seed_path) > 30 * GIB
+    # a model the planner does not know (a fine-tune's hub id): taken as the family's 7B
+    assert doctor.estimate_training_bytes(gemma.replace(model="someone/gemma-7b-reviewer")) == base
+    llama = gemma.replace(family="llama", model="someone/llama-reviewer")
+    assert 0 < doctor.estimate_training_bytes(llama) != base
 
 
 def test_recipe_that_does_not_fit_fails_and_tight_fit_warns():
