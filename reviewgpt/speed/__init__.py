@@ -53,7 +53,7 @@ def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
     if wanted["bf16_frozen_weights"] and bf16:
         cast = keep_frozen_weights_in(model, torch.bfloat16)
         done["bf16_frozen_weights"] = True
-        log.info("kept %.2fG frozen parameters in bf16 (peft had upcast them to fp32)", cast / 1e9)
+        log.info("kept %.1fM frozen parameters in bf16 (peft had upcast them to fp32)", cast / 1e6)
     if wanted["causal_sdpa"]:
         done["causal_sdpa"] = patch_gemma_causal_sdpa(model)
     done["sdpa_cudnn"] = prefer_cudnn_attention(wanted["sdpa_cudnn"]) and wanted["sdpa_cudnn"]
