@@ -193,7 +193,7 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     more under the profiler when `profile` > 0: its N costliest GPU kernels go into the row)."""
     from transformers import Trainer
 
-    from reviewgpt.plan import predict
+    from reviewgpt.plan import predict_recipe
     from reviewgpt.train import ListDataset, PadCollator, training_arguments
 
     cuda = torch.cuda.is_available()
@@ -239,10 +239,7 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     else:
         row.update(peak_allocated_gib=None, peak_reserved_gib=None, gpu="cpu")
     if arch is not None:
-        row["predicted"] = predict(arch, seq, batch, lora_r=run.lora_r,
-                                   lora_targets=run.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
-                                   options=options, quantize=run.quantize and cuda,
-                                   paged_optimizer="paged" in args.optim)
+        row["predicted"] = predict_recipe(run.replace(quantize=run.quantize and cuda), arch, seq, batch)
     if profiler:
         row["profile_top_kernels"] = profiler.top(profile)
     row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())
@@ -252,9 +249,8 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     return row
 
 
-def ablation_steps(recipe, family: str, skip_layers: Iterable[int] = ()) -> List[tuple]:
-    """(label, options) rows: CHAIN switched on one at a time, then EXTRAS and each number of
-    layers kept (not recomputed) on top of the recipe's options."""
+def chain_steps(family: str) -> List[tuple]:
+    """(label, options) rows switching CHAIN on one technique at a time, from every option off."""
     on: dict = dict(OFF)
     rows = []
     for name in CHAIN:
@@ -262,8 +258,13 @@ def ablation_steps(recipe, family: str, skip_layers: Iterable[int] = ()) -> List
             continue
         on = {**on, name: True}
         rows.append((f"+{name}", dict(on)))
+    return rows
+
+
+def on_top_steps(recipe, extras: Iterable[str] = EXTRAS, skip_layers: Iterable[int] = ()) -> List[tuple]:
+    """(label, options) rows adding memory-for-speed options to the recipe's own."""
     ours = options_of(recipe)
-    rows += [(f"defaults+{name}", {**ours, name: True}) for name in EXTRAS]
+    rows = [(f"defaults+{name}", {**ours, name: True}) for name in extras]
     rows += [(f"defaults+checkpoint_skip_layers={n}", {**ours, "checkpoint_skip_layers": n}) for n in skip_layers]
     return rows
 
@@ -294,18 +295,15 @@ def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 
             emit(row)
 
     first = grid[0]
-    extra = ablation_steps(recipe, arch.family, skip_layers)
     if reference:
         for s, b in grid:
             record(s, b, dict(OFF), "reference")
-    if ablate:  # the chain; its last row is usually the recipe's own options, measured next
-        for label, opts in extra:
-            if not label.startswith("defaults+") and opts != ours:
-                record(*first, opts, label)
+    for label, opts in chain_steps(arch.family) if ablate else ():
+        if opts != ours:  # the chain's last row is usually the recipe's own options, measured next
+            record(*first, opts, label)
     for i, (s, b) in enumerate(grid):
         record(s, b, ours, "recipe defaults", top=profile if i == 0 else 0)
-    for label, opts in extra:
-        wanted = ablate if "skip_layers" not in label else True
-        if label.startswith("defaults+") and wanted and opts != ours:
+    for label, opts in on_top_steps(recipe, EXTRAS if ablate else (), skip_layers):
+        if opts != ours:
             record(*first, opts, label)
     return rows

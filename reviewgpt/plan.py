@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from reviewgpt.errors import UserError
+from reviewgpt.models import FAMILIES
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -148,7 +149,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     if not reference:
         opts.update({k: v for k, v in (options or {}).items() if k in opts})
     kept = min(int(opts["checkpoint_skip_layers"] or 0), arch.layers) if gradient_checkpointing else 0
-    targets = lora_targets or ("q_proj", "k_proj", "v_proj", "o_proj")
+    targets = lora_targets or FAMILIES[arch.family].lora_targets
     tokens = batch * seq
     act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
     parts = {
@@ -185,11 +186,11 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
 
 
-def _predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
+def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
+    """`predict` for a recipe's LoRA, optimizer and speed options (`option_changes` override them)."""
     from reviewgpt.speed import options_of
 
-    return predict(arch, seq, batch, lora_r=recipe.lora_r,
-                   lora_targets=recipe.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
+    return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
                    options={**options_of(recipe), **option_changes}, reference=reference, quantize=recipe.quantize,
                    gradient_checkpointing=recipe.gradient_checkpointing,
                    paged_optimizer="paged" in recipe.optim, calibration=calibration)
@@ -203,7 +204,7 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
     usable = gpu_mem_gib * (1 - headroom) - CALIBRATION["cuda_context_gib"]
     rows, best = [], None
     for b in range(1, max_batch + 1):
-        p = _predict_recipe(recipe, arch, seq, b, reference)
+        p = predict_recipe(recipe, arch, seq, b, reference)
         fits = p["reserved_gib"] <= usable
         rows.append({"batch": b, **p, "fits": fits})
         if fits:
@@ -228,7 +229,7 @@ def layers_that_fit(recipe, arch, seq: int, batch: int, usable_gib: float) -> in
     """The most decoder layers that can skip recompute (checkpoint_skip_layers) within `usable_gib`."""
     best = 0
     for kept in range(arch.layers + 1):
-        if _predict_recipe(recipe, arch, seq, batch, checkpoint_skip_layers=kept)["reserved_gib"] > usable_gib:
+        if predict_recipe(recipe, arch, seq, batch, checkpoint_skip_layers=kept)["reserved_gib"] > usable_gib:
             break
         best = kept
     return best

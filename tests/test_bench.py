@@ -29,17 +29,17 @@ def test_bench_gpu_4bit_tiny(tiny_gemma, capsys):
 
 
 def test_ablation_rows_chain_the_techniques_then_add_memory_for_speed_rows():
-    from reviewgpt.bench import ablation_steps
+    from reviewgpt.bench import chain_steps, on_top_steps
     from reviewgpt.recipe import load_recipe
 
-    mistral = ablation_steps(load_recipe("mistral-7b-instruct-v0.2"), "mistral", skip_layers=(4, 8))
+    mistral = chain_steps("mistral") + on_top_steps(load_recipe("mistral-7b-instruct-v0.2"), skip_layers=(4, 8))
     labels = [label for label, _ in mistral]
     assert labels == ["+chunked_loss", "+bf16_frozen_weights", "+sdpa_cudnn", "+fused_lora", "+fused_rmsnorm",
                       "defaults+checkpoint_keep_attention", "defaults+checkpoint_skip_layers=4",
                       "defaults+checkpoint_skip_layers=8"]
     assert mistral[0][1]["chunked_loss"] and not mistral[0][1]["fused_lora"]
     assert mistral[-1][1]["checkpoint_skip_layers"] == 8 and mistral[-1][1]["fused_lora"]
-    gemma = [label for label, _ in ablation_steps(load_recipe("gemma-7b-it"), "gemma")]
+    gemma = [label for label, _ in chain_steps("gemma")]
     assert "+causal_sdpa" in gemma and "+fused_rmsnorm" not in gemma
 
 

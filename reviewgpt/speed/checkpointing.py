@@ -119,7 +119,6 @@ def keep_last_layers(model, n: int) -> int:
         wrap()
 
     owner.gradient_checkpointing_enable = types.MethodType(gradient_checkpointing_enable, owner)
-    owner._reviewgpt_kept_layers = len(layers)
     wrap()
     return len(layers)
 
@@ -128,7 +127,6 @@ def recompute_all_layers(model) -> None:
     """Undo `keep_last_layers`."""
     owner = _owner_of_enable(model)
     vars(owner).pop("gradient_checkpointing_enable", None)
-    vars(owner).pop("_reviewgpt_kept_layers", None)
     stack = _decoder_stack(model)
     func = getattr(stack, "_gradient_checkpointing_func", None) if stack is not None else None
     if isinstance(func, SkipCheckpointFor):

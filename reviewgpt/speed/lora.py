@@ -44,9 +44,11 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
     lora_A, lora_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+    # The base layers (nn.Linear, bitsandbytes') return x's dtype; without autocast an adapter in
+    # another dtype is rounded differently by peft: keep its path (decided before any work is done).
+    if autocast_dtype(x.device.type) is None and lora_A.dtype != x.dtype:
+        return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
-    if autocast_dtype(result.device.type) is None and lora_A.dtype != result.dtype:
-        return type(self).forward(self, x, *args, **kwargs)  # peft rounds differently here; keep its path
     down = F.linear(self.lora_dropout[adapter](x), lora_A)  # ... x r
     fused = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), lora_B.t(),
                         alpha=self.scaling[adapter])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import types
 
-import torch
 import torch.nn.functional as F
 
 _RMSNORM_TYPES = ("MistralRMSNorm", "LlamaRMSNorm")
@@ -46,7 +45,3 @@ def unpatch_fused_rmsnorm(model) -> None:
         if getattr(forward, "__func__", None) is _fused_rmsnorm_forward:
             del module.forward
 
-
-def rms_norm_is_fused() -> bool:
-    """Whether this torch has an ATen fused RMSNorm kernel (else rms_norm is a composite of ops)."""
-    return hasattr(torch.ops.aten, "_fused_rms_norm")
