@@ -21,7 +21,7 @@ from reviewgpt.judge.cache import CACHE_FILE
 from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig, JudgeRequestError
 from reviewgpt.judge.prompt import JUDGE_PROMPT_VERSION
 from reviewgpt.judge.run import JudgeRunConfig, run_judge
-from tests.judge_support.data import CANDIDATE_MARK, write_review_files
+from tests.judge_support.data import CANDIDATE_MARK, judge_args, write_review_files
 from tests.judge_support.server import FakeJudgeServer, Reply, candidate_is, verdict_json
 
 pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])
@@ -174,25 +174,8 @@ def test_timeouts_are_retried_and_unanswered_judgments_stay_missing_until_a_reru
     # A judge that never answers in time: the CLI reports missing judgments and exits 1 ...
     candidate, reference = write_review_files(tmp_path)
     out = tmp_path / "cli"
-    args = [
-        "judge",
-        "--candidate",
-        str(candidate),
-        "--reference",
-        str(reference),
-        "--judge",
-        "openai:m",
-        "--api-key-env",
-        "REVIEWGPT_TEST_KEY",
-        "--output",
-        str(out),
-        "--timeout",
-        "0.2",
-        "--max-retries",
-        "1",
-        "--backoff",
-        "0.001",
-    ]
+    args = judge_args(candidate, reference, "openai:m", out, "--api-key-env", "REVIEWGPT_TEST_KEY",
+                      "--timeout", "0.2", "--max-retries", "1", "--backoff", "0.001")
     with FakeJudgeServer(lambda n, body: Reply(content=verdict_json("A"), delay_s=0.6)) as slow:
         assert main([*args, "--base-url", slow.url]) == 1
     assert json.loads((out / "summary.json").read_text())["missing_judgments"] == 6
@@ -223,24 +206,9 @@ def test_crash_mid_run_then_resume_asks_only_the_missing(tmp_path):
     def slow_good(n, body):
         return Reply(content=verdict_json(candidate_is(body["messages"], CANDIDATE_MARK)), delay_s=0.05)
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "reviewgpt",
-        "judge",
-        "--candidate",
-        str(candidate),
-        "--reference",
-        str(reference),
-        "--judge",
-        "openai:m",
-        "--api-key-env",
-        "REVIEWGPT_TEST_KEY",
-        "--output",
-        str(out),
-        "--concurrency",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "reviewgpt",
+           *judge_args(candidate, reference, "openai:m", out, "--api-key-env", "REVIEWGPT_TEST_KEY",
+                       "--concurrency", "1")]
     with FakeJudgeServer(slow_good) as first:
         proc = subprocess.Popen(
             [*cmd, "--base-url", first.url],
@@ -276,23 +244,8 @@ def test_crash_mid_run_then_resume_asks_only_the_missing(tmp_path):
 def test_a_rejected_key_stops_with_one_clear_line(tmp_path, capsys):
     candidate, reference = write_review_files(tmp_path)
     with FakeJudgeServer(lambda n, body: Reply(401)) as server:
-        code = main(
-            [
-                "judge",
-                "--candidate",
-                str(candidate),
-                "--reference",
-                str(reference),
-                "--judge",
-                "openai:m",
-                "--base-url",
-                server.url,
-                "--api-key-env",
-                "REVIEWGPT_TEST_KEY",
-                "--output",
-                str(tmp_path / "o"),
-            ]
-        )
+        code = main(judge_args(candidate, reference, "openai:m", tmp_path / "o", "--base-url", server.url,
+                               "--api-key-env", "REVIEWGPT_TEST_KEY"))
     err = capsys.readouterr().err
     assert code == 2 and "refused the API key (HTTP 401)" in err and "REVIEWGPT_TEST_KEY" in err
     assert "Traceback" not in err and SECRET not in err

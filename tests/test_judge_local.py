@@ -10,7 +10,7 @@ from reviewgpt.cli import main
 from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
 from reviewgpt.judge.prompt import QUESTIONS, WINNERS, build_messages
 from reviewgpt.judge.run import JudgeRunConfig, run_judge
-from tests.judge_support.data import write_review_files
+from tests.judge_support.data import judge_args, write_review_files
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +61,7 @@ def test_verdict_is_the_most_likely_answer_and_deterministic(judge):
 
 def test_local_judge_run_end_to_end_then_cached(tmp_path, tiny_gemma, capsys):
     candidate, reference = write_review_files(tmp_path, n_papers=2)
-    args = [
-        "judge",
-        "--candidate",
-        str(candidate),
-        "--reference",
-        str(reference),
-        "--judge",
-        f"hf:{tiny_gemma}",
-        "--output",
-        str(tmp_path / "out"),
-        "--paper-chars",
-        "300",
-    ]
+    args = judge_args(candidate, reference, f"hf:{tiny_gemma}", tmp_path / "out", "--paper-chars", "300")
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["judged_pairs"] == 2 and summary["unparsable_judgments"] == 0
@@ -99,31 +87,7 @@ def test_generating_judge_that_ignores_the_format_is_unparsable_not_guessed(tmp_
 
 def test_missing_judge_directory_is_a_user_error(tmp_path, capsys):
     candidate, reference = write_review_files(tmp_path, n_papers=1)
-    code = main(
-        [
-            "judge",
-            "--candidate",
-            str(candidate),
-            "--reference",
-            str(reference),
-            "--judge",
-            f"hf:{tmp_path / 'nope'}",
-            "--output",
-            str(tmp_path / "o"),
-        ]
-    )
+    code = main(judge_args(candidate, reference, f"hf:{tmp_path / 'nope'}", tmp_path / "o"))
     assert code == 2 and "does not exist" in capsys.readouterr().err
-    code = main(
-        [
-            "judge",
-            "--candidate",
-            str(candidate),
-            "--reference",
-            str(reference),
-            "--judge",
-            "gpt4",
-            "--output",
-            str(tmp_path / "o"),
-        ]
-    )
+    code = main(judge_args(candidate, reference, "gpt4", tmp_path / "o"))
     assert code == 2 and "not a judge spec" in capsys.readouterr().err

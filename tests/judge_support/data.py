@@ -31,3 +31,9 @@ def write_review_files(tmp_path, n_papers: int = 3, references_per_paper: int = 
                     + "\n"
                 )
     return candidate, reference
+
+
+def judge_args(candidate, reference, judge: str, output, *extra: str) -> list:
+    """`reviewgpt judge` arguments for these files, with `extra` flags after them."""
+    return ["judge", "--candidate", str(candidate), "--reference", str(reference), "--judge", judge,
+            "--output", str(output), *extra]
