@@ -43,11 +43,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     pass
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser with the project's help format; `add_subparsers` makes more of its kind,
+    so every command and sub-command gets the format without asking for it."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="reviewgpt",
         description="Fine-tune open LLMs into reviewers of ML papers.",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt quickstart runs/quickstart",
     )
     parser.add_argument("--version", action="version", version=f"reviewgpt {__version__}")

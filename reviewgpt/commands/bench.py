@@ -10,12 +10,9 @@ def _ints(text: str):
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "bench",
         help="measure tokens/s and peak GPU memory of a recipe's training step (and the reference path)",
-        formatter_class=HelpFormatter,
         epilog=(
             "examples:\n"
             "  reviewgpt bench --recipe gemma-7b-it --seq 12288 --random-init --reference\n"

@@ -7,9 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
-    p = subparsers.add_parser("data", help="check or prepare a data file", formatter_class=HelpFormatter,
+    p = subparsers.add_parser("data", help="check or prepare a data file",
                               epilog="examples:\n  reviewgpt data check papers.jsonl --recipe gemma-7b-it "
                                      "--tokenizer /models/gemma-7b-it\n  reviewgpt data prepare papers.jsonl "
                                      "--output data/")
@@ -17,7 +15,6 @@ def register(subparsers) -> None:
 
     check = sub.add_parser(
         "check", help="validate records and count tokens with the recipe's tokenizer and template",
-        formatter_class=HelpFormatter,
         description="Prints a summary; its last line is one JSON object (records, valid, invalid, duplicates, "
                     "papers_truncated, reviews_truncated, max_tokens, ...). Exit 1 when any record is invalid "
                     "or any review cannot fit.",
@@ -33,7 +30,6 @@ def register(subparsers) -> None:
 
     prep = sub.add_parser(
         "prepare", help="validate, de-duplicate, split by paper; write JSONL + LLaMA-Factory Alpaca files",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05",
     )
     prep.add_argument("file", help="records: .jsonl or .json")

@@ -6,14 +6,11 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "doctor",
         help="check versions, torch/CUDA/driver, bitsandbytes, flash-attn, deepspeed and GPU memory",
         description="Run this first, and paste its output into a bug report. Each check prints OK, WARN "
                     "or FAIL with the fix; the exit status is 1 when any check FAILs.",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt doctor\n  reviewgpt doctor --recipe gemma-7b-it --json > doctor.json",
     )
     p.add_argument("--recipe", metavar="RECIPE",

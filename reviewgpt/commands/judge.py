@@ -16,12 +16,9 @@ Win rate: ties count half; 95% Wilson interval over papers."""
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "judge",
         help="pairwise LLM-judge win rate of candidate vs reference reviews (cached, resumable)",
-        formatter_class=HelpFormatter,
         epilog=EXAMPLE,
     )
     p.add_argument(

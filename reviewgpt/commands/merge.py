@@ -6,10 +6,8 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
-        "merge", help="merge a trained adapter into its 16-bit base model", formatter_class=HelpFormatter,
+        "merge", help="merge a trained adapter into its 16-bit base model",
         epilog="example:\n  reviewgpt merge runs/gemma --output runs/gemma-merged --base /models/gemma-7b-it",
     )
     p.add_argument("adapter", help="the run folder written by `reviewgpt train` (or any PEFT adapter folder)")

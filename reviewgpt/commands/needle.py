@@ -21,12 +21,9 @@ def _floats(text: str):
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "needle",
         help="needle-in-a-haystack test: recall and answer loss by context length and depth",
-        formatter_class=HelpFormatter,
         epilog=EXAMPLE,
     )
     p.add_argument("--model", required=True, metavar="DIR", help="transformers model directory (e.g. merged)")

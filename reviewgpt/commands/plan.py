@@ -6,12 +6,9 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "plan",
         help="predict peak GPU memory for batch sizes 1..N and recommend micro-batch + grad accumulation",
-        formatter_class=HelpFormatter,
         epilog=(
             "examples:\n"
             "  reviewgpt plan --recipe gemma-7b-it --seq 12288 --gpu-mem 24\n"

@@ -12,11 +12,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "quickstart", help="run data check -> train -> merge -> review on a tiny local model (CPU, minutes)",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt quickstart runs/quickstart",
     )
     p.add_argument("dir", help="folder for everything the quickstart writes")

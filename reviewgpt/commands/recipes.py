@@ -6,12 +6,9 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "recipes",
         help="list and validate the built-in recipes",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt recipes\n  reviewgpt recipes --show gemma-7b-it",
     )
     p.add_argument("--show", metavar="RECIPE", help="print one recipe's resolved fields as JSON")

@@ -10,12 +10,9 @@ the page is written to RUN_DIR/report.md with images linked by relative paths.""
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "report",
         help="one Markdown page with a run's loss curve, judge win rate and needle heatmap",
-        formatter_class=HelpFormatter,
         epilog=EXAMPLE,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --output folder of `reviewgpt train`")

@@ -6,11 +6,8 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "review", help="generate one review per paper (JSONL); a rerun skips papers already reviewed",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt review --model runs/gemma-merged --papers papers.jsonl --output reviews.jsonl",
     )
     p.add_argument("--model", required=True, help="merged model folder, `train` run folder (adapter) or base model")

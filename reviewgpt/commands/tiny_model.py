@@ -6,11 +6,8 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
-
     p = subparsers.add_parser(
         "tiny-model", help="build a tiny random model of a real architecture (no download)",
-        formatter_class=HelpFormatter,
         epilog="example:\n  reviewgpt tiny-model --family gemma --output runs/tiny-gemma",
     )
     p.add_argument("--family", choices=["gemma", "mistral"], default="gemma", help="architecture")

@@ -6,13 +6,11 @@ import json
 
 
 def register(subparsers) -> None:
-    from reviewgpt.cli import HelpFormatter
     from reviewgpt.commands.recipe_flags import add_recipe_flags
 
     p = subparsers.add_parser(
         "train",
         help="fine-tune a model on paper-review records (re-run the same command to resume)",
-        formatter_class=HelpFormatter,
         epilog=(
             "examples:\n"
             "  reviewgpt train --recipe gemma-7b-it --model /models/gemma-7b-it --data papers.jsonl --output runs/g\n"
