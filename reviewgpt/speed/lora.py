@@ -20,12 +20,11 @@ weights, several adapters, fp32 adapters without autocast) runs peft's own forwa
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F
 
 from reviewgpt.speed.loss import autocast_dtype
+from reviewgpt.speed.patching import patch_forward, unpatch_forward
 
 _LORA_LINEAR_TYPES = ("Linear", "Linear4bit", "Linear8bitLt")
 
@@ -61,16 +60,9 @@ def patch_fused_lora(model) -> int:
         from peft.tuners.lora import LoraLayer
     except ImportError:
         return 0
-    patched = 0
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and type(module).__name__ in _LORA_LINEAR_TYPES:
-            module.forward = types.MethodType(_fused_lora_forward, module)
-            patched += 1
-    return patched
+    layers = (m for m in model.modules() if isinstance(m, LoraLayer) and type(m).__name__ in _LORA_LINEAR_TYPES)
+    return patch_forward(layers, _fused_lora_forward)
 
 
 def unpatch_fused_lora(model) -> None:
-    for module in model.modules():
-        forward = vars(module).get("forward")
-        if getattr(forward, "__func__", None) is _fused_lora_forward:
-            del module.forward
+    unpatch_forward(model, _fused_lora_forward)

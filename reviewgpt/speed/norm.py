@@ -13,9 +13,9 @@ left alone. On a torch without `rms_norm` nothing is patched.
 
 from __future__ import annotations
 
-import types
-
 import torch.nn.functional as F
+
+from reviewgpt.speed.patching import patch_forward, unpatch_forward
 
 _RMSNORM_TYPES = ("MistralRMSNorm", "LlamaRMSNorm")
 
@@ -31,17 +31,10 @@ def patch_fused_rmsnorm(model) -> int:
     """Instance-level patch of Mistral/Llama RMSNorm modules; returns how many were patched."""
     if not hasattr(F, "rms_norm"):
         return 0
-    patched = 0
-    for module in model.modules():
-        if type(module).__name__ in _RMSNORM_TYPES and hasattr(module, "variance_epsilon"):
-            module.forward = types.MethodType(_fused_rmsnorm_forward, module)
-            patched += 1
-    return patched
+    norms = (m for m in model.modules() if type(m).__name__ in _RMSNORM_TYPES and hasattr(m, "variance_epsilon"))
+    return patch_forward(norms, _fused_rmsnorm_forward)
 
 
 def unpatch_fused_rmsnorm(model) -> None:
-    for module in model.modules():
-        forward = vars(module).get("forward")
-        if getattr(forward, "__func__", None) is _fused_rmsnorm_forward:
-            del module.forward
+    unpatch_forward(model, _fused_rmsnorm_forward)
 
