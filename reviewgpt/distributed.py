@@ -41,10 +41,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def accumulation_per_process(per_device_batch: int, accumulation: int, processes: int) -> int:
     """Accumulation steps that keep `per_device_batch x accumulation` samples per optimizer step."""
     if processes <= 1:
@@ -79,9 +75,13 @@ def floats_in_logs(logs: dict) -> dict:
     return logs
 
 
-def deepspeed_config_path(stage: str) -> Path:
+def refuse_zero3(stage: Optional[str]) -> None:
     if stage == "zero3":
         raise UserError(f"--deepspeed zero3: {ZERO3_REFUSED}.")
+
+
+def deepspeed_config_path(stage: str) -> Path:
+    refuse_zero3(stage)
     candidates = [Path(__file__).resolve().parents[1] / "envs" / "distributed" / f"deepspeed-{stage}.json",
                   Path(sys.prefix) / "share" / "reviewgpt" / f"deepspeed-{stage}.json"]
     for path in candidates:

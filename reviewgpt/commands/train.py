@@ -7,6 +7,7 @@ import json
 
 def register(subparsers) -> None:
     from reviewgpt.commands.recipe_flags import add_recipe_flags
+    from reviewgpt.distributed import DEEPSPEED_CHOICES
 
     p = subparsers.add_parser(
         "train",
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     launch.add_argument("--node-rank", type=int, default=0, help="this machine's rank (0 = the main one)")
     launch.add_argument("--main-addr", help="address of the rank-0 machine (needed with --nodes > 1)")
     launch.add_argument("--main-port", type=int, default=29500, help="port on the rank-0 machine")
-    launch.add_argument("--deepspeed", choices=["zero2", "zero3"],
+    launch.add_argument("--deepspeed", choices=DEEPSPEED_CHOICES,
                         help="DeepSpeed ZeRO stage 2 (shipped config); zero3 is refused on this transformers pin")
     launch.add_argument("--deepspeed-config", help="your own DeepSpeed JSON instead of the shipped one")
     add_recipe_flags(p)
@@ -48,8 +49,7 @@ def _relaunch_if_asked(args, recipe) -> int | None:
     from reviewgpt import distributed
     from reviewgpt.errors import UserError
 
-    if args.deepspeed == "zero3":
-        raise UserError(f"--deepspeed zero3: {distributed.ZERO3_REFUSED}.")
+    distributed.refuse_zero3(args.deepspeed)  # also with one process, where nothing is launched
     processes = (args.gpus or 1) * args.nodes
     if processes <= 1 or distributed.world_size() > 1:
         return None  # one process, or already launched (accelerate/torchrun set WORLD_SIZE)
