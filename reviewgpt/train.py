@@ -304,6 +304,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
 def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: bool = False,
           skip_invalid: bool = False, callbacks: Sequence = ()) -> dict:
     """Run one training job; returns a summary (also written to OUTPUT/train_summary.json)."""
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
@@ -358,6 +359,9 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if main_process:
         save_recipe(recipe, output_dir / RECIPE_FILE)
 
+    # SFTTrainer builds the LoRA layers (random A matrices) before the Trainer seeds anything:
+    # seed first, or two runs of the same command start from different adapters.
+    set_seed(recipe.seed)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -83,6 +83,18 @@ def test_rerun_after_a_crash_resumes_at_the_right_step_with_the_same_loss(tiny_g
         assert got[step] == pytest.approx(expected[step], rel=1e-4), step
 
 
+def test_the_same_command_trains_the_same_adapter(tiny_gemma, sample_file, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = tiny_recipe("gemma", tiny_gemma, max_steps=2)
+    train(recipe, sample_file, tmp_path / "a")
+    torch.rand(1000)  # whatever ran before must not change the LoRA initialisation
+    train(recipe, sample_file, tmp_path / "b")
+    a, b = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
 def test_incomplete_checkpoints_are_ignored(tmp_path):
     complete = tmp_path / "checkpoint-2"
     complete.mkdir()
