@@ -90,30 +90,25 @@ def make_backend(args):
             f"--judge {args.judge!r} is not a judge spec; pass openai:MODEL (e.g. "
             "openai:gpt-4-1106-preview) or hf:DIR (a local model directory)."
         )
-    try:
-        if kind == "openai":
-            from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig
+    if kind == "openai":
+        from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig
 
-            return ChatCompletionsClient(
-                HTTPJudgeConfig(
-                    model=target,
-                    base_url=args.base_url,
-                    api_key_env=args.api_key_env,
-                    timeout_s=args.timeout,
-                    max_retries=args.max_retries,
-                    backoff_s=args.backoff,
-                    max_tokens=args.max_tokens,
-                )
-            )
-        from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
-
-        return LocalJudge(
-            LocalJudgeConfig(
-                model_dir=target, mode=args.local_mode, max_new_tokens=args.max_new_tokens, device=args.device
+        return ChatCompletionsClient(
+            HTTPJudgeConfig(
+                model=target,
+                base_url=args.base_url,
+                api_key_env=args.api_key_env,
+                timeout_s=args.timeout,
+                max_retries=args.max_retries,
+                backoff_s=args.backoff,
+                max_tokens=args.max_tokens,
             )
         )
-    except ValueError as exc:
-        raise UserError(f"invalid judge setting: {exc}; fix the flag.") from None
+    from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
+
+    return LocalJudge(
+        LocalJudgeConfig(model_dir=target, mode=args.local_mode, max_new_tokens=args.max_new_tokens, device=args.device)
+    )
 
 
 def run(args) -> int:
@@ -130,9 +125,9 @@ def run(args) -> int:
             retry_unparsable=args.retry_unparsable,
             limit=args.limit,
         )
+        backend = make_backend(args)  # its configs check their values too (ValueError)
     except ValueError as exc:
         raise UserError(f"invalid judge setting: {exc}; fix the flag.") from None
-    backend = make_backend(args)
     summary = run_judge(
         args.candidate, args.reference, backend, config, papers_path=args.papers, progress=sys.stderr.isatty()
     )
