@@ -10,6 +10,7 @@ import torch
 from reviewgpt import distributed
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
+from tests.util import train_losses
 
 
 def test_effective_batch_is_kept_across_processes():
@@ -102,11 +103,6 @@ def test_asking_for_more_gpus_than_there_are_is_clear(tmp_path, capsys):
     assert code == 2 and "--gpus 2: this machine has 0 CUDA GPU(s)" in capsys.readouterr().err
 
 
-def _losses(run):
-    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
 def _train_cmd(model, data, out, *extra):
     return ["-m", "reviewgpt", "train", "--recipe", "tiny", "--model", str(model), "--data", str(data),
             "--output", str(out), "--max-steps", "4", "--save-steps", "2", "--logging-steps", "1",
@@ -128,7 +124,7 @@ def test_two_processes_on_cpu_match_one_process_and_resume(tiny_gemma, sample_fi
     assert single.returncode == 0, single.stderr[-3000:]
     two = _torchrun(_train_cmd(tiny_gemma, sample_file, tmp_path / "two"), env)
     assert two.returncode == 0, two.stderr[-3000:]
-    one_losses, two_losses = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one_losses, two_losses = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert sorted(two_losses) == [1, 2, 3, 4]
     for step in one_losses:
         assert two_losses[step] == pytest.approx(one_losses[step], rel=2e-3), step
@@ -143,6 +139,6 @@ def test_two_processes_on_cpu_match_one_process_and_resume(tiny_gemma, sample_fi
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
-    resumed = _losses(tmp_path / "two")
+    resumed = train_losses(tmp_path / "two")
     for step in (3, 4):
         assert resumed[step] == pytest.approx(one_losses[step], rel=2e-3), step

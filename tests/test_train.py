@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
 from reviewgpt.train import newest_complete_checkpoint, train
-from tests.util import write_jsonl
+from tests.util import train_losses, write_jsonl
 
 
 class CaptureModel(TrainerCallback):
@@ -61,11 +61,6 @@ def test_three_steps_change_lora_weights_and_leave_the_base_alone(family, tiny_m
     assert steps == [1, 2, 3]
 
 
-def _losses(run):
-    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
 def test_rerun_after_a_crash_resumes_at_the_right_step_with_the_same_loss(tiny_gemma, sample_file, tmp_path):
     recipe = tiny_recipe("gemma", tiny_gemma, max_steps=5, save_steps=2)
     straight = train(recipe, sample_file, tmp_path / "straight")
@@ -77,7 +72,7 @@ def test_rerun_after_a_crash_resumes_at_the_right_step_with_the_same_loss(tiny_g
     resumed = train(recipe, sample_file, tmp_path / "crashed")  # the same command again
 
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 5
-    expected, got = _losses(tmp_path / "straight"), _losses(tmp_path / "crashed")
+    expected, got = train_losses(tmp_path / "straight"), train_losses(tmp_path / "crashed")
     assert sorted(got) == [1, 2, 3, 4, 5]  # the crashed run's step 3 was dropped and redone
     for step in (3, 4, 5):
         assert got[step] == pytest.approx(expected[step], rel=1e-4), step
@@ -92,7 +87,7 @@ def test_the_same_command_trains_the_same_adapter(tiny_gemma, sample_file, tmp_p
     train(recipe, sample_file, tmp_path / "b")
     a, b = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):
