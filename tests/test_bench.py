@@ -54,3 +54,14 @@ def test_bench_cpu_skip_layer_rows(tiny_mistral, tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"path")]
     assert [r["label"] for r in rows] == ["recipe defaults", "defaults+checkpoint_skip_layers=1"]
     assert rows[1]["options"]["checkpoint_skip_layers"] == 1 and rows[0]["options"]["checkpoint_skip_layers"] == 0
+
+
+@pytest.mark.parametrize("flags", [["--seq", "32", "--skip-layers", "x"], ["--seq", "0"], ["--seq", ","],
+                                   ["--seq", "32", "--batch", "2,a"]])
+def test_bad_numbers_are_one_clear_line(flags, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        code = main(["bench", "--recipe", "tiny", *flags])
+        raise SystemExit(code)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("positive integers" in err or "at least one number" in err)

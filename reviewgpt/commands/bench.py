@@ -6,7 +6,13 @@ import json
 
 
 def _ints(text: str):
-    return [int(x) for x in str(text).split(",") if x.strip()]
+    """argparse type: '8192,12288' -> [8192, 12288]; anything else is a usage error naming the value."""
+    import argparse
+
+    parts = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return [int(x) for x in parts]
 
 
 def register(subparsers) -> None:
@@ -23,8 +29,8 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--recipe", required=True, help="built-in recipe name or YAML file")
-    p.add_argument("--seq", required=True, help="tokens per sequence (comma-separated for several)")
-    p.add_argument("--batch", default="1", help="micro-batch size(s), comma-separated")
+    p.add_argument("--seq", required=True, type=_ints, help="tokens per sequence (comma-separated for several)")
+    p.add_argument("--batch", default="1", type=_ints, help="micro-batch size(s), comma-separated")
     p.add_argument("--steps", type=int, default=4, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--model", help="local model directory (default: the recipe's; see --random-init)")
@@ -35,7 +41,7 @@ def register(subparsers) -> None:
                    help="also measure the seed recipe's path (every speed option off) in this process")
     p.add_argument("--ablate", action="store_true",
                    help="also measure each speed technique switched on in turn (at the first seq/batch)")
-    p.add_argument("--skip-layers", default="",
+    p.add_argument("--skip-layers", default="", type=_ints,
                    help="also measure with this many layers not recomputed (comma-separated, e.g. 4,8)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="profile one extra step of the recipe's options: its N costliest GPU kernels")
@@ -46,7 +52,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from reviewgpt.bench import run_bench
+    from reviewgpt.errors import UserError
     from reviewgpt.recipe import load_recipe
+
+    if not args.seq or not args.batch:
+        raise UserError("--seq and --batch each need at least one number, e.g. --seq 8192,12288 --batch 1.")
 
     overrides = {"quantize": False} if args.no_quantize else {}
     recipe = load_recipe(args.recipe, overrides)
@@ -58,7 +68,7 @@ def run(args) -> int:
             with open(args.output, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
-    run_bench(recipe, _ints(args.seq), _ints(args.batch), steps=args.steps, warmup=args.warmup,
+    run_bench(recipe, args.seq, args.batch, steps=args.steps, warmup=args.warmup,
               model_dir=args.model, random_init=args.random_init, reference=args.reference, ablate=args.ablate,
-              weights_dir=args.weights_dir, emit=emit, skip_layers=_ints(args.skip_layers), profile=args.profile)
+              weights_dir=args.weights_dir, emit=emit, skip_layers=args.skip_layers, profile=args.profile)
     return 0
