@@ -1,6 +1,7 @@
 """The `reviewgpt` command line: one subcommand per step of the data flow.
 
-    recipes -> data check / data prepare -> train -> merge -> review   (+ quickstart, tiny-model)
+    recipes -> data check / data prepare -> train -> merge -> review -> eval / score / judge
+    (+ quickstart, tiny-model)
 
 Each subcommand lives in a module that exposes `register(subparsers)`; the module's own heavy
 imports (torch, transformers) happen inside its command function, so `--help` is instant.
@@ -28,6 +29,8 @@ COMMAND_MODULES = [
     "reviewgpt.commands.train",
     "reviewgpt.commands.merge",
     "reviewgpt.commands.review",
+    "reviewgpt.commands.eval",
+    "reviewgpt.commands.score",
     "reviewgpt.commands.quickstart",
     "reviewgpt.commands.tiny_model",
     "reviewgpt.commands.doctor",

@@ -42,14 +42,13 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
     encoder = PromptEncoder(tokenizer, get_template(recipe.template))
     lengths, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], 0, 0, 0
     for record in tqdm(loaded.records, desc="counting tokens", unit="rec", disable=len(loaded.records) < 50):
-        paper_tokens = len(encoder.content_ids(record.paper))
-        review_tokens = len(encoder.content_ids(record.review)) + len(encoder.end_ids)
-        total = encoder.fixed_length() + paper_tokens + review_tokens
+        encoded = encoder.encode_text(record.paper, record.review)
+        total = len(encoded.ids)
         lengths.append(total)
         if total > max_length:
             # trl 0.7.11's truncation=True keeps the first max_length tokens: the review's tail goes.
             reviews_cut_by_tail += 1
-            if encoder.shortest_length(review_tokens) > max_length:
+            if encoder.shortest_length(encoded) > max_length:
                 reviews_too_long += 1
             else:
                 papers_truncated += 1

@@ -202,3 +202,101 @@ def load_base_model(
         raise UserError(f"could not load the model from {path!r} ({exc}); pass --model DIR.") from None
     model.config.use_cache = False  # incompatible with gradient checkpointing; generation turns it on
     return model
+
+
+RUN_RECIPE_FILE = "reviewgpt_recipe.yaml"  # written by `train` into its run folder
+MERGE_METADATA_FILE = "reviewgpt.json"  # written by `merge` into the merged folder
+
+
+@dataclass
+class InferenceModel:
+    """A model ready for evaluation or generation, with what its folder says about its training."""
+
+    model: object
+    tokenizer: object
+    kind: str  # "run" (adapter on its base), "merged" or "base"
+    family: str
+    quantized: bool
+    template: Optional[str] = None  # the training template, when the folder records it
+    max_seq_length: Optional[int] = None  # the training length, when recorded
+    metadata: Optional[dict] = None  # the run's recipe or the merge metadata
+
+
+def family_of(config) -> str:
+    model_type = getattr(config, "model_type", "")
+    return model_type if model_type in FAMILIES else "llama"
+
+
+def _read_run(model_dir: Path) -> dict:
+    import yaml
+
+    path = model_dir / RUN_RECIPE_FILE
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
+def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implementation: str = "auto"
+                       ) -> InferenceModel:
+    """A `train` run folder (its adapter on its base), a `merge` output or a plain model folder,
+    in eval mode on the GPU when there is one (bf16; fp32 on the CPU).
+
+    `quantize` None follows the run: its base is loaded in 4-bit when it was trained in 4-bit and
+    a GPU is here (on a CPU it is loaded in 16/32-bit and a warning says so); True asks for 4-bit.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"--model {model_dir}: no such folder; pass a `reviewgpt train` run folder, a merged "
+                        "model or a model folder.")
+    cuda = cuda_available()
+    is_run = (model_dir / "adapter_config.json").is_file()
+    if not is_run and not (model_dir / "config.json").is_file():
+        raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a `reviewgpt train` run "
+                        "folder, a merged model or a model folder.")
+    metadata = _read_run(model_dir) if is_run else {}
+    merged_meta = model_dir / MERGE_METADATA_FILE
+    if not is_run and merged_meta.is_file():
+        metadata = json.loads(merged_meta.read_text(encoding="utf-8"))
+    base = str(model_dir)
+    if is_run:
+        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        require_local_or_cached(base, "the adapter's base model", "`reviewgpt merge RUN --base DIR` and --model")
+    trained_4bit = bool(metadata.get("quantize", False)) and is_run
+    if quantize is None:
+        quantize = trained_4bit and cuda
+        if trained_4bit and not cuda:
+            log.warning("%s was trained on a 4-bit base; without a GPU it is evaluated on the 16/32-bit base",
+                        model_dir)
+    if quantize:
+        check_quantization_possible()
+    attention = resolve_attention(attn_implementation)
+    family = metadata.get("family") or family_of(load_config(base, "llama"))
+    config = load_config(base, family, attention)
+    kwargs = dict(config=config, torch_dtype=torch.bfloat16 if cuda else torch.float32)
+    if quantize:
+        kwargs["quantization_config"] = qlora_config(family, quantize=True)[0]
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except OSError as exc:
+        raise UserError(f"could not load the model from {base!r} ({exc}); pass --model DIR.") from None
+    if is_run:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(model_dir))
+    if not quantize:
+        model.to("cuda" if cuda else "cpu")
+    model.eval()
+    model.config.use_cache = True
+    if attention == "sdpa" and family == "llama":
+        from reviewgpt.speed.llama_mask import patch_llama_causal_mask
+
+        patch_llama_causal_mask(model)  # 4.38.2 builds a context x context mask per forward otherwise
+    tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base)
+    tokenizer = load_tokenizer(str(tokenizer_dir), family)
+    return InferenceModel(model=model, tokenizer=tokenizer, kind="run" if is_run else ("merged" if metadata else "base"),
+                          family=family, quantized=bool(quantize), template=metadata.get("template"),
+                          max_seq_length=metadata.get("max_seq_length"), metadata=metadata)

@@ -1,14 +1,21 @@
 """The reviewer prompt, its templates, and trl's `formatting_func`.
 
-A template splits a training text into four parts so that tokenization can trim the paper and
+A template writes a training text as five parts, so that tokenization can trim the paper and
 keep the review whole (see `reviewgpt.tokenization`):
 
     head + {paper} + tail + {review} + end
 
-`alpaca-reference` reproduces the reference recipe's text byte for byte (no newlines between
-sections, as REFERENCE.md records it). `gemma-it` and `mistral-inst` are the models' own chat
-formats; templates that do not write the BOS token in their text get it from the tokenizer, as
-trl's `add_special_tokens=True` did in the reference run.
+Two kinds, tokenized the way each model's own tooling does it (tests compare the ids):
+
+- **Alpaca texts** (`alpaca-reference`, `alpaca`) are tokenized as trl 0.7.11's SFTTrainer does:
+  the whole text with the tokenizer's own special tokens (`add_special_tokens=True`: Gemma's and
+  Llama's BOS). `alpaca-reference` reproduces the reference recipe's text byte for byte (no
+  newlines between sections, as REFERENCE.md records it) and, like trl, adds no EOS; `alpaca`
+  adds newlines and the EOS, so a model trained on it learns to stop.
+- **Chat formats** (`gemma-it`, `mistral-inst`, `smollm2-chatml`) write their control tokens,
+  BOS included, in the text: their ids equal `tokenizer.apply_chat_template` of the two-turn
+  conversation (user: instruction + blank line + paper; assistant: review). Paper and review are
+  stripped of surrounding whitespace, as Gemma's template does (`| trim`).
 """
 
 from __future__ import annotations
@@ -37,23 +44,34 @@ CRITERIA = (
 )
 
 
+# SmolLM2-Instruct's chat template adds this system turn when a conversation has none.
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
 @dataclass(frozen=True)
 class Template:
     name: str
     head: str
     tail: str
     end: str = ""
-    # True when `head` itself starts with the BOS token's text (chat formats); otherwise the
-    # tokenizer's BOS id is prepended when the tokenizer has one.
-    text_has_bos: bool = False
-    # Extra strings that end a generated review (besides the tokenizer's EOS).
+    # A chat format: control tokens (BOS included) are written in the text, which is tokenized
+    # without the tokenizer's own additions, as apply_chat_template does. Not chat: an Alpaca
+    # text, tokenized with the tokenizer's special tokens, as trl 0.7.11 does.
+    chat: bool = False
+    # Append the tokenizer's EOS after `end` (a text that does not write its own end token).
+    append_eos: bool = False
+    # Strings that end a generated review (besides the tokenizer's EOS).
     stop_strings: tuple = ()
 
+    def content(self, text: str) -> str:
+        """Paper or review as the template writes it (chat formats strip it, as Gemma's does)."""
+        return text.strip() if self.chat else text
+
     def prompt(self, paper: str) -> str:
-        return f"{self.head}{paper}{self.tail}"
+        return f"{self.head}{self.content(paper)}{self.tail}"
 
     def text(self, paper: str, review: str) -> str:
-        return f"{self.head}{paper}{self.tail}{review}{self.end}"
+        return f"{self.head}{self.content(paper)}{self.tail}{self.content(review)}{self.end}"
 
 
 TEMPLATES: Dict[str, Template] = {
@@ -68,14 +86,15 @@ TEMPLATES: Dict[str, Template] = {
             name="alpaca",
             head=f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{INSTRUCTION}\n\n### Input:\n",
             tail="\n\n### Response:\n",
+            append_eos=True,
         ),
         Template(
             name="gemma-it",
             # Gemma has no system role: the instruction goes into the user turn.
             head=f"<bos><start_of_turn>user\n{INSTRUCTION}\n\n",
             tail="<end_of_turn>\n<start_of_turn>model\n",
-            end="<end_of_turn>",
-            text_has_bos=True,
+            end="<end_of_turn>\n",
+            chat=True,
             stop_strings=("<end_of_turn>",),
         ),
         Template(
@@ -83,7 +102,15 @@ TEMPLATES: Dict[str, Template] = {
             head=f"<s>[INST] {INSTRUCTION}\n\n",
             tail=" [/INST]",
             end="</s>",
-            text_has_bos=True,
+            chat=True,
+        ),
+        Template(
+            name="smollm2-chatml",
+            head=f"<|im_start|>system\n{SMOLLM2_SYSTEM}<|im_end|>\n<|im_start|>user\n{INSTRUCTION}\n\n",
+            tail="<|im_end|>\n<|im_start|>assistant\n",
+            end="<|im_end|>\n",
+            chat=True,
+            stop_strings=("<|im_end|>",),
         ),
     )
 }

@@ -1,29 +1,50 @@
-"""Token ids and labels that keep the review whole.
+"""Token ids and labels that keep the review whole, tokenized as each model's own tooling does.
 
 trl 0.7.11 tokenizes with `truncation=True, max_length=max_seq_length`, which cuts the *tail*
-of each text - the review, the only part worth learning (REFERENCE.md section 2 and 4: 60% of real
-ICLR records exceed 8,192 tokens). Here the text is built from separately tokenized parts
+of each text - the review, the only part worth learning (REFERENCE.md sections 2 and 4: 60% of
+real ICLR records exceed 8,192 tokens). Here the whole text of a template
 
-    [BOS] head | paper | tail | review | end [EOS]
+    head + paper + tail + review + end
 
-and when it does not fit, the paper is trimmed: its head is kept and `CUT_MARKER` marks the
-cut. A review that does not fit even with an empty paper raises `ReviewTooLong`; callers
-either stop with an error or, when asked, skip and count the record. Nothing is cut silently.
+is tokenized at once, and when it does not fit, paper tokens are removed from the paper's end
+and `CUT_MARKER` marks the cut. A review that does not fit even with one paper token raises
+`ReviewTooLong`; callers stop with an error or, when asked, skip and count the record.
 
-Generation uses the same `encode_prompt` so the model sees at inference the layout it was
-trained on.
+Why whole texts: tokenizing the parts one by one is not what the model saw in pre-training.
+A sentencepiece tokenizer puts "▁" in front of every separately tokenized part (Mistral's real
+tokenizer turned " [/INST]" into "▁ ▁[ / INST ]" and "Strengths" into "▁Stre ngth s"). So an
+untrimmed example has exactly the ids of `tokenizer.apply_chat_template` (chat formats) or of
+trl's `tokenizer(text)` (Alpaca texts), and a trimmed one differs only by the removed paper
+tokens and the marker. The tests compare ids with the real Mistral tokenizer and the tiny ones.
+
+How: a fast tokenizer splits a text at its control tokens and tokenizes each stretch between
+them on its own. This module does the same with the template's control tokens (split where the
+template wrote them, never inside a paper or review) and tokenizes each stretch with a copy of
+the tokenizer that knows no control tokens at all, so a paper that quotes "<s>" or
+"<end_of_turn>" gets the plain-text pieces of those characters instead of a control token that
+would end the turn. Each token's character offsets say whether it belongs to the paper (may be
+cut) or the review (gets a label).
+
+Generation uses the same encoder (`encode_prompt`): the model sees the layout it was trained on.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+from reviewgpt.errors import UserError
 from reviewgpt.prompt import Template
 
 IGNORE_INDEX = -100
 CUT_MARKER = "\n[... the rest of the paper was cut to fit the context ...]\n"
+
+# Part numbers of a text, in order; BEFORE/AFTER are the tokenizer's own additions (BOS, EOS).
+BEFORE, HEAD, PAPER, TAIL, REVIEW, END, AFTER = range(7)
+# Separates a stretch from what came before it, as a control token does, in the plain tokenizer.
+_SEGMENT_START = "<|reviewgpt-segment-start|>"
 
 
 class ReviewTooLong(ValueError):
@@ -41,119 +62,235 @@ class Example:
     labels: List[int]
     paper_tokens: int  # tokens of the paper before any cut
     paper_kept: int  # tokens of the paper kept
-    review_tokens: int  # tokens of the review (+ end + EOS): all of them are in input_ids
+    review_tokens: int  # tokens from the review's first to the end (end + EOS): all are in input_ids
 
     @property
     def paper_truncated(self) -> bool:
         return self.paper_kept < self.paper_tokens
 
 
-def _ids(tokenizer, text: str) -> List[int]:
-    if not text:
-        return []
-    # verbose=False: a paper longer than the model is expected here (it is trimmed afterwards).
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+@dataclass(frozen=True)
+class Encoded:
+    """A whole text's ids and where its paper and review are."""
+
+    ids: List[int]
+    paper: Tuple[int, int]  # [start, stop) of the tokens that lie wholly inside the paper
+    review_start: int  # first token that holds part of the review (or what follows it)
+
+    @property
+    def paper_tokens(self) -> int:
+        return self.paper[1] - self.paper[0]
 
 
-def _special_pattern(tokenizer) -> Optional[re.Pattern]:
-    specials = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
-    specials = sorted((s for s in specials if s), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, specials))) if specials else None
+class PlainTokenizer:
+    """The tokenizer's own normalizer, pre-tokenizer and vocabulary, with no control tokens."""
+
+    def __init__(self, tokenizer):
+        from tokenizers import Tokenizer
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise UserError(f"{type(tokenizer).__name__} is a slow tokenizer; reviewgpt needs a fast one "
+                            "(a tokenizer.json next to the model, which AutoTokenizer loads by default).")
+        data = json.loads(backend.to_str())
+        data["added_tokens"] = [{"id": len(data["model"].get("vocab") or ()) + len(data.get("added_tokens", ())),
+                                 "content": _SEGMENT_START, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True}]
+        data["post_processor"] = None
+        data["truncation"] = None
+        data["padding"] = None
+        self._tokenizer = Tokenizer.from_str(json.dumps(data))
+
+    def encode(self, text: str, at_start: bool) -> Tuple[List[int], List[Tuple[int, int]]]:
+        """Ids and character offsets of `text` tokenized as one stretch; `at_start`: it begins the
+        whole text (sentencepiece tokenizers may treat the very first stretch differently)."""
+        if not text:
+            return [], []
+        if at_start:
+            enc = self._tokenizer.encode(text, add_special_tokens=False)
+            return list(enc.ids), list(enc.offsets)
+        enc = self._tokenizer.encode(_SEGMENT_START + text, add_special_tokens=False)
+        shift = len(_SEGMENT_START)
+        return list(enc.ids[1:]), [(s - shift, e - shift) for s, e in enc.offsets[1:]]
 
 
-def content_ids(tokenizer, text: str, pattern: Optional[re.Pattern]) -> List[int]:
-    """Token ids of user text (a paper, a review) in which control tokens stay plain text.
+def control_tokens(tokenizer) -> dict:
+    """text -> id of every control (special or added) token of the tokenizer."""
+    tokens = dict(getattr(tokenizer, "added_tokens_encoder", {}))
+    for text in tokenizer.all_special_tokens:
+        tokens.setdefault(text, tokenizer.convert_tokens_to_ids(text))
+    return {text: i for text, i in tokens.items() if text and i is not None}
 
-    Fast tokenizers turn "<bos>", "</s>" or "<end_of_turn>" anywhere in the text into the control
-    token itself; a paper that quotes one would end the turn or the sequence early. Such a string
-    is tokenized as two plain pieces ("<" + "bos>") instead.
-    """
-    if pattern is None or not pattern.search(text):
-        return _ids(tokenizer, text)
-    ids, pos = [], 0
-    for match in pattern.finditer(text):
-        ids += _ids(tokenizer, text[pos:match.start()])
-        ids += _ids(tokenizer, match.group()[:1]) + _ids(tokenizer, match.group()[1:])
-        pos = match.end()
-    return ids + _ids(tokenizer, text[pos:])
+
+def special_affixes(tokenizer) -> Tuple[List[int], List[int]]:
+    """The ids a tokenizer adds around a text with add_special_tokens=True (e.g. [BOS], [])."""
+    probe = "probe"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain):])
+    return [], []
 
 
 class PromptEncoder:
-    """Caches the fixed parts of a template's token ids for one tokenizer."""
+    """Encodes (paper, review) pairs with one template and one tokenizer."""
 
     def __init__(self, tokenizer, template: Template):
         self.tokenizer = tokenizer
         self.template = template
-        bos = [] if template.text_has_bos or tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-        self.head_ids = bos + _ids(tokenizer, template.head)
-        self.tail_ids = _ids(tokenizer, template.tail)
-        self.end_ids = _ids(tokenizer, template.end)
-        eos = tokenizer.eos_token_id
-        if eos is not None and (not self.end_ids or self.end_ids[-1] != eos):
-            self.end_ids = self.end_ids + [eos]
-        self.marker_ids = _ids(tokenizer, CUT_MARKER)
-        self.special_pattern = _special_pattern(tokenizer)
+        self.plain = PlainTokenizer(tokenizer)
+        self.controls = control_tokens(tokenizer)
+        self._control_re = re.compile("|".join(map(re.escape, sorted(self.controls, key=len, reverse=True))))
+        if template.chat:
+            self._check_controls()
+            self.before_ids, self.after_ids = [], []
+        else:
+            self.before_ids, self.after_ids = special_affixes(tokenizer)
+        if template.append_eos and tokenizer.eos_token_id is not None:
+            self.after_ids = self.after_ids + [tokenizer.eos_token_id]
+        self.marker_ids = self._marker_ids()
+
+    def _check_controls(self) -> None:
+        """A chat format on a tokenizer that lacks its control tokens would train on plain text."""
+        for literal in re.findall(r"<[^<>\s]+>", self.template.head + self.template.tail + self.template.end):
+            if literal not in self.controls:
+                raise UserError(
+                    f"template {self.template.name!r} writes the control token {literal!r}, which this tokenizer "
+                    f"does not have; pick the template of this model's own chat format (--template).")
+
+    def _marker_ids(self) -> List[int]:
+        """CUT_MARKER's ids as they appear in the middle of a paper."""
+        lead = "."
+        ids, offsets = self.plain.encode(lead + CUT_MARKER, at_start=False)
+        for i, (start, _end) in enumerate(offsets):
+            if start >= len(lead):
+                return ids[i:]
+        return self.plain.encode(CUT_MARKER, at_start=False)[0]
 
     def content_ids(self, text: str) -> List[int]:
-        return content_ids(self.tokenizer, text, self.special_pattern)
+        """Ids of `text` as a stretch of plain text in the middle of a prompt (control strings stay text)."""
+        return self.plain.encode(text, at_start=False)[0]
 
-    def fixed_length(self) -> int:
-        return len(self.head_ids) + len(self.tail_ids)
+    def _pieces(self, paper: str, review: Optional[str]) -> List[Tuple[int, str, bool]]:
+        """(part, text, is_control) in order; control tokens only where the template wrote them."""
+        t = self.template
+        parts = [(HEAD, t.head), (PAPER, t.content(paper)), (TAIL, t.tail)]
+        if review is not None:
+            parts += [(REVIEW, t.content(review)), (END, t.end)]
+        pieces = []
+        for part, text in parts:
+            if part in (PAPER, REVIEW):
+                pieces.append((part, text, False))
+                continue
+            pos = 0
+            for match in self._control_re.finditer(text) if self.controls else ():
+                pieces += [(part, text[pos:match.start()], False), (part, match.group(), True)]
+                pos = match.end()
+            pieces.append((part, text[pos:], False))
+        return [p for p in pieces if p[1]]
 
-    def shortest_length(self, review_tokens: int) -> int:
-        """The fewest tokens an example with this review (incl. end + EOS) can have once its paper
-        is cut: prompt, cut marker, one paper token, review. Above max_length: ReviewTooLong."""
-        return self.fixed_length() + review_tokens + len(self.marker_ids) + 1
+    def encode_text(self, paper: str, review: Optional[str] = None) -> Encoded:
+        """The whole text's ids (untrimmed); review None: the prompt for generation (no EOS)."""
+        ids, parts_of_tokens = list(self.before_ids), [(BEFORE, BEFORE)] * len(self.before_ids)
+        pieces = self._pieces(paper, review)
+        at_start = not self.before_ids
+        i = 0
+        while i < len(pieces):
+            part, text, is_control = pieces[i]
+            if is_control:
+                ids.append(self.controls[text])
+                parts_of_tokens.append((part, part))
+                i += 1
+                at_start = False
+                continue
+            # One stretch: the plain pieces up to the next control token, tokenized together.
+            stretch, owner = "", []
+            while i < len(pieces) and not pieces[i][2]:
+                stretch += pieces[i][1]
+                owner += [pieces[i][0]] * len(pieces[i][1])
+                i += 1
+            stretch_ids, offsets = self.plain.encode(stretch, at_start)
+            at_start = False
+            for token, (start, end) in zip(stretch_ids, offsets):
+                first = owner[min(start, len(owner) - 1)]
+                last = owner[min(max(end - 1, start), len(owner) - 1)]
+                ids.append(token)
+                parts_of_tokens.append((first, last))
+        if review is not None:
+            ids += self.after_ids
+            parts_of_tokens += [(AFTER, AFTER)] * len(self.after_ids)
+        paper_positions = [n for n, (first, last) in enumerate(parts_of_tokens) if first == last == PAPER]
+        paper = (paper_positions[0], paper_positions[-1] + 1) if paper_positions else (0, 0)
+        if paper_positions and len(paper_positions) != paper[1] - paper[0]:
+            raise AssertionError("paper tokens are not contiguous")  # cannot happen: parts come in order
+        review_start = next((n for n, (_first, last) in enumerate(parts_of_tokens) if last >= REVIEW), len(ids))
+        return Encoded(ids=ids, paper=paper, review_start=review_start)
 
-    def _trim_paper(self, paper_ids: List[int], budget: int) -> Tuple[List[int], int]:
-        """Keep the paper's head within `budget` tokens, marking the cut: (ids, paper tokens kept)."""
-        if len(paper_ids) <= budget:
-            return paper_ids, len(paper_ids)
-        keep = max(0, budget - len(self.marker_ids))
-        return paper_ids[:keep] + self.marker_ids, keep
+    def shortest_length(self, encoded: Encoded) -> int:
+        """The fewest tokens this text can have once its paper is cut to one token plus the marker."""
+        if encoded.paper_tokens == 0:
+            return len(encoded.ids)
+        return len(encoded.ids) - encoded.paper_tokens + len(self.marker_ids) + 1
+
+    def _trim(self, encoded: Encoded, max_length: int) -> Tuple[List[int], int]:
+        """Ids within max_length with the paper's end cut (marked): (ids, paper tokens kept)."""
+        ids, (start, stop) = encoded.ids, encoded.paper
+        excess = len(ids) - max_length
+        if excess <= 0:
+            return ids, encoded.paper_tokens
+        keep = encoded.paper_tokens - excess - len(self.marker_ids)
+        return ids[:start + keep] + self.marker_ids + ids[stop:], keep
 
     def encode_prompt(self, paper: str, max_prompt_tokens: int) -> tuple:
-        """Prompt ids for generation: paper trimmed so the prompt has at most `max_prompt_tokens`.
-
-        Returns (ids, paper_tokens, paper_kept).
-        """
-        paper_ids = self.content_ids(paper)
-        budget = max_prompt_tokens - self.fixed_length()
-        if budget < len(self.marker_ids) + 1:
+        """Prompt ids for generation, the paper trimmed so the prompt has at most
+        `max_prompt_tokens`. Returns (ids, paper_tokens, paper_kept)."""
+        encoded = self.encode_text(paper)
+        if self.shortest_length(encoded) > max_prompt_tokens:
             raise ValueError(
                 f"max_prompt_tokens={max_prompt_tokens} leaves no room for the paper "
-                f"(the prompt alone takes {self.fixed_length()} tokens)"
+                f"(the prompt alone takes {len(encoded.ids) - encoded.paper_tokens} tokens)"
             )
-        kept, n_kept = self._trim_paper(paper_ids, budget)
-        return self.head_ids + kept + self.tail_ids, len(paper_ids), n_kept
+        ids, kept = self._trim(encoded, max_prompt_tokens)
+        return ids, encoded.paper_tokens, kept
 
     def encode_example(self, paper: str, review: str, max_length: int, loss_on: str = "review") -> Example:
         """Training ids and labels; raises ReviewTooLong if the review cannot fit whole."""
-        paper_ids = self.content_ids(paper)
-        review_ids = self.content_ids(review) + self.end_ids
-        budget = max_length - self.fixed_length() - len(review_ids)
-        if len(paper_ids) > budget and self.shortest_length(len(review_ids)) > max_length:
-            raise ReviewTooLong(self.shortest_length(len(review_ids)), max_length)
-        kept, n_kept = self._trim_paper(paper_ids, budget)
-        prompt_ids = self.head_ids + kept + self.tail_ids
-        input_ids = prompt_ids + review_ids
-        if loss_on == "review":
-            labels = [IGNORE_INDEX] * len(prompt_ids) + review_ids
-        elif loss_on == "all":  # the reference recipe: plain causal LM loss on every token
-            labels = list(input_ids)
-        else:
+        if loss_on not in ("review", "all"):
             raise ValueError(f"loss_on must be 'review' or 'all', got {loss_on!r}")
-        return Example(
-            input_ids=input_ids,
-            labels=labels,
-            paper_tokens=len(paper_ids),
-            paper_kept=n_kept,
-            review_tokens=len(review_ids),
-        )
+        encoded = self.encode_text(paper, review)
+        if len(encoded.ids) > max_length and self.shortest_length(encoded) > max_length:
+            raise ReviewTooLong(self.shortest_length(encoded), max_length)
+        ids, kept = self._trim(encoded, max_length)
+        review_tokens = len(encoded.ids) - encoded.review_start
+        if loss_on == "review":
+            labels = [IGNORE_INDEX] * (len(ids) - review_tokens) + ids[len(ids) - review_tokens:]
+        else:  # the reference recipe: plain causal-LM loss on every token
+            labels = list(ids)
+        return Example(input_ids=ids, labels=labels, paper_tokens=encoded.paper_tokens, paper_kept=kept,
+                       review_tokens=review_tokens)
 
 
-def pad_batch(features: List[dict], pad_token_id: int, pad_to_multiple_of: Optional[int] = None) -> dict:
-    """Right-pad input_ids (pad id), labels (-100) and build attention_mask, as torch tensors."""
+def reference_ids(tokenizer, template: Template, paper: str, review: Optional[str] = None) -> List[int]:
+    """The ids the model's own tooling makes of this text: `apply_chat_template` of the two-turn
+    conversation for a chat format (the tokenizer must carry that format's chat template), trl
+    0.7.11's `tokenizer(text)` for an Alpaca text (review None: the generation prompt)."""
+    from reviewgpt.prompt import INSTRUCTION
+
+    if template.chat:
+        conversation = [{"role": "user", "content": f"{INSTRUCTION}\n\n{template.content(paper)}"}]
+        if review is not None:
+            conversation.append({"role": "assistant", "content": template.content(review)})
+        return list(tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=review is None))
+    if review is None:
+        return list(tokenizer(template.prompt(paper))["input_ids"])
+    text = template.text(paper, review) + (tokenizer.eos_token if template.append_eos else "")
+    return list(tokenizer(text)["input_ids"])
+
+
+def pad_batch(features: Sequence[dict], pad_token_id: int, pad_to_multiple_of: Optional[int] = None,
+              side: str = "right") -> dict:
+    """Pad input_ids (pad id), labels (-100) and build attention_mask, as torch tensors."""
     import torch
 
     longest = max(len(f["input_ids"]) for f in features)
@@ -163,11 +300,36 @@ def pad_batch(features: List[dict], pad_token_id: int, pad_to_multiple_of: Optio
     for f in features:
         n = len(f["input_ids"])
         pad = longest - n
-        input_ids.append(list(f["input_ids"]) + [pad_token_id] * pad)
-        labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-        mask.append([1] * n + [0] * pad)
+        f_labels = list(f["labels"]) if "labels" in f else [IGNORE_INDEX] * n
+        if side == "left":
+            input_ids.append([pad_token_id] * pad + list(f["input_ids"]))
+            labels.append([IGNORE_INDEX] * pad + f_labels)
+            mask.append([0] * pad + [1] * n)
+        else:
+            input_ids.append(list(f["input_ids"]) + [pad_token_id] * pad)
+            labels.append(f_labels + [IGNORE_INDEX] * pad)
+            mask.append([1] * n + [0] * pad)
     return {
         "input_ids": torch.tensor(input_ids, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
         "attention_mask": torch.tensor(mask, dtype=torch.long),
     }
+
+
+def chat_template_of(tokenizer) -> Optional[str]:
+    """The name of the built-in chat format that the tokenizer's own chat template writes, if any."""
+    from reviewgpt.prompt import INSTRUCTION, TEMPLATES
+
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    paper, review = "PAPER-TEXT", "REVIEW-TEXT"
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{INSTRUCTION}\n\n{paper}"}, {"role": "assistant", "content": review}],
+            tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses this conversation matches none of ours
+        return None
+    for template in TEMPLATES.values():
+        if template.chat and template.text(paper, review) == rendered:
+            return template.name
+    return None

@@ -41,8 +41,15 @@ def tiny_mistral(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny_gemma, tiny_mistral):
-    return {"gemma": tiny_gemma, "mistral": tiny_mistral}
+def tiny_llama(tmp_path_factory):
+    from reviewgpt.tiny import build_tiny_model
+
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_gemma, tiny_mistral, tiny_llama):
+    return {"gemma": tiny_gemma, "mistral": tiny_mistral, "llama": tiny_llama}
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +64,13 @@ def mistral_tokenizer(tiny_mistral):
     from reviewgpt.models import load_tokenizer
 
     return load_tokenizer(str(tiny_mistral), "mistral")
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(tiny_llama):
+    from reviewgpt.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_llama), "llama")
 
 
 @pytest.fixture(scope="session")

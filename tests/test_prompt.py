@@ -34,7 +34,7 @@ def test_formatting_func_names_the_missing_column():
 def test_gemma_template_is_gemma_chat_format_without_system_role():
     text = make_formatting_func("gemma-it")({"input": ["P"], "output": ["R"]})[0]
     assert text == (f"<bos><start_of_turn>user\n{reviewgpt.INSTRUCTION}\n\nP<end_of_turn>\n"
-                    "<start_of_turn>model\nR<end_of_turn>")
+                    "<start_of_turn>model\nR<end_of_turn>\n")
     assert "system" not in text
 
 
@@ -49,6 +49,11 @@ def test_every_template_names_the_four_criteria():
         for words in ("importance and novelty", "reasons for acceptance", "reasons for rejection",
                       "suggestions for improvement"):
             assert words in head, (template.name, words)
+
+
+def test_chat_templates_strip_the_paper_and_review_as_gemma_does():
+    text = make_formatting_func("smollm2-chatml")({"input": ["  P \n"], "output": ["\nR  "]})[0]
+    assert text.endswith("\n\nP<|im_end|>\n<|im_start|>assistant\nR<|im_end|>\n")
 
 
 def test_unknown_template_is_a_user_error():

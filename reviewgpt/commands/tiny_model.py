@@ -1,4 +1,4 @@
-"""`reviewgpt tiny-model`: a tiny random Gemma or Mistral, built locally, for CPU tries."""
+"""`reviewgpt tiny-model`: a tiny random Gemma, Mistral or Llama, built locally, for CPU tries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "tiny-model", help="build a tiny random model of a real architecture (no download)",
         epilog="example:\n  reviewgpt tiny-model --family gemma --output runs/tiny-gemma",
     )
-    p.add_argument("--family", choices=["gemma", "mistral"], default="gemma", help="architecture")
+    p.add_argument("--family", choices=["gemma", "mistral", "llama"], default="gemma",
+                   help="architecture (llama: shaped like SmolLM2-Instruct, ChatML tokenizer)")
     p.add_argument("--output", required=True, help="folder to write the model and tokenizer to")
     p.add_argument("--hidden", type=int, default=64, help="hidden size")
     p.add_argument("--layers", type=int, default=2, help="decoder layers")

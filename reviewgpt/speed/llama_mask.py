@@ -1,0 +1,103 @@
+"""Llama (SmolLM2) attention masks the size of the batch, not of the model's context.
+
+transformers 4.38.2 `LlamaModel._update_causal_mask` builds, on every forward, a float mask of
+batch x max_position_embeddings x max_position_embeddings (8192 x 8192 for SmolLM2: 128 MiB per
+sequence in bf16, rebuilt for each generated token) and `LlamaSdpaAttention` slices it per layer
+and passes it to `scaled_dot_product_attention`, so SDPA never takes its flash kernel.
+
+`patch_llama_causal_mask` replaces both, per model instance, for `attn_implementation="sdpa"`:
+- no padding and no cache (training, one eval sequence): no mask, SDPA with `is_causal=True`;
+- no padding, one new token (greedy decoding of unpadded prompts): no mask at all;
+- otherwise a mask of batch x new tokens x all tokens with the same values as 4.38.2's rows
+  (causal + padding; rows that would be fully masked by left padding are opened, as 4.38.2 does
+  for SDPA's memory-efficient kernel).
+Logits, gradients and greedy generations equal the unpatched model's (tests/test_llama_mask.py).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+def compact_causal_mask(attention_mask: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, 1, query_length, keys) additive mask for the last `query_length` positions of a
+    2-D padding mask (1 = token, 0 = padding) that covers every key."""
+    batch, keys = attention_mask.shape
+    device = attention_mask.device
+    rows = torch.arange(keys - query_length, keys, device=device)[:, None]
+    allowed = (torch.arange(keys, device=device)[None, :] <= rows)[None] & attention_mask[:, None, :].bool()
+    min_value = torch.finfo(dtype).min
+    mask = torch.zeros((batch, query_length, keys), dtype=dtype, device=device).masked_fill(~allowed, min_value)
+    # A row of padding sees nothing; SDPA's memory-efficient kernel returns NaN there (pytorch#110213).
+    fully_masked = ~allowed.any(dim=-1, keepdim=True)
+    return mask.masked_fill(fully_masked, 0.0)[:, None]
+
+
+def _update_causal_mask(self, attention_mask, input_tensor):
+    query_length = input_tensor.shape[1]
+    if attention_mask is None or attention_mask.dim() != 2:
+        if attention_mask is None and not self.training and query_length == 1:
+            return None
+        if attention_mask is None and self.training:
+            return None  # training never has a cache: causal attention over the whole sequence
+        return type(self)._update_causal_mask(self, attention_mask, input_tensor)
+    no_padding = bool(torch.all(attention_mask == 1))
+    keys = attention_mask.shape[1]
+    if no_padding and (query_length == 1 or query_length == keys):
+        return None
+    return compact_causal_mask(attention_mask, query_length, input_tensor.dtype)
+
+
+def _sdpa_forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_value=None,
+                  output_attentions=False, use_cache=False, cache_position=None, **kwargs):
+    """LlamaSdpaAttention.forward (4.38.2) for the masks above: a compact mask is used as it is,
+    no mask means causal over the new tokens (is_causal) or, for one new token, over everything."""
+    if output_attentions or (attention_mask is not None and attention_mask.shape[-2] != hidden_states.shape[1]):
+        return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_key_value=past_key_value, output_attentions=output_attentions,
+                                  use_cache=use_cache, cache_position=cache_position, **kwargs)
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    bsz, q_len, _ = hidden_states.size()
+    query = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    cos, sin = self.rotary_emb(value, position_ids)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    past_key_value = getattr(self, "past_key_value", past_key_value)
+    if past_key_value is not None:
+        key, value = past_key_value.update(key, value, self.layer_idx,
+                                           {"sin": sin, "cos": cos, "cache_position": cache_position})
+    key = repeat_kv(key, self.num_key_value_groups)
+    value = repeat_kv(value, self.num_key_value_groups)
+    if query.device.type == "cuda" and attention_mask is not None:
+        # SDPA's memory-efficient kernel with a custom mask needs contiguous inputs (pytorch#112577).
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=self.attention_dropout if self.training else 0.0,
+        is_causal=attention_mask is None and q_len > 1 and key.shape[-2] == q_len)
+    out = out.transpose(1, 2).contiguous().view(bsz, q_len, self.hidden_size)
+    return self.o_proj(out), None, past_key_value
+
+
+def patch_llama_causal_mask(model) -> bool:
+    """Instance-level patches on a Llama model loaded with attn_implementation='sdpa'."""
+    patched = False
+    for module in model.modules():
+        name = type(module).__name__
+        if name == "LlamaModel" and module.config._attn_implementation == "sdpa":
+            module._update_causal_mask = types.MethodType(_update_causal_mask, module)
+            patched = True
+        elif name == "LlamaSdpaAttention":
+            module.forward = types.MethodType(_sdpa_forward, module)
+    return patched
+
+
+def unpatch_llama_causal_mask(model) -> None:
+    for module in model.modules():
+        if type(module).__name__ in ("LlamaModel", "LlamaSdpaAttention"):
+            for attr in ("_update_causal_mask", "forward"):
+                if attr in vars(module):
+                    delattr(module, attr)
