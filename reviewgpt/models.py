@@ -297,6 +297,7 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
         patch_llama_causal_mask(model)  # 4.38.2 builds a context x context mask per forward otherwise
     tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base)
     tokenizer = load_tokenizer(str(tokenizer_dir), family)
-    return InferenceModel(model=model, tokenizer=tokenizer, kind="run" if is_run else ("merged" if metadata else "base"),
+    kind = "run" if is_run else ("merged" if metadata else "base")
+    return InferenceModel(model=model, tokenizer=tokenizer, kind=kind,
                           family=family, quantized=bool(quantize), template=metadata.get("template"),
                           max_seq_length=metadata.get("max_seq_length"), metadata=metadata)

@@ -94,7 +94,8 @@ def test_control_tokens_quoted_in_a_paper_stay_plain_text(encoder, text):
     template_only = PromptEncoder(tokenizer, encoder.template).encode_example("A paper.", "A review.", 100_000)
     assert [i for i in prompt if i in controls] == [i for i in template_only.input_ids[:-template_only.review_tokens]
                                                     if i in controls]
-    assert f"writes {text} in its" in tokenizer.decode(prompt, clean_up_tokenization_spaces=False)  # no spaces added around the quoted token
+    # No spaces added around the quoted token.
+    assert f"writes {text} in its" in tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
 
 
 def test_trimmed_example_differs_only_by_removed_paper_tokens_and_the_marker(encoder):

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
                     "share of repeated word 4-grams, words and length ratio; means with 95%% bootstrap intervals. "
                     "Writes score.json and score.md to --output; the last line printed is one JSON object "
                     "(without the per-paper rows).",
-        epilog="example:\n  reviewgpt score --candidate runs/s/reviews.jsonl --reference dev.jsonl --output runs/s/score",
+        epilog="example:\n  reviewgpt score --candidate runs/s/reviews.jsonl --reference dev.jsonl "
+               "--output runs/s/score",
     )
     p.add_argument("--candidate", required=True, help="reviews from `reviewgpt review` (JSONL: paper_id, review)")
     p.add_argument("--reference", required=True, help="records with the human reviews (.jsonl, .jsonl.gz or .json)")
