@@ -70,3 +70,59 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
         "median_tokens": _percentile(lengths, 0.5),
         "p90_tokens": _percentile(lengths, 0.9),
     }
+
+
+def show_example(path, recipe: Recipe, tokenizer_path: Optional[str] = None, index: int = 0,
+                 max_length: Optional[int] = None) -> dict:
+    """One record as a training example: its ids, labels, decoded parts with and without loss, and
+    whether an untrimmed example equals the ids of the model's own tooling."""
+    from reviewgpt.errors import UserError
+    from reviewgpt.models import load_tokenizer
+    from reviewgpt.prompt import get_template
+    from reviewgpt.tokenization import IGNORE_INDEX, ReviewTooLong, reference_ids
+
+    max_length = max_length or recipe.max_seq_length
+    tokenizer_path = tokenizer_path or recipe.tokenizer or recipe.model
+    if not tokenizer_path:
+        raise UserError(f"recipe {recipe.name!r} names no model; pass --tokenizer DIR.")
+    records = load_records(path).records
+    if not 0 <= index < len(records):
+        raise UserError(f"--index {index}: {path} has {len(records)} valid record(s); pass 0 to {len(records) - 1}.")
+    record = records[index]
+    tokenizer = load_tokenizer(tokenizer_path, recipe.family)
+    template = get_template(recipe.template)
+    encoder = PromptEncoder(tokenizer, template)
+    try:
+        example = encoder.encode_example(record.paper, record.review, max_length, recipe.loss_on)
+    except ReviewTooLong as exc:
+        raise UserError(f"{record.source}: {exc}; pass a larger --max-length.") from None
+    parts, start = [], 0
+    masked = [label == IGNORE_INDEX for label in example.labels]
+    for i in range(1, len(example.input_ids) + 1):
+        if i == len(example.input_ids) or masked[i] != masked[start]:
+            text = tokenizer.decode(example.input_ids[start:i], skip_special_tokens=False,
+                                    clean_up_tokenization_spaces=False)
+            parts.append({"loss": example.labels[start] != IGNORE_INDEX, "tokens": i - start, "text": text})
+            start = i
+    if example.paper_truncated:
+        faithful = "n/a: the paper was trimmed"
+    elif template.chat and not getattr(tokenizer, "chat_template", None):
+        faithful = "n/a: the tokenizer has no chat template to compare with"
+    else:
+        same = example.input_ids == reference_ids(tokenizer, template, record.paper, record.review)
+        tool = "tokenizer.apply_chat_template" if template.chat else "trl 0.7.11's tokenizer(text)"
+        faithful = f"{'yes' if same else 'NO'}: ids {'equal' if same else 'differ from'} {tool}"
+    return {
+        "source": record.source,
+        "template": template.name,
+        "max_length": max_length,
+        "tokens": len(example.input_ids),
+        "tokens_with_loss": sum(label != IGNORE_INDEX for label in example.labels),
+        "paper_tokens": example.paper_tokens,
+        "paper_kept": example.paper_kept,
+        "review_tokens": example.review_tokens,
+        "faithful": faithful,
+        "parts": parts,
+        "input_ids": example.input_ids,
+        "labels": example.labels,
+    }

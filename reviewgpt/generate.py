@@ -1,90 +1,109 @@
 """Generate one review per paper, appending JSONL lines as they are written.
 
 The model folder may be a merged model (`reviewgpt merge`), a training run's adapter folder
-(base + adapter, unmerged) or a plain base model. The prompt is built by the same
-`PromptEncoder` as training, with the paper trimmed to the input budget (7168 tokens by default,
-as the reference did). A rerun skips papers already in the output file, so an interrupted run
-loses at most the review in progress.
+(base + adapter, unmerged, in 4-bit when it was trained so and a GPU is here) or a plain base
+model; `reviewgpt.models.load_for_inference` loads all three. The prompt is built by the same
+`PromptEncoder` as training, with the paper trimmed to the input budget: by default the trained
+length minus the longest review (8192 - 1024 = 7168 tokens for gemma-7b-it, as the reference
+truncated its inputs). Papers are generated in batches of similar length (left-padded).
+
+A rerun skips papers already in the output file, so an interrupted run loses at most the batch in
+progress. Only a last line cut short by a crash is dropped; any other line that is not a review
+stops the run, since the file may hold something else the user wants.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_NEW_TOKENS = 1024
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    max_input_tokens: Optional[int] = None  # None: the model's recipe value, else 7168
-    max_new_tokens: Optional[int] = None
+    max_input_tokens: Optional[int] = None  # None: the recipe's, else the trained length - max_new_tokens
+    max_new_tokens: Optional[int] = None  # None: the recipe's, else 1024
     temperature: float = 0.0
     top_p: float = 1.0
     template: Optional[str] = None
     limit: Optional[int] = None
+    batch_size: int = 8
+    quantize: Optional[bool] = None  # None: as the run was trained (4-bit on a GPU)
 
 
 def done_ids(output_path: Path) -> set:
-    """Ids already reviewed; a last line cut short by a crash is dropped and rewritten."""
+    """Ids already reviewed. A last line cut short by a crash is dropped (the file is truncated to
+    the end of the line before it); any other line that is not a JSON review stops the run."""
     if not output_path.is_file():
         return set()
-    ids, good = set(), []
-    for line in output_path.read_text(encoding="utf-8").splitlines():
+    data = output_path.read_bytes()
+    lines = data.split(b"\n")
+    ids, offset = set(), 0
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines) or (number == len(lines) - 1 and lines[-1] == b"")
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s: dropping a line cut short by an earlier crash", output_path)
-            continue
-        ids.add(str(row["id"]))
-        good.append(line)
-    output_path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
+            row = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = ValueError
+        if row is ValueError or (row is not None and not (isinstance(row, dict) and "id" in row)):
+            if last and row is ValueError:
+                log.warning("%s:%d: dropping a last line cut short by an earlier crash", output_path, number)
+                with open(output_path, "r+b") as f:
+                    f.truncate(offset)
+                break
+            raise UserError(f"{output_path}:{number}: not a review line of `reviewgpt review`; pass another --output "
+                            "file or remove that line.")
+        if row is not None:
+            ids.add(str(row["id"]))
+        offset += len(line) + 1
     return ids
 
 
-def load_for_generation(model_dir: Path):
-    """(model, tokenizer, metadata) from a merged model, an adapter run folder or a base model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def prompt_budget(settings: GenerationSettings, meta: dict, max_new: int) -> int:
+    if settings.max_input_tokens:
+        return settings.max_input_tokens
+    if meta.get("review_max_input_tokens"):
+        return int(meta["review_max_input_tokens"])
+    if meta.get("max_seq_length"):
+        return max(int(meta["max_seq_length"]) - max_new, 1)
+    return 7168  # the reference truncated its inputs to 7168 tokens
 
-    from reviewgpt.merge import METADATA_FILE, base_of, read_adapter_recipe
-    from reviewgpt.models import FAMILIES, load_config, require_local_or_cached
 
-    if not model_dir.is_dir():
-        raise UserError(f"--model {model_dir}: no such folder; pass a merged model or a `reviewgpt train` run.")
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
+def stop_token_ids(tokenizer, template) -> List[int]:
+    ids = [tokenizer.eos_token_id]
+    for text in template.stop_strings:
+        piece = tokenizer.convert_tokens_to_ids(text)
+        if piece is not None and piece != tokenizer.unk_token_id:
+            ids.append(piece)
+    return ids
 
-        recipe = read_adapter_recipe(model_dir)
-        base = base_of(model_dir, None)
-        require_local_or_cached(base, "the adapter's base model", "`reviewgpt merge ADAPTER --base DIR` and --model")
-        family = recipe.get("family", "llama")
-        config = load_config(base, family) if family in FAMILIES else None
-        model = AutoModelForCausalLM.from_pretrained(base, config=config, torch_dtype=dtype)
-        model = PeftModel.from_pretrained(model, str(model_dir))
-        meta = {"family": family, "template": recipe.get("template", "alpaca-reference"),
-                "review_max_input_tokens": recipe.get("review_max_input_tokens", 7168),
-                "max_new_tokens": recipe.get("max_new_tokens", 1024)}
-    else:
-        meta_path = model_dir / METADATA_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        if not (model_dir / "config.json").is_file():
-            raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a merged model "
-                            "folder or a `reviewgpt train` run folder.")
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    model.to("cuda" if cuda else "cpu").eval()
-    model.config.use_cache = True
-    return model, tokenizer, meta
+
+@contextlib.contextmanager
+def last_position_logits(model):
+    """Project only the last position onto the vocabulary while generating.
+
+    `generate` reads only the last position's logits, but transformers 4.38.2 computes and upcasts
+    to fp32 those of every prompt position: batch x prompt x vocab floats (20 x 7168 x 49152 x 4 bytes
+    = 28 GB for SmolLM2), which caps the batch. Scoped: the head is restored afterwards.
+    """
+    from reviewgpt.likelihood import decoder_and_head
+
+    _, head = decoder_and_head(model)
+    original = head.forward
+    head.forward = lambda hidden: original(hidden[:, -1:, :])
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSettings = GenerationSettings()) -> dict:
@@ -92,9 +111,11 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     from tqdm.auto import tqdm
 
     from reviewgpt.coverage import covered_criteria
+    from reviewgpt.likelihood import choose_template
+    from reviewgpt.models import load_for_inference
     from reviewgpt.prompt import get_template
     from reviewgpt.records import load_papers
-    from reviewgpt.tokenization import PromptEncoder
+    from reviewgpt.tokenization import PromptEncoder, pad_batch
 
     model_dir, output_path = Path(model_dir), Path(output_path)
     papers = load_papers(papers_path)
@@ -106,48 +127,59 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     if not todo:
         return {"papers": len(papers), "written": 0, "skipped": len(papers), "output": str(output_path)}
 
-    model, tokenizer, meta = load_for_generation(model_dir)
-    template = get_template(settings.template or meta.get("template", "alpaca-reference"))
+    loaded = load_for_inference(model_dir, quantize=settings.quantize)
+    meta = loaded.metadata or {}
+    template = get_template(choose_template(loaded, settings.template))
+    tokenizer = loaded.tokenizer
     encoder = PromptEncoder(tokenizer, template)
-    budget = settings.max_input_tokens or meta.get("review_max_input_tokens", 7168)
-    max_new = settings.max_new_tokens or meta.get("max_new_tokens", 1024)
-    stop_ids = [tokenizer.eos_token_id]
-    for text in template.stop_strings:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1:
-            stop_ids.append(ids[0])
+    max_new = settings.max_new_tokens or meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    budget = prompt_budget(settings, meta, max_new)
+    stop_ids = stop_token_ids(tokenizer, template)
+    prompts = []
+    for paper in todo:
+        try:
+            ids, paper_tokens, kept = encoder.encode_prompt(paper.paper, budget)
+        except ValueError as exc:
+            raise UserError(f"--max-input-tokens {budget}: {exc}; raise it.") from None
+        prompts.append((paper, ids, paper_tokens, kept))
+    prompts.sort(key=lambda p: -len(p[1]))  # similar lengths together: little padding
+    device = next(loaded.model.parameters()).device
+    sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) \
+        if settings.temperature > 0 else dict(do_sample=False)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with open(output_path, "a", encoding="utf-8") as out:
-        for paper in tqdm(todo, desc="reviewing", unit="paper"):
-            ids, paper_tokens, kept = encoder.encode_prompt(paper.paper, budget)
-            input_ids = torch.tensor([ids], device=model.device)
-            kwargs = dict(max_new_tokens=max_new, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                          attention_mask=torch.ones_like(input_ids))
-            if settings.temperature > 0:
-                kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-            else:
-                kwargs.update(do_sample=False)
-            with torch.no_grad():
-                generated = model.generate(input_ids, **kwargs)[0, len(ids):].tolist()
-            finished = bool(generated) and generated[-1] in stop_ids
-            review = tokenizer.decode(generated, skip_special_tokens=True)
-            for text in template.stop_strings:
-                review = review.split(text)[0]
-            row = {
-                "id": paper.id,
-                "paper_id": paper.id,
-                "review": review.strip(),
-                "criteria": covered_criteria(review),
-                "model": str(model_dir),
-                "template": template.name,
-                "input_tokens": len(ids),
-                "paper_tokens": paper_tokens,
-                "paper_truncated": kept < paper_tokens,
-                "generated_tokens": len(generated),
-                "finish_reason": "stop" if finished else "length",
-            }
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(output_path, "a", encoding="utf-8") as out, tqdm(total=len(prompts), desc="reviewing",
+                                                                 unit="paper") as progress:
+        for start in range(0, len(prompts), settings.batch_size):
+            chunk = prompts[start:start + settings.batch_size]
+            batch = pad_batch([{"input_ids": ids} for _, ids, _, _ in chunk], tokenizer.pad_token_id, side="left")
+            with torch.no_grad(), last_position_logits(loaded.model):
+                generated = loaded.model.generate(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    max_new_tokens=max_new, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, **sampling)
+            width = batch["input_ids"].shape[1]
+            for (paper, ids, paper_tokens, kept), row_ids in zip(chunk, generated[:, width:].tolist()):
+                stop_at = next((i for i, t in enumerate(row_ids) if t in stop_ids), None)
+                tokens = row_ids if stop_at is None else row_ids[: stop_at + 1]
+                review = tokenizer.decode(tokens, skip_special_tokens=True)
+                for text in template.stop_strings:
+                    review = review.split(text)[0]
+                row = {
+                    "id": paper.id,
+                    "paper_id": paper.id,
+                    "review": review.strip(),
+                    "criteria": covered_criteria(review),
+                    "model": str(model_dir),
+                    "template": template.name,
+                    "input_tokens": len(ids),
+                    "paper_tokens": paper_tokens,
+                    "paper_truncated": kept < paper_tokens,
+                    "generated_tokens": len(tokens),
+                    "finish_reason": "length" if stop_at is None else "stop",
+                }
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
-            written += 1
-    return {"papers": len(papers), "written": written, "skipped": len(papers) - len(todo), "output": str(output_path)}
+            written += len(chunk)
+            progress.update(len(chunk))
+    return {"papers": len(papers), "written": written, "skipped": len(papers) - len(todo), "output": str(output_path),
+            "template": template.name, "max_input_tokens": budget, "max_new_tokens": max_new}

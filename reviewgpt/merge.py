@@ -4,6 +4,14 @@ The reference recipe lost a run trying to merge into the 4-bit model: bitsandbyt
 weights cannot absorb the LoRA delta without dequantizing, and re-quantizing afterwards changes
 the model. So the base is always loaded in 16 (or 32) bit here; a quantized base is refused
 with that explanation.
+
+Which 16-bit weights the delta goes into (`base_weights`):
+- `16bit`: the base checkpoint's own weights (W + BA);
+- `nf4`: the weights the adapter was trained against in QLoRA: each linear weight the 4-bit load
+  quantizes is NF4-quantized and dequantized exactly as bitsandbytes did during training
+  (blocks of 64, double quant), then W' + BA. The merged model then computes what the adapter on
+  its 4-bit base computed, in plain 16-bit (docs/quality.md measures both);
+- `auto` (default): `nf4` for a run trained in 4-bit, else `16bit`.
 """
 
 from __future__ import annotations
@@ -40,7 +48,31 @@ def base_of(adapter_dir: Path, base: Optional[str]) -> str:
     return json.loads(config_path.read_text())["base_model_name_or_path"]
 
 
-def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfloat16") -> Path:
+BASE_WEIGHTS = ("auto", "16bit", "nf4")
+
+
+def nf4_round_trip(model) -> int:
+    """Replace each linear weight that a 4-bit load quantizes (all but the LM head) by its NF4
+    quantize -> dequantize round trip, as bitsandbytes computes with it; returns how many."""
+    import bitsandbytes.functional as bnb_functional
+    import torch
+
+    head = model.get_output_embeddings()
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            weight = module.weight.data
+            device = "cuda" if torch.cuda.is_available() else weight.device
+            original = weight.to(device=device, dtype=torch.bfloat16)  # transformers quantizes the bf16 load
+            packed, state = bnb_functional.quantize_4bit(original, blocksize=64, compress_statistics=True,
+                                                         quant_type="nf4")
+            module.weight.data = bnb_functional.dequantize_4bit(packed, state).to(weight.device, weight.dtype)
+            count += 1
+    return count
+
+
+def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfloat16",
+          base_weights: str = "auto") -> Path:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,6 +92,17 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
     config = load_config(base_path, family) if family in FAMILIES else None
     log.info("loading %s in %s", base_path, dtype)
     model = AutoModelForCausalLM.from_pretrained(base_path, config=config, torch_dtype=torch_dtype)
+    if base_weights not in BASE_WEIGHTS:
+        raise UserError(f"--base-weights must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}.")
+    if base_weights == "auto":
+        base_weights = "nf4" if recipe.get("quantize") else "16bit"
+    if base_weights == "nf4":
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways
+            raise UserError(f"--base-weights nf4 needs bitsandbytes ({exc}); install it or pass --base-weights "
+                            "16bit.") from None
+        log.info("NF4 round trip of %d linear weights (the base the adapter was trained on)", nf4_round_trip(model))
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     merged = model.merge_and_unload()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +116,10 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
         "template": recipe.get("template", "alpaca-reference"),
         "recipe": recipe.get("name"),
         "dtype": dtype,
-        "review_max_input_tokens": recipe.get("review_max_input_tokens", 7168),
-        "max_new_tokens": recipe.get("max_new_tokens", 1024),
+        "base_weights": base_weights,
+        "max_seq_length": recipe.get("max_seq_length"),
+        "review_max_input_tokens": recipe.get("review_max_input_tokens"),
+        "max_new_tokens": recipe.get("max_new_tokens"),
     }
     (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return output_dir

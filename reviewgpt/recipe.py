@@ -66,16 +66,17 @@ class Recipe:
     eval_steps: int = _help("evaluate every N steps when --eval is on", default=50)
     seed: int = _help("random seed (data split and training)", default=42)
     ddp_timeout: int = _help("torch.distributed timeout in seconds (reference: 180000000)", default=180000000)
-    review_max_input_tokens: int = _help("prompt budget at generation; the paper is trimmed to fit",
-                                         default=7168)
+    review_max_input_tokens: Optional[int] = _help(
+        "prompt budget at generation; the paper is trimmed to fit (default: max_seq_length - max_new_tokens, "
+        "7168 for an 8192 recipe, as the reference)", default=None)
     max_new_tokens: int = _help("longest generated review", default=1024)
     # Speed and memory (issue 4; reviewgpt.speed, reviewgpt.plan, reviewgpt.oom; docs/performance.md).
     chunked_loss: bool = _help("loss over labelled positions only, in chunks: never T x vocab fp32 logits "
                                "(same loss and gradients)", default=True)
     bf16_frozen_weights: bool = _help("keep frozen norms/embedding in bf16 after peft's fp32 upcast, so "
                                       "activations stay bf16 (with --bf16)", default=True)
-    causal_sdpa: bool = _help("Gemma + sdpa: is_causal instead of a 4-D mask when a batch has no padding "
-                              "(flash kernel)", default=True)
+    causal_sdpa: bool = _help("Gemma/Llama + sdpa: is_causal instead of a 4-D mask when a batch has no padding "
+                              "(flash kernel); Llama: batch-sized masks", default=True)
     sdpa_cudnn: bool = _help("cuDNN fused attention first in SDPA's backend order (torch >= 2.5; "
                              "no-op before)", default=True)
     fused_lora: bool = _help("LoRA up-projection, scaling and residual add in one GEMM (peft's math, fewer "
@@ -105,9 +106,11 @@ class Recipe:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
         for name in ("max_seq_length", "lora_r", "lora_alpha", "per_device_train_batch_size",
                      "per_device_eval_batch_size", "gradient_accumulation_steps", "save_steps",
-                     "logging_steps", "review_max_input_tokens", "max_new_tokens", "eval_steps"):
+                     "logging_steps", "max_new_tokens", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.review_max_input_tokens is not None and self.review_max_input_tokens < 1:
+            raise ValueError(f"review_max_input_tokens must be >= 1, got {self.review_max_input_tokens!r}")
         if self.checkpoint_skip_layers < 0:
             raise ValueError(f"checkpoint_skip_layers must be >= 0, got {self.checkpoint_skip_layers!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -116,6 +119,11 @@ class Recipe:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+
+    @property
+    def prompt_budget(self) -> int:
+        """Prompt tokens at generation: review_max_input_tokens, else what training left for the paper."""
+        return self.review_max_input_tokens or max(self.max_seq_length - self.max_new_tokens, 1)
 
     @property
     def effective_batch_size(self) -> int:

@@ -1,6 +1,7 @@
 """Paper-review records: load, validate, de-duplicate, split by paper, export.
 
-Accepted shapes, per record (JSONL: one object a line; JSON: a list of objects):
+Accepted shapes, per record (JSONL: one object a line; JSON: a list of objects; either may be
+gzip-compressed, `.jsonl.gz`):
   {"paper": ..., "review": ...}                  reviewgpt / ICLR data
   {"input": ..., "output": ...}                  the reference recipe's jsonl
   {"instruction": ..., "input": ..., "output": ...}  Alpaca (LLaMA-Factory)
@@ -13,6 +14,7 @@ Every problem is reported with file:line and the field, so a user can fix the li
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -63,16 +65,30 @@ class _BadJson(str):
     """A line that is not valid JSON: the parser's message stands in for the object."""
 
 
-def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
-    """Yield (source "file:line", parsed object or _BadJson, raw text)."""
+def read_text(path: Path) -> str:
+    """A data file's text; `.gz` files are decompressed (gzip)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file; pass the path of a .jsonl or .json file of records.") from None
+        raise UserError(f"{path}: no such file; pass a .jsonl, .jsonl.gz or .json file of records.") from None
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable gzip file ({exc}); re-compress it or pass the plain file.") from None
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8.") from None
+
+
+def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
+    """Yield (source "file:line", parsed object or _BadJson, raw text)."""
+    text = read_text(path)
     stripped = text.lstrip()
-    if path.suffix == ".json" or stripped.startswith("["):
+    suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+    if suffix == ".json" or stripped.startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -5,6 +5,7 @@ Everything is read from files the other steps wrote, so the report can be rebuil
 - `RUN_DIR/train_log.jsonl` (+ `loss_curve.png`) from `reviewgpt train`
 - `summary.json` of each judge output folder (`--judge DIR`, default every `RUN_DIR/judge*/`)
 - `needle.csv` (+ `needle_heatmap.png`) of the needle folder (`--needle DIR`, default `RUN_DIR/needle`)
+- `score.json` of each `reviewgpt score` output folder (`--score DIR`, default every `RUN_DIR/score*/`)
 
 Images are linked by paths relative to the report, so the folder can be moved or zipped whole.
 """
@@ -83,6 +84,16 @@ def judge_section(judge_dirs: Sequence[Path]) -> List[str]:
     return lines
 
 
+def score_section(score_dirs: Sequence[Path]) -> List[str]:
+    from reviewgpt.score import SCORE_JSON, summary_markdown
+
+    lines: List[str] = []
+    for score_dir in score_dirs:
+        summary = json.loads((score_dir / SCORE_JSON).read_text(encoding="utf-8"))
+        lines += [summary_markdown(summary, heading_level=2, title=f"Scores (`{score_dir.name}`)"), ""]
+    return lines
+
+
 def needle_section(needle_dir: Path, report_dir: Path) -> List[str]:
     from reviewgpt.needle import CSV_FILE, PNG_FILE, read_rows
 
@@ -121,15 +132,25 @@ def discover(run_dir: Path, judge_dirs=None, needle_dir=None):
     return judges, needle
 
 
-def build_report(run_dir, judge_dirs=None, needle_dir=None, output=None) -> Path:
+def discover_scores(run_dir: Path, score_dirs=None) -> List[Path]:
+    if not score_dirs:
+        return sorted(p.parent for p in run_dir.glob("score*/score.json"))
+    for d in map(Path, score_dirs):
+        if not (d / "score.json").is_file():
+            raise UserError(f"--score {d}: no score.json there; pass the --output folder of `reviewgpt score`.")
+    return [Path(d) for d in score_dirs]
+
+
+def build_report(run_dir, judge_dirs=None, needle_dir=None, output=None, score_dirs=None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the --output folder of `reviewgpt train`.")
     judges, needle = discover(run_dir, judge_dirs, needle_dir)
-    if not (run_dir / "train_log.jsonl").is_file() and not judges and not needle:
+    scores = discover_scores(run_dir, score_dirs)
+    if not (run_dir / "train_log.jsonl").is_file() and not judges and not needle and not scores:
         raise UserError(
-            f"{run_dir} has no train_log.jsonl, judge*/summary.json or needle/needle.csv; pass "
-            "--judge DIR or --needle DIR, or run train/judge/needle first."
+            f"{run_dir} has no train_log.jsonl, judge*/summary.json, score*/score.json or needle/needle.csv; pass "
+            "--judge DIR, --score DIR or --needle DIR, or run train/judge/score/needle first."
         )
     output = Path(output) if output else run_dir / REPORT_FILE
     report_dir = output.parent
@@ -137,6 +158,7 @@ def build_report(run_dir, judge_dirs=None, needle_dir=None, output=None) -> Path
     lines = [f"# Run report: {run_dir.name}", "", f"Run folder: `{run_dir}`", ""]
     lines += training_section(run_dir, report_dir)
     lines += judge_section(judges) if judges else ["## Judge", "", "No judge results for this run.", ""]
+    lines += score_section(scores) if scores else ["## Scores", "", "No `reviewgpt score` results for this run.", ""]
     lines += (
         needle_section(needle, report_dir)
         if needle

@@ -28,8 +28,8 @@ def test_gemma_recipe_has_the_reference_hyper_parameters():
     assert (r.max_seq_length, r.optim, r.lr_scheduler_type, r.warmup_ratio) == (8192, "paged_adamw_32bit",
                                                                                    "constant", 0.03)
     assert (r.save_steps, r.save_total_limit, r.logging_steps, r.num_train_epochs) == (10, 3, 10, 2.0)
-    assert r.bf16 and r.gradient_checkpointing and r.quantize and r.review_max_input_tokens == 7168
-    assert r.template == "alpaca-reference"
+    assert r.bf16 and r.gradient_checkpointing and r.quantize and r.prompt_budget == 7168  # the reference's
+    assert r.template == "gemma-it"  # the model's own format; alpaca-reference reproduces the reference text
 
 
 def test_mistral_recipe_runs_at_12288_tokens():

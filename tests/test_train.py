@@ -28,9 +28,12 @@ class CrashAtStep(TrainerCallback):
             raise Crash(f"simulated crash at step {self.step}")
 
 
+CHAT_FORMAT = {"gemma": "gemma-it", "mistral": "mistral-inst", "llama": "smollm2-chatml"}
+
+
 def tiny_recipe(family, model_dir, **overrides):
     values = {"family": family, "model": str(model_dir), "max_steps": 3, "save_steps": 2, "logging_steps": 1,
-              "max_seq_length": 384, "learning_rate": 1e-2}
+              "max_seq_length": 384, "learning_rate": 1e-2, "template": CHAT_FORMAT[family]}
     values.update(overrides)
     return load_recipe("tiny", values)
 

@@ -28,6 +28,25 @@ def register(subparsers) -> None:
     check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
     check.set_defaults(func=run_check)
 
+    show = sub.add_parser(
+        "show", help="one training example exactly as the model sees it, the part without loss marked",
+        description="Decodes one record's training ids with the recipe's template, tokenizer and length. The "
+                    "part without loss (labels -100) is shown between <<<no loss>>> and <<</no loss>>> (in red on "
+                    "a terminal). Also says whether the ids equal the model's own tooling (apply_chat_template "
+                    "for chat formats, trl's tokenizer(text) for Alpaca texts). With --json the last line is "
+                    '{"input_ids": [...], "labels": [...]}.',
+        epilog="example:\n  reviewgpt data show papers.jsonl --recipe smollm2-135m --tokenizer /models/smollm2 "
+               "--index 3",
+    )
+    show.add_argument("file", help="records: .jsonl, .jsonl.gz or .json")
+    show.add_argument("--recipe", required=True, help="recipe name or YAML file (template, length, loss)")
+    show.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's model)")
+    show.add_argument("--index", type=int, default=0, help="which valid record (0 = the first)")
+    show.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's max_seq_length)")
+    show.add_argument("--template", help="prompt template (default: the recipe's)")
+    show.add_argument("--json", action="store_true", help="end with one JSON line of input_ids and labels")
+    show.set_defaults(func=run_show)
+
     prep = sub.add_parser(
         "prepare", help="validate, de-duplicate, split by paper; write JSONL + LLaMA-Factory Alpaca files",
         epilog="example:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05",
@@ -57,6 +76,33 @@ def run_check(args) -> int:
           f"cannot fit at all; plain trl 0.7.11 would cut {stats['reviews_cut_by_plain_trl']} review(s)")
     print(json.dumps(stats))
     return 1 if stats["invalid"] or stats["reviews_truncated"] else 0
+
+
+def run_show(args) -> int:
+    import sys
+
+    from reviewgpt.datacheck import show_example
+    from reviewgpt.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, {"template": args.template})
+    shown = show_example(args.file, recipe, args.tokenizer, args.index, args.max_length)
+    color = sys.stdout.isatty()
+    print(f"{shown['source']}: {shown['tokens']} tokens with {shown['template']} at max_length {shown['max_length']}, "
+          f"{shown['tokens_with_loss']} with loss; paper {shown['paper_tokens']} -> {shown['paper_kept']} tokens, "
+          f"review (with its end) {shown['review_tokens']} tokens")
+    print(f"same ids as the model's own tooling: {shown['faithful']}")
+    print("-" * 80)
+    for part in shown["parts"]:
+        if part["loss"]:
+            print(part["text"], end="")
+        elif color:
+            print(f"\033[31m{part['text']}\033[0m", end="")
+        else:
+            print(f"<<<no loss>>>{part['text']}<<</no loss>>>", end="")
+    print("\n" + "-" * 80)
+    if args.json:
+        print(json.dumps({"input_ids": shown["input_ids"], "labels": shown["labels"]}))
+    return 0
 
 
 def run_prepare(args) -> int:

@@ -15,6 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--base", help="base model folder (default: the one recorded in adapter_config.json)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                    help="precision the base is loaded and saved in")
+    p.add_argument("--base-weights", choices=["auto", "16bit", "nf4"], default="auto",
+                   help="16-bit weights the adapter goes into: the checkpoint's (16bit) or their NF4 round trip, "
+                        "the weights a QLoRA adapter was trained against (nf4); auto: nf4 for a 4-bit run")
     p.add_argument("--load-in-4bit", action="store_true", help="refused, with the reason: see the merge docs")
     p.set_defaults(func=run)
 
@@ -25,6 +28,6 @@ def run(args) -> int:
 
     if args.load_in_4bit:
         raise UserError(f"--load-in-4bit: {QUANTIZED_MERGE}.")
-    out = merge(args.adapter, args.output, base=args.base, dtype=args.dtype)
+    out = merge(args.adapter, args.output, base=args.base, dtype=args.dtype, base_weights=args.base_weights)
     print(json.dumps({"merged": str(out)}))
     return 0

@@ -13,13 +13,18 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="merged model folder, `train` run folder (adapter) or base model")
     p.add_argument("--papers", required=True, help="JSONL/JSON with 'paper' (or 'input'); 'paper_id'/'id' optional")
     p.add_argument("--output", required=True, help="JSONL to append reviews to")
-    p.add_argument("--max-input-tokens", type=int, help="prompt budget; the paper is trimmed to fit "
-                                                         "(default: the recipe's, 7168)")
+    p.add_argument("--max-input-tokens", type=int, help="prompt budget; the paper is trimmed to fit (default: the "
+                                                         "recipe's, else the trained length - --max-new-tokens)")
     p.add_argument("--max-new-tokens", type=int, help="longest review (default: the recipe's)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
     p.add_argument("--template", help="prompt template (default: the one the model was trained with)")
     p.add_argument("--limit", type=int, help="review at most this many papers")
+    p.add_argument("--batch-size", type=int, default=8, help="papers generated together (left-padded)")
+    quant = p.add_mutually_exclusive_group()
+    quant.add_argument("--4bit", dest="quantize", action="store_true", default=None,
+                       help="load the base in 4-bit NF4 (needs a GPU; default: as the run was trained)")
+    quant.add_argument("--no-4bit", dest="quantize", action="store_false", help="load the base in 16-bit")
     p.set_defaults(func=run)
 
 
@@ -28,6 +33,6 @@ def run(args) -> int:
 
     settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, template=args.template,
-                                  limit=args.limit)
+                                  limit=args.limit, batch_size=args.batch_size, quantize=args.quantize)
     print(json.dumps(generate_reviews(args.model, args.papers, args.output, settings)))
     return 0

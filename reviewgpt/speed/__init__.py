@@ -2,7 +2,8 @@
 
     chunked_loss              loss over labelled positions only, chunked; no T x vocab fp32 logits
     bf16_frozen_weights       undo peft's fp32 upcast of frozen norms/embedding: bf16 activations
-    causal_sdpa               Gemma: SDPA with is_causal (flash kernel) when a batch has no padding
+    causal_sdpa               Gemma, Llama: SDPA with is_causal (flash kernel) when a batch has no padding;
+                              Llama: masks the size of the batch, not context x context
     sdpa_cudnn                cuDNN fused attention first in SDPA's backend order (torch >= 2.5)
     fused_lora                LoRA up-projection + scale + residual add in one GEMM (peft's math)
     fused_rmsnorm             Mistral/Llama RMSNorm through torch's fused rms_norm kernel
@@ -21,6 +22,7 @@ import torch
 
 from reviewgpt.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
 from reviewgpt.speed.checkpointing import attention_saving_context_fn, keep_last_layers, recompute_all_layers
+from reviewgpt.speed.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
 from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
 from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
@@ -55,7 +57,7 @@ def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
         done["bf16_frozen_weights"] = True
         log.info("kept %.1fM frozen parameters in bf16 (peft had upcast them to fp32)", cast / 1e6)
     if wanted["causal_sdpa"]:
-        done["causal_sdpa"] = patch_gemma_causal_sdpa(model)
+        done["causal_sdpa"] = patch_gemma_causal_sdpa(model) | patch_llama_causal_mask(model)
     done["sdpa_cudnn"] = prefer_cudnn_attention(wanted["sdpa_cudnn"]) and wanted["sdpa_cudnn"]
     if wanted["fused_lora"]:
         done["fused_lora"] = patch_fused_lora(model) > 0
@@ -89,6 +91,7 @@ def remove_speedups(trainer) -> None:
     """Undo the patches (not the bf16 cast, which loses nothing: the weights were loaded in bf16)."""
     unpatch_chunked_loss(trainer.model)
     unpatch_gemma_causal_sdpa(trainer.model)
+    unpatch_llama_causal_mask(trainer.model)
     unpatch_fused_lora(trainer.model)
     unpatch_fused_rmsnorm(trainer.model)
     recompute_all_layers(trainer.model)
