@@ -92,12 +92,17 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 class PadCollator:
+    """Right-pads a micro-batch; counts the real (non-pad) tokens it hands to training."""
+
     def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.tokens = 0
 
     def __call__(self, features: List[dict]) -> dict:
-        return pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
+        batch = pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -362,6 +367,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     # SFTTrainer builds the LoRA layers (random A matrices) before the Trainer seeds anything:
     # seed first, or two runs of the same command start from different adapters.
     set_seed(recipe.seed)
+    collator = PadCollator(tokenizer.pad_token_id)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -369,7 +375,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         eval_dataset=ListDataset(eval_split.examples) if eval_split and args.do_eval else None,
         peft_config=lora,
         tokenizer=tokenizer,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         formatting_func=make_formatting_func(recipe.template),  # unused: the data is pre-tokenized
         max_seq_length=recipe.max_seq_length,
         packing=False,
@@ -399,6 +405,9 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "global_step": trainer.state.global_step,
         "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
         "seconds": round(time.time() - started, 1),
+        # Tokens this process trained on (eval batches included when --eval) over the wall time.
+        "train_tokens": collator.tokens,
+        "tokens_per_s": round(collator.tokens / max(time.time() - started, 1e-9), 1),
         "loss_curve": str(png) if png else None,
         "world_size": world_size(),
         "peak_allocated_gib_per_gpu": peak_memory_per_gpu(),

@@ -26,7 +26,7 @@ def test_qlora_4bit_train_then_merge_into_16bit(tmp_path, sample_file):
     config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert config["r"] == 64 and config["lora_alpha"] == 16
 
-    merged = merge(tmp_path / "run", tmp_path / "merged", dtype="bfloat16")
+    merged = merge(tmp_path / "run", tmp_path / "merged", dtype="bfloat16", base_weights="16bit")
     ids = torch.tensor([[2, 10, 50, 99, 120]], device="cuda")
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.bfloat16).cuda().eval()
