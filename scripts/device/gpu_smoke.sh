@@ -19,5 +19,5 @@ python -m reviewgpt review --model $S/run --papers $S/qs/sample.jsonl --output $
 python -m reviewgpt merge $S/run --output $S/merged 2>&1 | tail -n 1
 python -m reviewgpt eval --model $S/merged --data $S/qs/sample.jsonl --limit 8 2>&1 | tail -n 1 | cut -c1-400
 stamp "GPU tests"
-timeout 200 python -m pytest -o addopts="" -m gpu -q -p no:cacheprovider tests/ 2>&1 | tail -n 5
+timeout 200 python -m pytest -o addopts="" -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_speed_gpu.py tests/test_bench.py 2>&1 | tail -n 5
 stamp "done"
