@@ -37,6 +37,7 @@ class GenerationSettings:
     template: Optional[str] = None
     limit: Optional[int] = None
     batch_size: int = 8
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens (CTRL's penalty, as in HF generate)
     quantize: Optional[bool] = None  # None: as the run was trained (4-bit on a GPU)
 
 
@@ -146,6 +147,8 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     device = next(loaded.model.parameters()).device
     sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) \
         if settings.temperature > 0 else dict(do_sample=False)
+    if settings.repetition_penalty != 1.0:
+        sampling["repetition_penalty"] = settings.repetition_penalty
     output_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(output_path, "a", encoding="utf-8") as out, tqdm(total=len(prompts), desc="reviewing",
@@ -182,4 +185,5 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
             written += len(chunk)
             progress.update(len(chunk))
     return {"papers": len(papers), "written": written, "skipped": len(papers) - len(todo), "output": str(output_path),
-            "template": template.name, "max_input_tokens": budget, "max_new_tokens": max_new}
+            "template": template.name, "max_input_tokens": budget, "max_new_tokens": max_new,
+            "repetition_penalty": settings.repetition_penalty}

@@ -101,7 +101,8 @@ def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
         for index, item in enumerate(items):
             yield f"{path}:record {index + 1}", item, json.dumps(item, ensure_ascii=False)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines() also splits at U+2028 and other separators that JSON strings may hold.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -209,3 +209,14 @@ def test_batched_review_generation_writes_one_row_per_paper(llama_run, sample_fi
     generate_reviews(llama_run, sample_file, single, GenerationSettings(limit=5, batch_size=1))
     assert {r["paper_id"]: r["review"] for r in rows} == \
         {json.loads(line)["paper_id"]: json.loads(line)["review"] for line in single.read_text().splitlines()}
+
+
+def test_repetition_penalty_reaches_generate(llama_run, sample_file, tmp_path):
+    from reviewgpt.generate import GenerationSettings, generate_reviews
+
+    outputs = {}
+    for penalty in (1.0, 50.0):
+        out = tmp_path / f"r{penalty}.jsonl"
+        generate_reviews(llama_run, sample_file, out, GenerationSettings(limit=2, repetition_penalty=penalty))
+        outputs[penalty] = [json.loads(line)["review"] for line in out.read_text().splitlines()]
+    assert outputs[1.0] != outputs[50.0]

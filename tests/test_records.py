@@ -113,3 +113,12 @@ def test_load_papers_gives_each_paper_once(sample_file, tmp_path):
     assert len(papers) == 8 and len({p.id for p in papers}) == 8
     with pytest.raises(UserError, match=r"p.jsonl:1: field 'paper' \(or 'input'\) is missing"):
         load_papers(write_jsonl(tmp_path / "p.jsonl", [{"title": "t"}]))
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_record(tmp_path):
+    """JSON strings may hold U+2028/U+2029 raw; str.splitlines() splits there (a real ICLR record does)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"paper": "a\u2028b\x0cc", "review": "r\u2029s"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    records = load_records(path).records
+    assert len(records) == 1 and records[0].paper == "a\u2028b\x0cc" and records[0].review == "r\u2029s"

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--template", help="prompt template (default: the one the model was trained with)")
     p.add_argument("--limit", type=int, help="review at most this many papers")
     p.add_argument("--batch-size", type=int, default=8, help="papers generated together (left-padded)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages repeated tokens (small models loop under greedy decoding); 1 = off")
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--4bit", dest="quantize", action="store_true", default=None,
                        help="load the base in 4-bit NF4 (needs a GPU; default: as the run was trained)")
@@ -29,10 +31,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from reviewgpt.errors import UserError
     from reviewgpt.generate import GenerationSettings, generate_reviews
+
+    if args.repetition_penalty <= 0:
+        raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}.")
 
     settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, template=args.template,
-                                  limit=args.limit, batch_size=args.batch_size, quantize=args.quantize)
+                                  limit=args.limit, batch_size=args.batch_size, quantize=args.quantize,
+                                  repetition_penalty=args.repetition_penalty)
     print(json.dumps(generate_reviews(args.model, args.papers, args.output, settings)))
     return 0

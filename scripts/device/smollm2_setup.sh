@@ -21,8 +21,9 @@ ls -la /tmp/stash
 cat /tmp/stash/gguf.part.* > /tmp/stash/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p /tmp/gguf_site /tmp/data
 python3 -m pip install -q --no-index --no-deps --target /tmp/gguf_site /tmp/stash/gguf-*.whl
-PYTHONPATH=/tmp/gguf_site HF_HUB_OFFLINE=1 python3 /tmp/stash/convert.py /tmp/stash /tmp/smol bf16
-python3 /tmp/stash/fix_for_4_38.py /tmp/smol
+# transformers 5.x will not save a GGUF-loaded model: convert5.py writes the weights itself and takes the
+# config and tokenizer files of a local build (build.sh), checking the weights against that build's sums.
+PYTHONPATH=/tmp/gguf_site HF_HUB_OFFLINE=1 python3 /tmp/stash/convert5.py /tmp/stash /tmp/smol
 cp /tmp/stash/iclr2017_*.jsonl.gz /tmp/data/
 sha256sum /tmp/smol/model.safetensors
 ls -la /tmp/smol /tmp/data
