@@ -65,6 +65,8 @@ class NeedleConfig:
             raise ValueError(f"lengths must be token counts >= 16, not {list(self.lengths)!r}")
         if not self.depths or any(not 0 <= d <= 100 for d in self.depths):
             raise ValueError(f"depths must be percentages in [0, 100], not {list(self.depths)!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
         if self.attention not in ("sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"attention must be sdpa, eager or flash_attention_2, not {self.attention!r}")
         if not self.answer.strip(" .") or self.answer.strip(" .") in self.question:

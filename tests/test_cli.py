@@ -129,3 +129,56 @@ def test_4bit_on_cpu_from_the_cli_is_one_clear_sentence(tmp_path, tiny_gemma, sa
                  "--output", str(tmp_path), "--quantize"])
     assert code == 2
     assert "needs a CUDA GPU and this machine has none; pass --no-quantize" in capsys.readouterr().err
+
+
+def _run(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+BAD_NUMBERS = [
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--max-steps", "-1", "--num-train-epochs", "-1"],
+     "--num-train-epochs"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--max-steps", "-5"], "--max-steps"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--learning-rate", "-1"], "--learning-rate"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--gpus", "0"], "--gpus"),
+    (["review", "--model", "m", "--papers", "p.jsonl", "--max-new-tokens", "-5"], "--max-new-tokens"),
+    (["review", "--model", "m", "--papers", "p.jsonl", "--limit", "-1"], "--limit"),
+    (["review", "--model", "m", "--papers", "p.jsonl", "--temperature", "-1"], "--temperature"),
+    (["judge", "--candidate", "c", "--reference", "r", "--judge", "openai:m", "--paper-chars", "-5"], "--paper-chars"),
+    (["judge", "--candidate", "c", "--reference", "r", "--judge", "openai:m", "--timeout", "nan"], "--timeout"),
+    (["data", "check", "d.jsonl", "--recipe", "tiny", "--max-length", "-1"], "--max-length"),
+    (["tiny-model", "--layers", "-1"], "--layers"),
+    (["tiny-model", "--hidden", "0"], "--hidden"),
+    (["tiny-model", "--hidden", "12"], "--hidden"),
+    (["plan", "--recipe", "tiny", "--gpu-mem", "-24"], "--gpu-mem"),
+    (["needle", "--model", "m", "--lengths", "1k,2k"], "--lengths"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_NUMBERS, ids=[f"{a[0]} {f}" for a, f in BAD_NUMBERS])
+def test_a_bad_number_is_one_line_naming_the_flag_and_exit_2(argv, flag, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run([*argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", SUBCOMMANDS, ids=[" ".join(p) for p in SUBCOMMANDS])
+def test_help_shows_each_default_once(path, capsys):
+    with pytest.raises(SystemExit):
+        main([*path, "--help"])
+    out = capsys.readouterr().out
+    assert "(default: None)" not in out
+    options = out.split("\n  -")
+    assert not [o for o in options if o.count("(default") > 1], "an option's help says its default twice"
+
+
+def test_a_train_error_is_the_only_line_on_stderr(tmp_path):
+    cmd = [sys.executable, "-m", "reviewgpt", "train", "--recipe", "tiny", "--model", str(tmp_path),
+           "--data", str(tmp_path / "nosuch.jsonl"), "--output", str(tmp_path / "run")]
+    err = subprocess.run(cmd, capture_output=True, text=True).stderr
+    assert err.count("\n") == 1 and "nosuch.jsonl: no such file" in err, err

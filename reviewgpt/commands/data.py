@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from reviewgpt.commands import float_flag, int_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="check or prepare a data file",
@@ -24,7 +26,8 @@ def register(subparsers) -> None:
     check.add_argument("file", help="records: .jsonl or .json")
     check.add_argument("--recipe", required=True, help="recipe name or YAML file (template, tokenizer, length)")
     check.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's model)")
-    check.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's max_seq_length)")
+    check.add_argument("--max-length", type=int_flag(1),
+                       help="tokens per example (default: the recipe's max_seq_length)")
     check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
     check.set_defaults(func=run_check)
 
@@ -35,8 +38,9 @@ def register(subparsers) -> None:
     prep.add_argument("file", help="records: .jsonl or .json")
     prep.add_argument("--output", required=True, help="folder for train.jsonl, eval.jsonl, paper_review*.json, "
                                                       "dataset_info.json")
-    prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of papers held out")
-    prep.add_argument("--seed", type=int, default=42, help="split seed")
+    prep.add_argument("--eval-fraction", type=float_flag(0, 1, high_open=True), default=0.05,
+                      help="share of papers held out")
+    prep.add_argument("--seed", type=int_flag(0), default=42, help="split seed")
     prep.add_argument("--skip-invalid", action="store_true",
                       help="set invalid records aside in OUTPUT/rejects.jsonl instead of stopping")
     prep.set_defaults(func=run_prepare)

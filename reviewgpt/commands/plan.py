@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from reviewgpt.commands import float_flag, int_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -16,10 +18,11 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--recipe", required=True, help="built-in recipe name or YAML file")
-    p.add_argument("--seq", type=int, help="tokens per sequence (default: the recipe's max_seq_length)")
-    p.add_argument("--gpu-mem", type=float, required=True, help="GPU memory in GiB")
-    p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch to consider")
-    p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free")
+    p.add_argument("--seq", type=int_flag(1), help="tokens per sequence (default: the recipe's max_seq_length)")
+    p.add_argument("--gpu-mem", type=float_flag(0, low_open=True), required=True, help="GPU memory in GiB")
+    p.add_argument("--max-batch", type=int_flag(1), default=8, help="largest micro-batch to consider")
+    p.add_argument("--headroom", type=float_flag(0, 1, high_open=True), default=0.05,
+                   help="share of GPU memory kept free")
     p.add_argument("--model", help="local model directory (its config.json gives the architecture)")
     p.add_argument("--reference", action="store_true", help="plan the seed recipe's path (speed options off)")
     p.set_defaults(func=run)

@@ -56,6 +56,10 @@ class HTTPJudgeConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {self.max_retries!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, not {self.timeout_s!r}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, not {self.max_tokens!r}")
 
 
 class ChatCompletionsClient:

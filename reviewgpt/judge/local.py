@@ -40,6 +40,8 @@ class LocalJudgeConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
 
 
 def render_chat(tokenizer, messages: List[Dict[str, str]]) -> str:

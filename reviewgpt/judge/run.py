@@ -65,6 +65,10 @@ class JudgeRunConfig:
             raise ValueError(f"concurrency must be >= 1, not {self.concurrency!r}")
         if self.parse_retries < 0:
             raise ValueError(f"parse_retries must be >= 0, not {self.parse_retries!r}")
+        if self.paper_chars < 0:
+            raise ValueError(f"paper_chars must be >= 0 (0: no paper), not {self.paper_chars!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, not {self.limit!r}")
 
 
 @dataclass(frozen=True)
