@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
+import yaml
 
 from reviewgpt.distributed import (
     accumulation_per_process,
@@ -151,6 +152,12 @@ def make_log_callback(path: Path):
     class JsonlLogCallback(TrainerCallback):
         """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens."""
 
+        def on_step_end(self, args, state, control, **kwargs):
+            # Log at every checkpoint, so a checkpoint's log history holds every step's loss up to it
+            # and a resumed run can report the mean over all its steps (`run_mean_loss`).
+            if control.should_save:
+                control.should_log = True
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs:
                 return
@@ -206,6 +213,85 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def logged_loss_sum(log_history: List[dict], step: int) -> float:
+    """The sum of the per-step training losses of steps 1..`step`, from a Trainer's log history.
+
+    Each logged loss is the mean over the steps since the previous log; the callback above logs at
+    every checkpoint, so the intervals reach `step` exactly (for older checkpoints the last logged
+    mean stands in for the steps after it)."""
+    total, previous = 0.0, 0
+    for row in log_history:
+        if "loss" in row and previous < row["step"] <= step:
+            total += row["loss"] * (row["step"] - previous)
+            previous = row["step"]
+    if 0 < previous < step:
+        total *= step / previous
+    return total
+
+
+def run_mean_loss(training_loss: float, global_step: int, checkpoint: Optional[Path]) -> Optional[float]:
+    """The mean training loss over all the run's steps.
+
+    transformers 4.38.2 divides the losses summed *since the resume* by every step of the run, so a
+    resumed run reported 2.52 where the uninterrupted one reported 6.32: add the losses of the steps
+    before the checkpoint back from its log history."""
+    if math.isnan(training_loss) or not global_step:
+        return None
+    if checkpoint is None:
+        return training_loss
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    before = logged_loss_sum(state.get("log_history", []), state["global_step"])
+    return (before + training_loss * global_step) / global_step
+
+
+def resume_batch(checkpoint: Path, recipe: Recipe, train_batch_size: int, write: bool = True) -> None:
+    """Resume at this run's micro-batch when the effective batch is unchanged; refuse otherwise.
+
+    transformers 4.38.2 resumes with the checkpoint's micro-batch (`train_batch_size` in
+    trainer_state.json, kept for auto_find_batch_size): a rerun at 2 x 2 after a crash at 4 x 2
+    trained at 4 x 2 and would run out of memory again. The sampler's order does not depend on the
+    micro-batch, so with the same effective batch each optimizer step sees the same samples and the
+    skipped ones are exactly those already trained on; with another effective batch the resume
+    would skip the wrong number of samples."""
+    state_path = checkpoint / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    saved_path = checkpoint.parent / RECIPE_FILE
+    micro, accumulation = recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        old_micro, old_accumulation = saved["per_device_train_batch_size"], saved["gradient_accumulation_steps"]
+        old = old_micro * old_accumulation
+        if old != recipe.effective_batch_size:
+            fix = (f"--gradient-accumulation-steps {old // micro}" if old % micro == 0 else
+                   f"--per-device-train-batch-size {old_micro} --gradient-accumulation-steps {old_accumulation}")
+            raise UserError(
+                f"{checkpoint} was trained at an effective batch of {old} ({old_micro} x {old_accumulation} "
+                f"accumulation) and this run asks for {recipe.effective_batch_size} ({micro} x {accumulation}), so "
+                f"the resume would skip the wrong samples; pass {fix} to keep the effective batch, or train into "
+                "a new --output.")
+    if state.get("train_batch_size") in (None, train_batch_size):
+        return
+    if not saved_path.is_file():
+        raise UserError(
+            f"{checkpoint} was trained at micro-batch {state['train_batch_size']} and {saved_path} is missing, so "
+            f"its effective batch is unknown; pass --per-device-train-batch-size {state['train_batch_size']} to "
+            "resume it, or train into a new --output.")
+    log.info("resuming %s at micro-batch %d x %d accumulation (it was trained at %d x %d; same effective batch)",
+             checkpoint, micro, accumulation, old_micro, old_accumulation)
+    state["train_batch_size"] = train_batch_size
+    if write:  # every process checks; one writes
+        state_path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def local_paths_absolute(recipe: Recipe) -> Recipe:
+    """The base model and tokenizer as absolute paths when they are local folders: the run folder
+    records them (adapter_config.json, reviewgpt_recipe.yaml) and `merge` or `review` may run from
+    another directory. Hub ids stay as they are."""
+    changes = {name: str(Path(value).resolve()) for name, value in
+               (("model", recipe.model), ("tokenizer", recipe.tokenizer)) if value and Path(value).is_dir()}
+    return recipe.replace(**changes) if changes else recipe
 
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> Optional[Path]:
@@ -314,6 +400,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
 
     if not recipe.model:
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
+    recipe = local_paths_absolute(recipe)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
@@ -338,10 +425,6 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
 
     if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
         check_fits(recipe, train_split.max_tokens)
-    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
-                            recipe.attn_implementation)
-    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
-                           recipe.lora_target_modules, quantize=recipe.quantize)
     args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
 
     checkpoint = Path(resume_from) if resume_from else newest_complete_checkpoint(output_dir)
@@ -352,12 +435,17 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         log.info("resuming from %s (step %d)", checkpoint, state["global_step"])
+        resume_batch(checkpoint, recipe, args.train_batch_size, write=main_process)
         if main_process:
             _truncate_log(log_path, state["global_step"])
     elif main_process:
         log_path.unlink(missing_ok=True)
     if main_process:
         save_recipe(recipe, output_dir / RECIPE_FILE)
+    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
+                            recipe.attn_implementation)
+    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
+                           recipe.lora_target_modules, quantize=recipe.quantize)
 
     # SFTTrainer builds the LoRA layers (random A matrices) before the Trainer seeds anything:
     # seed first, or two runs of the same command start from different adapters.
@@ -397,7 +485,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "max_tokens": train_split.max_tokens,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "global_step": trainer.state.global_step,
-        "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
+        "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, checkpoint),
         "seconds": round(time.time() - started, 1),
         "loss_curve": str(png) if png else None,
         "world_size": world_size(),
