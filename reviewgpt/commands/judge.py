@@ -73,6 +73,12 @@ def register(subparsers) -> None:
     api.add_argument("--backoff", type=float_flag(0), default=2.0,
                      help="first retry wait in seconds; doubles each time")
     api.add_argument("--max-tokens", type=int_flag(1), default=1024, help="longest judge answer")
+    api.add_argument("--json-mode", choices=["off", "object", "schema"], default="off",
+                     help="ask the server for JSON output (response_format): object = JSON mode, schema = the "
+                     "verdict's JSON Schema (constrains small judges that answer in prose)")
+    api.add_argument("--max-connection-failures", type=int_flag(1), default=3, metavar="N",
+                     help="connection errors in a row after which the judge counts as gone and the run stops "
+                     "(a rerun asks only the missing judgments)")
     local = p.add_argument_group("hf:DIR judges")
     local.add_argument(
         "--local-mode",
@@ -107,6 +113,8 @@ def make_backend(args):
                 max_retries=args.max_retries,
                 backoff_s=args.backoff,
                 max_tokens=args.max_tokens,
+                json_mode=args.json_mode,
+                max_connection_failures=args.max_connection_failures,
             )
         )
     from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
@@ -138,14 +146,21 @@ def run(args) -> int:
     )
     w = summary["overall"]
     rate = "n/a" if not w["n"] else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
+    trimmed = summary.get("papers_trimmed_to_judge_context")
     print(
         f"candidate win rate {rate} over {w['n']} papers; asked {summary['asked']} judgments; "
-        f"unparsable {summary['unparsable_judgments']}; summary in {args.output}/summary.md"
+        f"unparsable {summary['unparsable_judgments']}; "
+        + (f"{trimmed} paper(s) trimmed to the judge's context; " if trimmed else "")
+        + f"summary in {args.output}/summary.md"
     )
+    if summary["unparsable_judgments"] and args.judge.startswith("openai:") and args.json_mode == "off":
+        print("reviewgpt judge: some answers were not the JSON asked for; --json-mode object (or schema) asks "
+              "the server for JSON output, and --retry-unparsable asks those judgments again.", file=sys.stderr)
     if summary["missing_judgments"]:
+        why = f"stopped: {summary['judge_gone']}" if summary.get("judge_gone") else "judge unreachable after retries"
         print(
             f"reviewgpt judge: {summary['missing_judgments']} judgments could not be asked "
-            "(judge unreachable after retries); rerun the same command to ask only those.",
+            f"({why}); rerun the same command to ask only those.",
             file=sys.stderr,
         )
         return 1
