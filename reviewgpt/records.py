@@ -59,6 +59,11 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    # Some of json's messages end in "at" ("Unterminated string starting at"): say it once.
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 class _BadJson(str):
     """A line that is not valid JSON: the parser's message stands in for the object."""
 
@@ -77,7 +82,7 @@ def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(
-                f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                f"{path}:{exc.lineno}: not valid JSON ({_json_problem(exc)}); "
                 "fix the file or write one record per line as JSONL."
             ) from None
         if not isinstance(items, list):
@@ -91,7 +96,7 @@ def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
         try:
             yield f"{path}:{lineno}", json.loads(line), line
         except json.JSONDecodeError as exc:
-            yield f"{path}:{lineno}", _BadJson(f"not valid JSON ({exc.msg} at column {exc.colno})"), line
+            yield f"{path}:{lineno}", _BadJson(f"not valid JSON ({_json_problem(exc)})"), line
 
 
 def json_objects(path) -> Iterator[Tuple[str, object]]:

@@ -78,7 +78,8 @@ def test_recipes_lists_and_validates(capsys):
 
 
 def test_data_check_last_line_is_json(sample_file, tiny_gemma, capsys):
-    assert main(["data", "check", str(sample_file), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]) == 0
+    assert main(["data", "check", str(sample_file), "--recipe", "tiny", "--tokenizer", str(tiny_gemma),
+                 "--max-length", "512"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("records", "valid", "invalid", "duplicates", "papers_truncated", "reviews_truncated", "max_tokens"):
         assert key in last
@@ -97,6 +98,46 @@ def test_data_check_counts_invalid_and_unfit_records_and_fails(tmp_path, tiny_ge
     assert (stats["records"], stats["valid"], stats["invalid"], stats["duplicates"]) == (5, 2, 2, 1)
     assert stats["reviews_truncated"] == 1
     assert len((tmp_path / "rej.jsonl").read_text().splitlines()) == 2
+
+
+def test_data_check_names_the_invalid_records_and_the_length_every_review_fits(tmp_path, tiny_gemma, capsys):
+    from reviewgpt.models import load_tokenizer
+    from reviewgpt.prompt import get_template
+    from reviewgpt.tokenization import PromptEncoder
+
+    reviews = ["Fine. " * n for n in (10, 20, 40, 80, 160, 320)]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "A paper. " * 30, "review": r} for r in reviews]
+                       + ['{"paper": "p", "review": 3}', "{oops", '{"paper": "p", "review": "r'])
+    args = ["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]
+    assert main([*args, "--max-length", "200"]) == 1
+    out = capsys.readouterr().out
+    stats = json.loads(out.strip().splitlines()[-1])
+    encoder = PromptEncoder(load_tokenizer(str(tiny_gemma), "gemma"), get_template("gemma-it"))
+    needs = sorted(encoder.shortest_length(len(encoder.content_ids(r)) + len(encoder.end_ids)) for r in reviews)
+    assert (stats["max_length_for_all_reviews"], stats["max_length_for_95pct_reviews"]) == (needs[-1], needs[-1])
+    assert f"every review fits at --max-seq-length {needs[-1]}" in out
+    assert f"invalid: {data}:7: field 'review' must be a string" in out
+    assert f"invalid: {data}:8: not valid JSON" in out
+    assert f"{data}:9: not valid JSON (Unterminated string starting at column" in out  # not "at at"
+    capsys.readouterr()
+    assert main([*args, "--max-length", str(needs[-1])]) == 1  # still 3 invalid records, but every review fits
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reviews_truncated"] == 0
+    assert main([*args, "--max-length", str(needs[-1] - 1)]) == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reviews_truncated"] == 1
+
+
+# A review as long (in characters) as the longest of the real ICLR 2017 sample (3,526), in words the
+# tiny tokenizer was not trained on, as real reviews are.
+LONG_REVIEW = ("The authors propose a regularizer for convolutional networks and evaluate it on CIFAR and "
+               "ImageNet subsets; the ablations are thin, the baselines dated, and the claimed invariance is "
+               "never measured directly. ") * 17
+
+
+def test_the_tiny_recipe_fits_a_review_as_long_as_the_real_samples_longest(tmp_path, tiny_gemma, capsys):
+    assert len(LONG_REVIEW) >= 3526
+    data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "A paper. " * 400, "review": LONG_REVIEW}])
+    assert main(["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reviews_truncated"] == 0
 
 
 def test_data_check_without_a_tokenizer_says_how(sample_file, capsys):

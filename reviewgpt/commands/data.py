@@ -59,6 +59,14 @@ def run_check(args) -> int:
           f"median {stats['median_tokens']}, p90 {stats['p90_tokens']}")
     print(f"{stats['papers_truncated']} paper(s) will be trimmed to fit; {stats['reviews_truncated']} review(s) "
           f"cannot fit at all; plain trl 0.7.11 would cut {stats['reviews_cut_by_plain_trl']} review(s)")
+    if stats["reviews_truncated"]:
+        print(f"every review fits at --max-seq-length {stats['max_length_for_all_reviews']}, 95% of them at "
+              f"{stats['max_length_for_95pct_reviews']} (or pass --on-review-too-long skip to train without the rest)")
+    for error in stats["invalid_examples"]:
+        print(f"invalid: {error}")
+    if stats["invalid"] > len(stats["invalid_examples"]):
+        more = stats["invalid"] - len(stats["invalid_examples"])
+        print(f"... and {more} more invalid record(s)" + ("" if args.rejects else "; --rejects FILE lists them all"))
     print(json.dumps(stats))
     return 1 if stats["invalid"] or stats["reviews_truncated"] else 0
 
