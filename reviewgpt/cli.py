@@ -20,6 +20,7 @@ from typing import List, Optional
 
 from reviewgpt import __version__
 from reviewgpt.errors import UserError
+from reviewgpt.offline import offline_by_default
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -76,11 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _offline_by_default() -> None:
-    # No model hub is assumed: models and tokenizers are local directories. peft 0.9.0 also calls
-    # the hub on every adapter save unless offline (23.5 s each, REFERENCE.md). HF_HUB_OFFLINE=0
-    # in the environment turns downloads back on.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+    # Offline unless HF_HUB_OFFLINE=0 (reviewgpt.offline; `import reviewgpt` did it already).
+    offline_by_default()
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # Offline, peft 0.9.0 cannot ask the hub whether the base's config exists and warns on every
     # save that it "will assume that the vocabulary was not modified": true here (LoRA on
