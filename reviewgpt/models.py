@@ -13,6 +13,7 @@ Pinned-stack fixes applied here (REFERENCE.md section 2):
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -152,16 +153,22 @@ def check_quantization_possible() -> None:
 
 
 def resolve_attention(requested: str) -> str:
+    """auto: flash-attn 2 on a GPU where it is installed, else sdpa. A flash-attn that is installed
+    but does not import (a wheel built for another torch/CUDA/C++ ABI: "undefined symbol") is said
+    out loud: it would otherwise train silently slower and with more memory."""
     if requested != "auto":
         return requested
-    if cuda_available():
-        try:
-            import flash_attn  # noqa: F401
+    if not cuda_available() or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
 
-            return "flash_attention_2"
-        except Exception:  # noqa: BLE001
-            return "sdpa"
-    return "sdpa"
+        return "flash_attention_2"
+    except Exception as exc:  # noqa: BLE001 - any import failure (ImportError, OSError from the .so)
+        log.warning("flash-attn is installed but does not import (%s: %s); using sdpa attention instead. "
+                    "`reviewgpt doctor` shows the fix (a wheel matching this torch, CUDA and C++ ABI).",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return "sdpa"
 
 
 def load_config(path: str, family: str, attn_implementation: Optional[str] = None):

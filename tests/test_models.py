@@ -134,3 +134,20 @@ print(json.dumps(attempts))
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_broken_flash_attn_is_said_not_silently_replaced(tmp_path, monkeypatch, caplog):
+    import sys
+
+    from reviewgpt import models
+
+    broken = tmp_path / "flash_attn"
+    broken.mkdir()
+    (broken / "__init__.py").write_text(
+        "raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    monkeypatch.setattr(models, "cuda_available", lambda: True)
+    assert models.resolve_attention("auto") == "sdpa"
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "flash-attn is installed but does not import" in warning and "undefined symbol" in warning
