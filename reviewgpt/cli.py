@@ -102,14 +102,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    output = getattr(args, "output", None)
+    created = output is not None and not os.path.exists(output)
+    code = 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return code
     except UserError as exc:
         print(f"reviewgpt {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
+        return code
     except KeyboardInterrupt:
         print(f"reviewgpt {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+        return code
+    finally:
+        if code and created:
+            _remove_if_empty(output)
+
+
+def _remove_if_empty(path) -> None:
+    """A failed command leaves no empty --output behind (a folder with no file in it, or an empty
+    file); anything it did write stays."""
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.is_file() and path.stat().st_size == 0:
+        path.unlink()
 
 
 def train_gemma(argv: Optional[List[str]] = None) -> int:

@@ -223,3 +223,17 @@ def test_a_train_error_is_the_only_line_on_stderr(tmp_path):
            "--data", str(tmp_path / "nosuch.jsonl"), "--output", str(tmp_path / "run")]
     err = subprocess.run(cmd, capture_output=True, text=True).stderr
     assert err.count("\n") == 1 and "nosuch.jsonl: no such file" in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "data prepare", "judge", "needle"])
+def test_a_failed_command_leaves_no_empty_output_folder(command, tmp_path, tiny_gemma, capsys):
+    missing, out = str(tmp_path / "missing.jsonl"), tmp_path / "out"
+    argv = {
+        "train": ["train", "--recipe", "tiny", "--model", str(tiny_gemma), "--data", missing],
+        "data prepare": ["data", "prepare", missing],
+        "judge": ["judge", "--candidate", missing, "--reference", missing, "--judge", "openai:m"],
+        "needle": ["needle", "--model", str(tmp_path / "no-model")],
+    }[command]
+    assert main([*argv, "--output", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
