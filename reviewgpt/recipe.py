@@ -130,6 +130,8 @@ class Recipe:
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
                                "resume from the last checkpoint", default=True)
+    report_to: Tuple[str, ...] = _help("where the Trainer also logs: none (offline), tensorboard (OUTPUT/runs), "
+                                       "wandb, mlflow, ...", default=("none",))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -149,8 +151,9 @@ class Recipe:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        if data["lora_target_modules"] is not None:
-            data["lora_target_modules"] = list(data["lora_target_modules"])
+        for name in ("lora_target_modules", "report_to"):  # YAML lists, not Python tuples
+            if data[name] is not None:
+                data[name] = list(data[name])
         return data
 
 
@@ -159,6 +162,9 @@ def field_types() -> dict:
 
 
 _CHOICES = {"template": tuple(TEMPLATES)}
+# transformers 4.38.2's logging integrations (`report_to`), plus "none".
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "neptune", "azure_ml", "dvclive",
+             "codecarbon", "flyte", "dagshub")
 
 
 def field_problem(name: str, value) -> Optional[str]:
@@ -167,6 +173,10 @@ def field_problem(name: str, value) -> Optional[str]:
     choices = _CHOICES.get(name) or typing.get_args(field_types()[name])
     if (name in _CHOICES or typing.get_origin(field_types()[name]) is Literal) and value not in choices:
         return f"must be one of {list(choices)}, got {value!r}"
+    if name == "report_to":
+        unknown = [v for v in value if v not in REPORT_TO]
+        if unknown or not value or ("none" in value and len(value) > 1):
+            return f"must be none or some of {list(REPORT_TO[1:])}, got {','.join(value)!r}"
     allowed = f.metadata.get("range")
     if allowed is not None and not allowed.contains(value):
         return f"must be {allowed.describe()}, got {value!r}"

@@ -333,6 +333,24 @@ def _optimizer_for_device(recipe: Recipe, cuda: bool) -> str:
     return recipe.optim
 
 
+# The package each `report_to` integration needs, when it is not its own name.
+REPORT_TO_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "azure_ml": ("azureml",),
+                      "codecarbon": ("codecarbon",), "flyte": ("flytekit",)}
+
+
+def check_report_to(report_to) -> None:
+    """Say which package a `--report-to` integration needs before the Trainer fails on it."""
+    import importlib.util
+
+    for name in report_to:
+        if name == "none":
+            continue
+        packages = REPORT_TO_PACKAGES.get(name, (name,))
+        if not any(importlib.util.find_spec(p) for p in packages):
+            raise UserError(f"--report-to {name} needs the {packages[0]} package, which is not installed: "
+                            f"pip install {packages[0]}, or pass --report-to none.")
+
+
 def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bool):
     from transformers import TrainingArguments
 
@@ -373,7 +391,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         data_seed=recipe.seed,
         ddp_timeout=recipe.ddp_timeout,
         remove_unused_columns=False,
-        report_to=[],
+        report_to=[] if "none" in recipe.report_to else list(recipe.report_to),
         save_safetensors=True,
         disable_tqdm=False,
         use_cpu=not cuda,
@@ -425,6 +443,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
 
     if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
         check_fits(recipe, train_split.max_tokens)
+    check_report_to(recipe.report_to)
     args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
 
     checkpoint = Path(resume_from) if resume_from else newest_complete_checkpoint(output_dir)

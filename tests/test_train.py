@@ -201,3 +201,22 @@ def test_the_run_folder_records_the_base_model_as_an_absolute_path(tiny_gemma, s
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert (merge(tmp_path / "run", "merged", dtype="float32") / "config.json").is_file()
+
+
+def test_report_to_tensorboard_writes_the_logged_losses(tiny_gemma, sample_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_recipe("gemma", tiny_gemma, max_steps=2, report_to=("tensorboard",)), sample_file, tmp_path / "run")
+    events = list((tmp_path / "run" / "runs").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files go to OUTPUT/runs"
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    logged = {e.step: e.value for e in board.Scalars("train/loss")}
+    assert logged == pytest.approx(train_losses(tmp_path / "run"), rel=1e-4)
+
+
+def test_runs_stay_offline_by_default_and_a_missing_integration_is_one_sentence(tiny_gemma, sample_file, tmp_path):
+    train(tiny_recipe("gemma", tiny_gemma, max_steps=1), sample_file, tmp_path / "run")
+    assert not (tmp_path / "run" / "runs").exists()
+    with pytest.raises(UserError, match="--report-to clearml needs the clearml package"):
+        train(tiny_recipe("gemma", tiny_gemma, max_steps=1, report_to=("clearml",)), sample_file, tmp_path / "c")
