@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from reviewgpt.errors import UserError
-from reviewgpt.prompt import INSTRUCTION
 
 PAPER_KEYS = ("paper", "input")
 REVIEW_KEYS = ("review", "output")
@@ -210,13 +209,17 @@ def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:
 
     The reference recipe trained Mistral through LLaMA-Factory this way: instruction = the
     reviewer instruction, input = the paper, output = the review. Returns dataset_info's path.
+    The instruction ends in a newline: LLaMA-Factory joins it to the paper with another
+    (reviewgpt.llamafactory), so the user turn reads `INSTRUCTION\n\nPAPER` as reviewgpt's do.
     """
+    from reviewgpt.llamafactory import EXPORT_INSTRUCTION
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {}
     for name, records in datasets.items():
         data_path = out_dir / f"{name}.json"
-        rows = [{"instruction": INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
+        rows = [{"instruction": EXPORT_INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
         data_path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
         info[name] = {
             "file_name": data_path.name,

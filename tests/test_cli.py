@@ -237,3 +237,45 @@ def test_a_failed_command_leaves_no_empty_output_folder(command, tmp_path, tiny_
     assert main([*argv, "--output", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_data_prepare_trims_the_llamafactory_export_so_its_cutoff_never_reaches_the_review(tmp_path, tiny_mistral,
+                                                                                          capsys):
+    from transformers import AutoTokenizer
+
+    from reviewgpt.llamafactory import LF_TEMPLATES, row_lengths
+    from reviewgpt.sample import sample_records
+    from reviewgpt.tokenization import CUT_MARKER
+
+    records = sample_records(n_papers=6, reviews_per_paper=1, seed=5)
+    records = [{**r, "paper": r["paper"] * (1 if i == 0 else 4)} for i, r in enumerate(records)]  # 5 too long
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    cutoff = 1024
+    assert main(["data", "prepare", str(data), "--output", str(tmp_path / "out"), "--eval-fraction", "0",
+                 "--tokenizer", str(tiny_mistral), "--max-length", str(cutoff)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = json.loads((tmp_path / "out" / "paper_review.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mistral)
+    by_review = {r["review"]: r for r in records}
+    for row in rows:
+        record = by_review[row["output"]]  # the review exported whole
+        prompt, response = row_lengths(tokenizer, LF_TEMPLATES["mistral"], row["instruction"], row["input"],
+                                       row["output"])
+        # LLaMA-Factory 0.6.3's infer_max_len keeps the response whole only when the row fits:
+        max_response = int(cutoff * (response / (prompt + response)))
+        assert prompt + response < cutoff and max_response >= response and cutoff - response >= prompt
+        if row["input"] != record["paper"]:
+            assert row["input"].endswith(CUT_MARKER) and record["paper"].startswith(row["input"][:-len(CUT_MARKER)])
+            assert prompt + response > cutoff - 40  # the paper kept as much as fits
+    assert summary["llamafactory_papers_trimmed"] == 5
+    whole = [json.loads(line)["paper"] for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert sorted(whole) == sorted(r["paper"] for r in records)  # reviewgpt's own files stay whole
+
+
+@pytest.mark.parametrize("template", ["mistral-inst", "gemma-it"])
+def test_the_llamafactory_export_spaces_instruction_and_paper_as_reviewgpt_does(template):
+    from reviewgpt.llamafactory import EXPORT_INSTRUCTION
+    from reviewgpt.prompt import make_formatting_func
+
+    lf_user_turn = "\n".join([EXPORT_INSTRUCTION, "PAPER TEXT"])  # llmtuner 0.6.3's convert_alpaca
+    assert lf_user_turn in make_formatting_func(template)({"paper": "PAPER TEXT", "review": "R"})

@@ -33,7 +33,8 @@ def register(subparsers) -> None:
 
     prep = sub.add_parser(
         "prepare", help="validate, de-duplicate, split by paper; write JSONL + LLaMA-Factory Alpaca files",
-        epilog="example:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05",
+        epilog="examples:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05\n"
+               "  reviewgpt data prepare papers.jsonl --output data/ --tokenizer /models/mistral --max-length 12288",
     )
     prep.add_argument("file", help="records: .jsonl or .json")
     prep.add_argument("--output", required=True, help="folder for train.jsonl, eval.jsonl, paper_review*.json, "
@@ -43,6 +44,12 @@ def register(subparsers) -> None:
     prep.add_argument("--seed", type=int_flag(0), default=42, help="split seed")
     prep.add_argument("--skip-invalid", action="store_true",
                       help="set invalid records aside in OUTPUT/rejects.jsonl instead of stopping")
+    lf = prep.add_argument_group("LLaMA-Factory export (its cutoff would cut the review of a long paper)")
+    lf.add_argument("--tokenizer", help="the model's tokenizer directory: trim each exported paper so "
+                    "LLaMA-Factory's --cutoff_len never reaches the review")
+    lf.add_argument("--max-length", type=int_flag(16), help="LLaMA-Factory's --cutoff_len (with --tokenizer)")
+    lf.add_argument("--llamafactory-template", choices=["mistral", "gemma", "alpaca", "default"], default="mistral",
+                    help="LLaMA-Factory's --template the export will be trained with")
     prep.set_defaults(func=run_prepare)
 
 
@@ -72,8 +79,12 @@ def run_check(args) -> int:
 
 
 def run_prepare(args) -> int:
+    from reviewgpt.errors import UserError
     from reviewgpt.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
 
+    if (args.tokenizer is None) != (args.max_length is None):
+        raise UserError("--tokenizer and --max-length go together: the tokenizer counts the tokens that "
+                        "LLaMA-Factory's --cutoff_len (--max-length) allows.")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_records(args.file, skip_invalid=args.skip_invalid)
@@ -82,10 +93,19 @@ def run_prepare(args) -> int:
     train, evals = split_by_paper(loaded.records, args.eval_fraction, args.seed)
     write_jsonl(train, out / "train.jsonl")
     write_jsonl(evals, out / "eval.jsonl")
-    export_alpaca(out, {"paper_review": train, **({"paper_review_eval": evals} if evals else {})})
+    exported, trimmed = {"paper_review": train, **({"paper_review_eval": evals} if evals else {})}, 0
+    if args.tokenizer:  # train.jsonl/eval.jsonl stay whole: `reviewgpt train` trims them itself
+        from reviewgpt.llamafactory import fit_records
+        from reviewgpt.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer, "llama")
+        for name, records in exported.items():
+            exported[name], n = fit_records(records, tokenizer, args.llamafactory_template, args.max_length)
+            trimmed += n
+    export_alpaca(out, exported)
     summary = {"records": loaded.total, "valid": len(loaded.records), "invalid": len(loaded.rejected),
                "duplicates": loaded.duplicates, "train": len(train), "eval": len(evals),
                "train_papers": len({r.paper_id for r in train}), "eval_papers": len({r.paper_id for r in evals}),
-               "output": str(out)}
+               "llamafactory_papers_trimmed": trimmed if args.tokenizer else None, "output": str(out)}
     print(json.dumps(summary))
     return 0
