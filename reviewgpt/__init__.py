@@ -5,9 +5,14 @@
     bnb_config, lora_config = reviewgpt.qlora_config("gemma")
 
 Heavy modules (torch, transformers) load only when a function that needs them is called.
+Importing reviewgpt turns the Hugging Face hub off unless HF_HUB_OFFLINE is set (reviewgpt.offline).
 """
 
 __version__ = "0.1.0"
+
+from reviewgpt.offline import offline_by_default  # noqa: E402
+
+offline_by_default()  # before anything imports huggingface_hub, which reads it once
 
 from reviewgpt.errors import UserError  # noqa: E402
 from reviewgpt.models import qlora_config  # noqa: E402

@@ -21,6 +21,7 @@ from typing import List, Optional
 
 from reviewgpt import __version__
 from reviewgpt.errors import UserError
+from reviewgpt.offline import offline_by_default
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -43,7 +44,13 @@ COMMAND_MODULES = [
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    def _get_help_string(self, action):
+        # No "(default: None)" for a flag that is simply not given (a recipe field then comes from
+        # the YAML), and none after a help text that already says what the default is.
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -52,6 +59,10 @@ class CommandParser(argparse.ArgumentParser):
 
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message):
+        """A usage mistake is one line naming the flag (argparse would print the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _offline_by_default() -> None:
-    # No model hub is assumed: models and tokenizers are local directories. peft 0.9.0 also calls
-    # the hub on every adapter save unless offline (23.5 s each, REFERENCE.md). HF_HUB_OFFLINE=0
-    # in the environment turns downloads back on.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+    # Offline unless HF_HUB_OFFLINE=0 (reviewgpt.offline; `import reviewgpt` did it already).
+    offline_by_default()
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # Offline, peft 0.9.0 cannot ask the hub whether the base's config exists and warns on every
     # save that it "will assume that the vocabulary was not modified": true here (LoRA on
@@ -86,22 +94,47 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` relaunches itself with these
+    # reviewgpt's own progress at INFO; other libraries only when they warn (datasets' "PyTorch
+    # version ... available" would otherwise come before every one-line error).
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("reviewgpt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    output = getattr(args, "output", None)
+    created = output is not None and not os.path.exists(output)
+    code = 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return code
     except UserError as exc:
         print(f"reviewgpt {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
+        return code
     except KeyboardInterrupt:
         print(f"reviewgpt {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+        return code
+    finally:
+        if code and created:
+            _remove_if_empty(output)
+
+
+def _remove_if_empty(path) -> None:
+    """A failed command leaves no empty --output behind (a folder with no file in it, or an empty
+    file); anything it did write stays."""
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.is_file() and path.stat().st_size == 0:
+        path.unlink()
 
 
 def train_gemma(argv: Optional[List[str]] = None) -> int:

@@ -4,6 +4,7 @@ training would do to each record."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,16 @@ def _percentile(sorted_values, q: float) -> int:
         return 0
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index]
+
+
+def length_fitting(sorted_needs, share: float) -> int:
+    """The smallest max_length at which at least `share` of the reviews fit (nearest rank)."""
+    if not sorted_needs:
+        return 0
+    return sorted_needs[max(0, math.ceil(share * len(sorted_needs)) - 1)]
+
+
+INVALID_SHOWN = 5  # invalid records named in the summary; --rejects writes them all
 
 
 def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_length: Optional[int] = None,
@@ -40,11 +51,12 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
         write_rejects(loaded.rejected, rejects_path)
     tokenizer = load_tokenizer(tokenizer_path, recipe.family)
     encoder = PromptEncoder(tokenizer, get_template(recipe.template))
-    lengths, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], 0, 0, 0
+    lengths, needs, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], [], 0, 0, 0
     for record in tqdm(loaded.records, desc="counting tokens", unit="rec", disable=len(loaded.records) < 50):
         encoded = encoder.encode_text(record.paper, record.review)
         total = len(encoded.ids)
         lengths.append(total)
+        needs.append(encoder.shortest_length(encoded))  # the review whole, the paper cut to a token
         if total > max_length:
             # trl 0.7.11's truncation=True keeps the first max_length tokens: the review's tail goes.
             reviews_cut_by_tail += 1
@@ -53,6 +65,7 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
             else:
                 papers_truncated += 1
     lengths.sort()
+    needs.sort()
     return {
         "file": str(Path(path)),
         "recipe": recipe.name,
@@ -69,6 +82,10 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
         "max_tokens": lengths[-1] if lengths else 0,
         "median_tokens": _percentile(lengths, 0.5),
         "p90_tokens": _percentile(lengths, 0.9),
+        # The smallest --max-seq-length at which every review (95% of them) fits whole.
+        "max_length_for_all_reviews": length_fitting(needs, 1.0),
+        "max_length_for_95pct_reviews": length_fitting(needs, 0.95),
+        "invalid_examples": [r.error for r in loaded.rejected[:INVALID_SHOWN]],
     }
 
 

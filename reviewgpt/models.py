@@ -12,6 +12,7 @@ Pinned-stack fixes applied here (REFERENCE.md section 2):
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -51,21 +52,10 @@ def qlora_config(
     bf16 compute; LoRA r 64, alpha 16, dropout 0.1 on the family's projections."""
     import torch
     from peft import LoraConfig
-    from transformers import BitsAndBytesConfig
 
     if family not in FAMILIES:
         raise UserError(f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}.")
-    bnb = None
-    if quantize:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError("4-bit QLoRA needs the bitsandbytes package: install the `gpu` extra, "
-                            "or pass --no-quantize (quantize=False) for plain LoRA.")
-        bnb = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+    bnb = _nf4_config(torch.bfloat16) if quantize else None
     lora = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -75,6 +65,31 @@ def qlora_config(
         task_type="CAUSAL_LM",
     )
     return bnb, lora
+
+
+def _bitsandbytes_installed() -> bool:
+    try:
+        importlib.metadata.version("bitsandbytes")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _nf4_config(compute_dtype):
+    """4-bit NF4 with double quantization, built also where bitsandbytes is not installed.
+
+    transformers 4.38.2 checks bitsandbytes' version when a 4-bit BitsAndBytesConfig is built, so
+    `qlora_config("gemma")` failed on a laptop (the README's CPU environment). The config is only
+    data until a model is loaded in 4-bit, and that load checks for a GPU and bitsandbytes first
+    (`check_quantization_possible`): without bitsandbytes, build it and then switch 4-bit on."""
+    from transformers import BitsAndBytesConfig
+
+    kwargs = dict(bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+    if _bitsandbytes_installed():
+        return BitsAndBytesConfig(load_in_4bit=True, **kwargs)
+    config = BitsAndBytesConfig(**kwargs)
+    config.load_in_4bit = True
+    return config
 
 
 def require_local_or_cached(name: str, what: str, flag: str) -> None:
@@ -138,16 +153,22 @@ def check_quantization_possible() -> None:
 
 
 def resolve_attention(requested: str) -> str:
+    """auto: flash-attn 2 on a GPU where it is installed, else sdpa. A flash-attn that is installed
+    but does not import (a wheel built for another torch/CUDA/C++ ABI: "undefined symbol") is said
+    out loud: it would otherwise train silently slower and with more memory."""
     if requested != "auto":
         return requested
-    if cuda_available():
-        try:
-            import flash_attn  # noqa: F401
+    if not cuda_available() or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
 
-            return "flash_attention_2"
-        except Exception:  # noqa: BLE001
-            return "sdpa"
-    return "sdpa"
+        return "flash_attention_2"
+    except Exception as exc:  # noqa: BLE001 - any import failure (ImportError, OSError from the .so)
+        log.warning("flash-attn is installed but does not import (%s: %s); using sdpa attention instead. "
+                    "`reviewgpt doctor` shows the fix (a wheel matching this torch, CUDA and C++ ABI).",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return "sdpa"
 
 
 def load_config(path: str, family: str, attn_implementation: Optional[str] = None):

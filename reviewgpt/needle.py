@@ -65,6 +65,8 @@ class NeedleConfig:
             raise ValueError(f"lengths must be token counts >= 16, not {list(self.lengths)!r}")
         if not self.depths or any(not 0 <= d <= 100 for d in self.depths):
             raise ValueError(f"depths must be percentages in [0, 100], not {list(self.depths)!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
         if self.attention not in ("sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"attention must be sdpa, eager or flash_attention_2, not {self.attention!r}")
         if not self.answer.strip(" .") or self.answer.strip(" .") in self.question:
@@ -233,17 +235,37 @@ def load_needle_model(model_dir: str, attention: str, device: str = "auto"):
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
-def _done_cells(output_dir: Path, config: NeedleConfig, model_dir: str) -> List[Dict]:
-    """Rows of an earlier run with the same settings (a long GPU run resumes), else []."""
+def _set_aside(output_dir: Path) -> Path:
+    """Rename needle.csv (and its config) to the first free needle.previous-N.csv; its new path."""
+    n = 1
+    while (output_dir / f"needle.previous-{n}.csv").exists():
+        n += 1
+    kept = output_dir / f"needle.previous-{n}.csv"
+    (output_dir / CSV_FILE).rename(kept)
+    if (output_dir / CONFIG_FILE).exists():
+        (output_dir / CONFIG_FILE).rename(output_dir / f"needle_config.previous-{n}.json")
+    return kept
+
+
+def _done_cells(output_dir: Path, config: NeedleConfig, model_dir: str):
+    """(rows of an earlier run with the same settings, so a long GPU run resumes; where the results
+    of an earlier run with other settings were moved, or None). Nothing measured is overwritten."""
     settings = {"model": str(model_dir), **asdict(config), "lengths": None, "depths": None}
     config_path, csv_path = output_dir / CONFIG_FILE, output_dir / CSV_FILE
-    if config_path.exists() and csv_path.exists() and json.loads(config_path.read_text()) == settings:
-        with open(csv_path, newline="") as f:
-            return list(csv.DictReader(f))
+    kept = None
+    if csv_path.exists():
+        earlier = json.loads(config_path.read_text()) if config_path.exists() else {}
+        if earlier == settings:
+            with open(csv_path, newline="") as f:
+                return list(csv.DictReader(f)), None
+        changed = sorted(k for k in {**settings, **earlier} if settings.get(k) != earlier.get(k))
+        kept = _set_aside(output_dir)
+        log.warning("%s holds results of other settings (%s); kept them as %s and measuring afresh",
+                    csv_path, ", ".join(changed) or "no needle_config.json", kept)
     config_path.write_text(json.dumps(settings, indent=2) + "\n")
     with open(csv_path, "w", newline="") as f:
         csv.DictWriter(f, CSV_FIELDS).writeheader()
-    return []
+    return [], kept
 
 
 def run_needle(
@@ -262,7 +284,8 @@ def run_needle(
             f"(2 x max_position_embeddings = {2 * limit}); pass shorter --lengths."
         )
     filler_ids = _tokens(tokenizer, load_filler(filler_path))
-    done = {(int(r["length"]), float(r["depth_percent"])) for r in _done_cells(output_dir, config, model_dir)}
+    earlier, kept = _done_cells(output_dir, config, model_dir)
+    done = {(int(r["length"]), float(r["depth_percent"])) for r in earlier}
     cells = [(n, d) for n in config.lengths for d in config.depths if (n, float(d)) not in done]
     log.info("needle: %d cells to measure, %d done before; filler %d tokens", len(cells), len(done), len(filler_ids))
     for length, depth in tqdm(cells, desc="needle", unit="cell", disable=not progress):
@@ -281,6 +304,7 @@ def run_needle(
         "csv": str(output_dir / CSV_FILE),
         "png": str(png),
         "retrieved": sum(r["retrieved"] for r in rows),
+        **({"earlier_results_kept_as": str(kept)} if kept else {}),
     }
 
 

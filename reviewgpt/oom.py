@@ -4,15 +4,17 @@ The reference Mistral run died of out-of-memory at 4 a.m. and was restarted by h
 from its last checkpoint (REFERENCE.md 1b). Here a CUDA out-of-memory inside `train` frees the
 GPU (drops the trainer and model, clears the traceback's frames, empties the cache), halves
 `per_device_train_batch_size`, multiplies `gradient_accumulation_steps` so the effective batch
-stays, and calls `train` again, which resumes from the newest complete checkpoint. Each recovery
+stays exactly the same, and calls `train` again, which resumes from the newest complete checkpoint. Each recovery
 is logged and appended to OUTPUT/oom_recovery.jsonl. At micro-batch 1 it stops with a clear message.
 When the recipe keeps layers from recompute (`checkpoint_skip_layers`), the first recovery gives
 those up instead (every layer recomputed again, same batch): that memory was bought for speed only.
 Under several processes (DDP, ZeRO-2) it stops every process with the command to rerun instead:
 one rank cannot change its batch while the others wait in a collective.
 
-transformers 4.38.2 resumes with the *checkpoint's* batch size (`state.train_batch_size`, there for
-auto_find_batch_size), not the new one: the checkpoint's trainer_state.json is updated to match.
+"Halves" means the largest micro-batch at most half the current one that divides the effective
+batch (per process), so the effective batch never changes (5 x 3 -> 1 x 15, not 2 x 8) and a
+resume skips exactly the samples already trained on. transformers 4.38.2 resumes with the
+*checkpoint's* micro-batch; `train` makes it use the new one (see `reviewgpt.train.resume_batch`).
 """
 
 from __future__ import annotations
@@ -54,36 +56,27 @@ def free_gpu(exc: BaseException) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def smaller_batch(recipe):
-    """Half the micro-batch, grad accumulation raised to keep the effective batch (rounded up)."""
-    micro = recipe.per_device_train_batch_size
+def smaller_batch(recipe, processes: int = 1):
+    """At most half the micro-batch, with the effective batch kept exactly: the largest micro-batch
+    <= micro // 2 that divides each process's share of the effective batch; accumulation makes up
+    the rest (5 x 3 -> 1 x 15, 6 x 2 -> 3 x 4). None at micro-batch 1."""
     effective = recipe.effective_batch_size
-    new_micro = max(1, micro // 2)
-    return recipe.replace(per_device_train_batch_size=new_micro,
-                          gradient_accumulation_steps=-(-effective // new_micro))
+    share = effective // processes if effective % processes == 0 else effective
+    for micro in range(recipe.per_device_train_batch_size // 2, 0, -1):
+        if share % micro == 0:
+            return recipe.replace(per_device_train_batch_size=micro, gradient_accumulation_steps=effective // micro)
+    return None
 
 
-def smaller_footprint(recipe):
+def smaller_footprint(recipe, processes: int = 1):
     """The next configuration to try after an OOM, and what changed (None at the end of the road)."""
     if getattr(recipe, "checkpoint_skip_layers", 0) > 0:
         return recipe.replace(checkpoint_skip_layers=0), "every layer recomputed (checkpoint_skip_layers 0)"
-    if recipe.per_device_train_batch_size > 1:
-        smaller = smaller_batch(recipe)
+    smaller = smaller_batch(recipe, processes)
+    if smaller is not None:
         return smaller, (f"micro-batch {smaller.per_device_train_batch_size} x "
                          f"{smaller.gradient_accumulation_steps} accumulation")
     return None, None
-
-
-def _match_checkpoint_batch(output_dir: Path, micro: int):
-    from reviewgpt.train import newest_complete_checkpoint
-
-    checkpoint = newest_complete_checkpoint(output_dir)
-    if checkpoint is not None:
-        path = checkpoint / "trainer_state.json"
-        state = json.loads(path.read_text())
-        state["train_batch_size"] = micro
-        path.write_text(json.dumps(state, indent=2) + "\n")
-    return checkpoint
 
 
 def with_oom_recovery(train_fn):
@@ -99,8 +92,8 @@ def with_oom_recovery(train_fn):
                     raise
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 free_gpu(exc)
-            smaller, change = smaller_footprint(recipe)
             processes = world_size()
+            smaller, change = smaller_footprint(recipe, processes)
             if processes > 1:
                 # One rank cannot shrink its batch and resume while the others wait inside a
                 # collective: stop every process (the launcher ends the rest) and say what to rerun.
@@ -116,7 +109,9 @@ def with_oom_recovery(train_fn):
                 raise UserError(
                     f"out of GPU memory at micro-batch 1 ({message}); nothing left to halve: use a shorter "
                     "--max-seq-length, keep the speed options on (see `reviewgpt plan`), or a larger GPU.")
-            checkpoint = _match_checkpoint_batch(Path(output_dir), smaller.per_device_train_batch_size)
+            from reviewgpt.train import newest_complete_checkpoint
+
+            checkpoint = newest_complete_checkpoint(output_dir)  # `train` resumes it at the new micro-batch
             event = {"time": round(time.time(), 3), "error": message,
                      "from": [recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps],
                      "to": [smaller.per_device_train_batch_size, smaller.gradient_accumulation_steps],

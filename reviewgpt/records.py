@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from reviewgpt.errors import UserError
-from reviewgpt.prompt import INSTRUCTION
 
 PAPER_KEYS = ("paper", "input")
 REVIEW_KEYS = ("review", "output")
@@ -61,6 +60,11 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    # Some of json's messages end in "at" ("Unterminated string starting at"): say it once.
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 class _BadJson(str):
     """A line that is not valid JSON: the parser's message stands in for the object."""
 
@@ -93,7 +97,7 @@ def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(
-                f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                f"{path}:{exc.lineno}: not valid JSON ({_json_problem(exc)}); "
                 "fix the file or write one record per line as JSONL."
             ) from None
         if not isinstance(items, list):
@@ -108,7 +112,7 @@ def _raw_items(path: Path) -> Iterator[Tuple[str, object, str]]:
         try:
             yield f"{path}:{lineno}", json.loads(line), line
         except json.JSONDecodeError as exc:
-            yield f"{path}:{lineno}", _BadJson(f"not valid JSON ({exc.msg} at column {exc.colno})"), line
+            yield f"{path}:{lineno}", _BadJson(f"not valid JSON ({_json_problem(exc)})"), line
 
 
 def json_objects(path) -> Iterator[Tuple[str, object]]:
@@ -222,13 +226,17 @@ def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:
 
     The reference recipe trained Mistral through LLaMA-Factory this way: instruction = the
     reviewer instruction, input = the paper, output = the review. Returns dataset_info's path.
+    The instruction ends in a newline: LLaMA-Factory joins it to the paper with another
+    (reviewgpt.llamafactory), so the user turn reads `INSTRUCTION\n\nPAPER` as reviewgpt's do.
     """
+    from reviewgpt.llamafactory import EXPORT_INSTRUCTION
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {}
     for name, records in datasets.items():
         data_path = out_dir / f"{name}.json"
-        rows = [{"instruction": INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
+        rows = [{"instruction": EXPORT_INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
         data_path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
         info[name] = {
             "file_name": data_path.name,

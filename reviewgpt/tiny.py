@@ -154,6 +154,10 @@ def tiny_config(family: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: 
 def build_tiny_model(family: str, output_dir, seed: int = 0, hidden: int = 64, layers: int = 2,
                      sliding_window=None) -> Path:
     """Write a tiny random model + tokenizer of `family` to `output_dir` (safetensors)."""
+    if hidden < 8 or hidden % 8 or layers < 1 or (sliding_window is not None and sliding_window < 1):
+        raise ValueError(f"a tiny model needs hidden a positive multiple of 8 (4 heads of an even size), layers >= 1 "
+                         f"and sliding_window >= 1; got hidden={hidden!r}, layers={layers!r}, "
+                         f"sliding_window={sliding_window!r}")
     import torch
     from transformers import AutoModelForCausalLM
 

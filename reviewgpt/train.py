@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
+import yaml
 
 from reviewgpt.distributed import (
     accumulation_per_process,
@@ -156,6 +157,12 @@ def make_log_callback(path: Path):
     class JsonlLogCallback(TrainerCallback):
         """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens."""
 
+        def on_step_end(self, args, state, control, **kwargs):
+            # Log at every checkpoint, so a checkpoint's log history holds every step's loss up to it
+            # and a resumed run can report the mean over all its steps (`run_mean_loss`).
+            if control.should_save:
+                control.should_log = True
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs:
                 return
@@ -213,6 +220,85 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
+def logged_loss_sum(log_history: List[dict], step: int) -> float:
+    """The sum of the per-step training losses of steps 1..`step`, from a Trainer's log history.
+
+    Each logged loss is the mean over the steps since the previous log; the callback above logs at
+    every checkpoint, so the intervals reach `step` exactly (for older checkpoints the last logged
+    mean stands in for the steps after it)."""
+    total, previous = 0.0, 0
+    for row in log_history:
+        if "loss" in row and previous < row["step"] <= step:
+            total += row["loss"] * (row["step"] - previous)
+            previous = row["step"]
+    if 0 < previous < step:
+        total *= step / previous
+    return total
+
+
+def run_mean_loss(training_loss: float, global_step: int, checkpoint: Optional[Path]) -> Optional[float]:
+    """The mean training loss over all the run's steps.
+
+    transformers 4.38.2 divides the losses summed *since the resume* by every step of the run, so a
+    resumed run reported 2.52 where the uninterrupted one reported 6.32: add the losses of the steps
+    before the checkpoint back from its log history."""
+    if math.isnan(training_loss) or not global_step:
+        return None
+    if checkpoint is None:
+        return training_loss
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    before = logged_loss_sum(state.get("log_history", []), state["global_step"])
+    return (before + training_loss * global_step) / global_step
+
+
+def resume_batch(checkpoint: Path, recipe: Recipe, train_batch_size: int, write: bool = True) -> None:
+    """Resume at this run's micro-batch when the effective batch is unchanged; refuse otherwise.
+
+    transformers 4.38.2 resumes with the checkpoint's micro-batch (`train_batch_size` in
+    trainer_state.json, kept for auto_find_batch_size): a rerun at 2 x 2 after a crash at 4 x 2
+    trained at 4 x 2 and would run out of memory again. The sampler's order does not depend on the
+    micro-batch, so with the same effective batch each optimizer step sees the same samples and the
+    skipped ones are exactly those already trained on; with another effective batch the resume
+    would skip the wrong number of samples."""
+    state_path = checkpoint / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    saved_path = checkpoint.parent / RECIPE_FILE
+    micro, accumulation = recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        old_micro, old_accumulation = saved["per_device_train_batch_size"], saved["gradient_accumulation_steps"]
+        old = old_micro * old_accumulation
+        if old != recipe.effective_batch_size:
+            fix = (f"--gradient-accumulation-steps {old // micro}" if old % micro == 0 else
+                   f"--per-device-train-batch-size {old_micro} --gradient-accumulation-steps {old_accumulation}")
+            raise UserError(
+                f"{checkpoint} was trained at an effective batch of {old} ({old_micro} x {old_accumulation} "
+                f"accumulation) and this run asks for {recipe.effective_batch_size} ({micro} x {accumulation}), so "
+                f"the resume would skip the wrong samples; pass {fix} to keep the effective batch, or train into "
+                "a new --output.")
+    if state.get("train_batch_size") in (None, train_batch_size):
+        return
+    if not saved_path.is_file():
+        raise UserError(
+            f"{checkpoint} was trained at micro-batch {state['train_batch_size']} and {saved_path} is missing, so "
+            f"its effective batch is unknown; pass --per-device-train-batch-size {state['train_batch_size']} to "
+            "resume it, or train into a new --output.")
+    log.info("resuming %s at micro-batch %d x %d accumulation (it was trained at %d x %d; same effective batch)",
+             checkpoint, micro, accumulation, old_micro, old_accumulation)
+    state["train_batch_size"] = train_batch_size
+    if write:  # every process checks; one writes
+        state_path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def local_paths_absolute(recipe: Recipe) -> Recipe:
+    """The base model and tokenizer as absolute paths when they are local folders: the run folder
+    records them (adapter_config.json, reviewgpt_recipe.yaml) and `merge` or `review` may run from
+    another directory. Hub ids stay as they are."""
+    changes = {name: str(Path(value).resolve()) for name, value in
+               (("model", recipe.model), ("tokenizer", recipe.tokenizer)) if value and Path(value).is_dir()}
+    return recipe.replace(**changes) if changes else recipe
+
+
 def plot_loss_curve(log_path: Path, png_path: Path) -> Optional[Path]:
     if not log_path.is_file():
         return None
@@ -250,6 +336,24 @@ def _optimizer_for_device(recipe: Recipe, cuda: bool) -> str:
         log.warning("optimizer %r needs bitsandbytes on a GPU; using adamw_torch on this CPU", recipe.optim)
         return "adamw_torch"
     return recipe.optim
+
+
+# The package each `report_to` integration needs, when it is not its own name.
+REPORT_TO_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "azure_ml": ("azureml",),
+                      "codecarbon": ("codecarbon",), "flyte": ("flytekit",)}
+
+
+def check_report_to(report_to) -> None:
+    """Say which package a `--report-to` integration needs before the Trainer fails on it."""
+    import importlib.util
+
+    for name in report_to:
+        if name == "none":
+            continue
+        packages = REPORT_TO_PACKAGES.get(name, (name,))
+        if not any(importlib.util.find_spec(p) for p in packages):
+            raise UserError(f"--report-to {name} needs the {packages[0]} package, which is not installed: "
+                            f"pip install {packages[0]}, or pass --report-to none.")
 
 
 def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bool):
@@ -292,7 +396,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         data_seed=recipe.seed,
         ddp_timeout=recipe.ddp_timeout,
         remove_unused_columns=False,
-        report_to=[],
+        report_to=[] if "none" in recipe.report_to else list(recipe.report_to),
         save_safetensors=True,
         disable_tqdm=False,
         use_cpu=not cuda,
@@ -319,6 +423,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
 
     if not recipe.model:
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
+    recipe = local_paths_absolute(recipe)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
@@ -343,10 +448,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
 
     if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
         check_fits(recipe, train_split.max_tokens)
-    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
-                            recipe.attn_implementation)
-    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
-                           recipe.lora_target_modules, quantize=recipe.quantize)
+    check_report_to(recipe.report_to)
     args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
 
     checkpoint = Path(resume_from) if resume_from else newest_complete_checkpoint(output_dir)
@@ -357,12 +459,17 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         log.info("resuming from %s (step %d)", checkpoint, state["global_step"])
+        resume_batch(checkpoint, recipe, args.train_batch_size, write=main_process)
         if main_process:
             _truncate_log(log_path, state["global_step"])
     elif main_process:
         log_path.unlink(missing_ok=True)
     if main_process:
         save_recipe(recipe, output_dir / RECIPE_FILE)
+    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
+                            recipe.attn_implementation)
+    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
+                           recipe.lora_target_modules, quantize=recipe.quantize)
 
     # SFTTrainer builds the LoRA layers (random A matrices) before the Trainer seeds anything:
     # seed first, or two runs of the same command start from different adapters.
@@ -403,7 +510,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "max_tokens": train_split.max_tokens,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "global_step": trainer.state.global_step,
-        "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
+        "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, checkpoint),
         "seconds": round(time.time() - started, 1),
         # Tokens this process trained on (eval batches included when --eval) over the wall time.
         "train_tokens": collator.tokens,

@@ -78,7 +78,8 @@ def test_recipes_lists_and_validates(capsys):
 
 
 def test_data_check_last_line_is_json(sample_file, tiny_gemma, capsys):
-    assert main(["data", "check", str(sample_file), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]) == 0
+    assert main(["data", "check", str(sample_file), "--recipe", "tiny", "--tokenizer", str(tiny_gemma),
+                 "--max-length", "512"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("records", "valid", "invalid", "duplicates", "papers_truncated", "reviews_truncated", "max_tokens"):
         assert key in last
@@ -97,6 +98,46 @@ def test_data_check_counts_invalid_and_unfit_records_and_fails(tmp_path, tiny_ge
     assert (stats["records"], stats["valid"], stats["invalid"], stats["duplicates"]) == (5, 2, 2, 1)
     assert stats["reviews_truncated"] == 1
     assert len((tmp_path / "rej.jsonl").read_text().splitlines()) == 2
+
+
+def test_data_check_names_the_invalid_records_and_the_length_every_review_fits(tmp_path, tiny_gemma, capsys):
+    from reviewgpt.models import load_tokenizer
+    from reviewgpt.prompt import get_template
+    from reviewgpt.tokenization import PromptEncoder
+
+    reviews = ["Fine. " * n for n in (10, 20, 40, 80, 160, 320)]
+    data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "A paper. " * 30, "review": r} for r in reviews]
+                       + ['{"paper": "p", "review": 3}', "{oops", '{"paper": "p", "review": "r'])
+    args = ["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]
+    assert main([*args, "--max-length", "200"]) == 1
+    out = capsys.readouterr().out
+    stats = json.loads(out.strip().splitlines()[-1])
+    encoder = PromptEncoder(load_tokenizer(str(tiny_gemma), "gemma"), get_template("gemma-it"))
+    needs = sorted(encoder.shortest_length(encoder.encode_text("A paper. " * 30, r)) for r in reviews)
+    assert (stats["max_length_for_all_reviews"], stats["max_length_for_95pct_reviews"]) == (needs[-1], needs[-1])
+    assert f"every review fits at --max-seq-length {needs[-1]}" in out
+    assert f"invalid: {data}:7: field 'review' must be a string" in out
+    assert f"invalid: {data}:8: not valid JSON" in out
+    assert f"{data}:9: not valid JSON (Unterminated string starting at column" in out  # not "at at"
+    capsys.readouterr()
+    assert main([*args, "--max-length", str(needs[-1])]) == 1  # still 3 invalid records, but every review fits
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reviews_truncated"] == 0
+    assert main([*args, "--max-length", str(needs[-1] - 1)]) == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reviews_truncated"] == 1
+
+
+# A review as long (in characters) as the longest of the real ICLR 2017 sample (3,526), in words the
+# tiny tokenizer was not trained on, as real reviews are.
+LONG_REVIEW = ("The authors propose a regularizer for convolutional networks and evaluate it on CIFAR and "
+               "ImageNet subsets; the ablations are thin, the baselines dated, and the claimed invariance is "
+               "never measured directly. ") * 17
+
+
+def test_the_tiny_recipe_fits_a_review_as_long_as_the_real_samples_longest(tmp_path, tiny_gemma, capsys):
+    assert len(LONG_REVIEW) >= 3526
+    data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "A paper. " * 400, "review": LONG_REVIEW}])
+    assert main(["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(tiny_gemma)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reviews_truncated"] == 0
 
 
 def test_data_check_without_a_tokenizer_says_how(sample_file, capsys):
@@ -129,3 +170,112 @@ def test_4bit_on_cpu_from_the_cli_is_one_clear_sentence(tmp_path, tiny_gemma, sa
                  "--output", str(tmp_path), "--quantize"])
     assert code == 2
     assert "needs a CUDA GPU and this machine has none; pass --no-quantize" in capsys.readouterr().err
+
+
+def _run(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+BAD_NUMBERS = [
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--max-steps", "-1", "--num-train-epochs", "-1"],
+     "--num-train-epochs"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--max-steps", "-5"], "--max-steps"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--learning-rate", "-1"], "--learning-rate"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--gpus", "0"], "--gpus"),
+    (["review", "--model", "m", "--papers", "p.jsonl", "--max-new-tokens", "-5"], "--max-new-tokens"),
+    (["review", "--model", "m", "--papers", "p.jsonl", "--limit", "-1"], "--limit"),
+    (["review", "--model", "m", "--papers", "p.jsonl", "--temperature", "-1"], "--temperature"),
+    (["judge", "--candidate", "c", "--reference", "r", "--judge", "openai:m", "--paper-chars", "-5"], "--paper-chars"),
+    (["judge", "--candidate", "c", "--reference", "r", "--judge", "openai:m", "--timeout", "nan"], "--timeout"),
+    (["data", "check", "d.jsonl", "--recipe", "tiny", "--max-length", "-1"], "--max-length"),
+    (["tiny-model", "--layers", "-1"], "--layers"),
+    (["tiny-model", "--hidden", "0"], "--hidden"),
+    (["tiny-model", "--hidden", "12"], "--hidden"),
+    (["plan", "--recipe", "tiny", "--gpu-mem", "-24"], "--gpu-mem"),
+    (["needle", "--model", "m", "--lengths", "1k,2k"], "--lengths"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_NUMBERS, ids=[f"{a[0]} {f}" for a, f in BAD_NUMBERS])
+def test_a_bad_number_is_one_line_naming_the_flag_and_exit_2(argv, flag, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run([*argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", SUBCOMMANDS, ids=[" ".join(p) for p in SUBCOMMANDS])
+def test_help_shows_each_default_once(path, capsys):
+    with pytest.raises(SystemExit):
+        main([*path, "--help"])
+    out = capsys.readouterr().out
+    assert "(default: None)" not in out
+    options = out.split("\n  -")
+    assert not [o for o in options if o.count("(default") > 1], "an option's help says its default twice"
+
+
+def test_a_train_error_is_the_only_line_on_stderr(tmp_path):
+    cmd = [sys.executable, "-m", "reviewgpt", "train", "--recipe", "tiny", "--model", str(tmp_path),
+           "--data", str(tmp_path / "nosuch.jsonl"), "--output", str(tmp_path / "run")]
+    err = subprocess.run(cmd, capture_output=True, text=True).stderr
+    assert err.count("\n") == 1 and "nosuch.jsonl: no such file" in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "data prepare", "judge", "needle"])
+def test_a_failed_command_leaves_no_empty_output_folder(command, tmp_path, tiny_gemma, capsys):
+    missing, out = str(tmp_path / "missing.jsonl"), tmp_path / "out"
+    argv = {
+        "train": ["train", "--recipe", "tiny", "--model", str(tiny_gemma), "--data", missing],
+        "data prepare": ["data", "prepare", missing],
+        "judge": ["judge", "--candidate", missing, "--reference", missing, "--judge", "openai:m"],
+        "needle": ["needle", "--model", str(tmp_path / "no-model")],
+    }[command]
+    assert main([*argv, "--output", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_data_prepare_trims_the_llamafactory_export_so_its_cutoff_never_reaches_the_review(tmp_path, tiny_mistral,
+                                                                                          capsys):
+    from transformers import AutoTokenizer
+
+    from reviewgpt.llamafactory import LF_TEMPLATES, row_lengths
+    from reviewgpt.sample import sample_records
+    from reviewgpt.tokenization import CUT_MARKER
+
+    records = sample_records(n_papers=6, reviews_per_paper=1, seed=5)
+    records = [{**r, "paper": r["paper"] * (1 if i == 0 else 4)} for i, r in enumerate(records)]  # 5 too long
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    cutoff = 1024
+    assert main(["data", "prepare", str(data), "--output", str(tmp_path / "out"), "--eval-fraction", "0",
+                 "--tokenizer", str(tiny_mistral), "--max-length", str(cutoff)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = json.loads((tmp_path / "out" / "paper_review.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mistral)
+    by_review = {r["review"]: r for r in records}
+    for row in rows:
+        record = by_review[row["output"]]  # the review exported whole
+        prompt, response = row_lengths(tokenizer, LF_TEMPLATES["mistral"], row["instruction"], row["input"],
+                                       row["output"])
+        # LLaMA-Factory 0.6.3's infer_max_len keeps the response whole only when the row fits:
+        max_response = int(cutoff * (response / (prompt + response)))
+        assert prompt + response < cutoff and max_response >= response and cutoff - response >= prompt
+        if row["input"] != record["paper"]:
+            assert row["input"].endswith(CUT_MARKER) and record["paper"].startswith(row["input"][:-len(CUT_MARKER)])
+            assert prompt + response > cutoff - 40  # the paper kept as much as fits
+    assert summary["llamafactory_papers_trimmed"] == 5
+    whole = [json.loads(line)["paper"] for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert sorted(whole) == sorted(r["paper"] for r in records)  # reviewgpt's own files stay whole
+
+
+@pytest.mark.parametrize("template", ["mistral-inst", "gemma-it"])
+def test_the_llamafactory_export_spaces_instruction_and_paper_as_reviewgpt_does(template):
+    from reviewgpt.llamafactory import EXPORT_INSTRUCTION
+    from reviewgpt.prompt import make_formatting_func
+
+    lf_user_turn = "\n".join([EXPORT_INSTRUCTION, "PAPER TEXT"])  # llmtuner 0.6.3's convert_alpaca
+    assert lf_user_turn in make_formatting_func(template)({"paper": "PAPER TEXT", "review": "R"})

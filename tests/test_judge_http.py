@@ -19,7 +19,7 @@ import pytest
 from reviewgpt.cli import main
 from reviewgpt.judge.cache import CACHE_FILE
 from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig, JudgeRequestError
-from reviewgpt.judge.prompt import JUDGE_PROMPT_VERSION
+from reviewgpt.judge.prompt import JUDGE_PROMPT_VERSION, QUESTIONS
 from reviewgpt.judge.run import JudgeRunConfig, run_judge
 from tests.judge_support.data import CANDIDATE_MARK, judge_args, write_review_files
 from tests.judge_support.server import FakeJudgeServer, Reply, candidate_is, verdict_json
@@ -256,3 +256,80 @@ def test_a_rejected_key_stops_with_one_clear_line(tmp_path, capsys):
     while any(t.name.startswith("judge") for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.02)
     assert not any(t.name.startswith("judge") for t in threading.enumerate())
+
+
+def prose_unless_json_asked(n, body):
+    """A small judge: prose, unless the request constrains the output to JSON."""
+    if "response_format" not in body:
+        return Reply(content="Both reviews are fine, but A is better overall.")
+    return prefers_candidate(n, body)
+
+
+@pytest.mark.parametrize("mode, kind", [("object", "json_object"), ("schema", "json_schema")])
+def test_json_mode_sends_response_format_and_small_judges_then_parse(tmp_path, capsys, mode, kind):
+    candidate, reference = write_review_files(tmp_path)
+    args = judge_args(candidate, reference, "openai:m", tmp_path / "o", "--api-key-env", "REVIEWGPT_TEST_KEY",
+                      "--parse-retries", "0")
+    with FakeJudgeServer(prose_unless_json_asked) as server:
+        assert main([*args, "--base-url", server.url]) == 0
+        assert "--json-mode object" in capsys.readouterr().err  # 6 prose answers: the hint names the flag
+        assert main([*args, "--base-url", server.url, "--json-mode", mode]) == 0
+    asked = server.requests[-1]["response_format"]
+    assert asked["type"] == kind
+    if kind == "json_schema":
+        schema = asked["json_schema"]["schema"]
+        assert set(schema["required"]) == set(QUESTIONS)
+        assert schema["properties"]["overall"]["properties"]["winner"]["enum"] == ["A", "B", "tie"]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["judge"].endswith(f"|json={mode}") and summary["judged_pairs"] == 3
+    assert summary["overall"]["rate"] == 1.0
+
+
+def test_a_server_without_response_format_says_to_turn_json_mode_off(tmp_path, capsys):
+    candidate, reference = write_review_files(tmp_path)
+    with FakeJudgeServer(prefers_candidate, response_formats=()) as server:
+        code = main(judge_args(candidate, reference, "openai:m", tmp_path / "o", "--base-url", server.url,
+                               "--json-mode", "object"))
+    err = capsys.readouterr().err
+    assert code == 2 and "HTTP 400" in err and "--json-mode off" in err
+
+
+def _dead_url():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_gone_judge_stops_after_a_few_connection_failures_instead_of_retrying_every_judgment(tmp_path):
+    candidate, reference = write_review_files(tmp_path, n_papers=4)
+    waits = []
+    backend = ChatCompletionsClient(
+        HTTPJudgeConfig(model="m", base_url=_dead_url(), max_retries=6, **FAST), sleep=waits.append
+    )
+    summary = run_judge(candidate, reference, backend, JudgeRunConfig(output_dir=str(tmp_path / "o")),
+                        progress=False)
+    assert summary["missing_judgments"] == 8 and "3 connections in a row" in summary["judge_gone"]
+    assert len(waits) <= 2  # retried until the third failure in a row, not 6 times for each of 8 judgments
+
+
+def test_a_gone_judge_from_the_cli_says_rerun_to_ask_only_the_missing(tmp_path, capsys):
+    candidate, reference = write_review_files(tmp_path)
+    code = main(judge_args(candidate, reference, "openai:m", tmp_path / "o", "--base-url", _dead_url(),
+                           "--backoff", "0.001"))
+    err = capsys.readouterr().err
+    assert code == 1 and "connections in a row" in err and "rerun the same command to ask only those" in err
+
+
+def test_summary_json_is_strict_json_when_nothing_was_judged(tmp_path):
+    with FakeJudgeServer(lambda n, body: Reply(content="no idea")) as server:
+        summary = judge(tmp_path, server, parse_retries=0)
+    assert summary["judged_pairs"] == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    strict = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=refuse)
+    assert strict["overall"]["rate"] is None and "n/a" in (tmp_path / "out" / "summary.md").read_text()

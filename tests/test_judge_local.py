@@ -91,3 +91,42 @@ def test_missing_judge_directory_is_a_user_error(tmp_path, capsys):
     assert code == 2 and "does not exist" in capsys.readouterr().err
     code = main(judge_args(candidate, reference, "gpt4", tmp_path / "o"))
     assert code == 2 and "not a judge spec" in capsys.readouterr().err
+
+
+def _short_context_judge(tmp_path, tiny_gemma, positions=1024):
+    import shutil
+
+    judge_dir = tmp_path / "judge"
+    shutil.copytree(tiny_gemma, judge_dir)
+    config = json.loads((judge_dir / "config.json").read_text())
+    config["max_position_embeddings"] = positions
+    (judge_dir / "config.json").write_text(json.dumps(config))
+    return judge_dir
+
+
+def test_a_paper_longer_than_the_judges_context_is_trimmed_in_tokens_and_counted(tmp_path, tiny_gemma, capsys):
+    judge_dir = _short_context_judge(tmp_path, tiny_gemma)
+    candidate, reference = write_review_files(tmp_path, n_papers=2)
+    rows = [json.loads(line) for line in reference.read_text().splitlines()]
+    reference.write_text("".join(json.dumps({**r, "paper": (r["paper"] + "\n\n") * 8}) + "\n" for r in rows))
+    assert main(judge_args(candidate, reference, f"hf:{judge_dir}", tmp_path / "out")) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["papers_trimmed_to_judge_context"] == 2 and summary["judged_pairs"] == 2
+    assert "2 paper(s) trimmed to the judge's context" in capsys.readouterr().out
+
+    from reviewgpt.judge.local import _encode, render_chat
+    from reviewgpt.judge.prompt import TRUNCATION_MARK
+
+    judge = LocalJudge(LocalJudgeConfig(model_dir=str(judge_dir)))
+    paper, trimmed = judge.fit_paper("Review one.", "Review two.", rows[0]["paper"] * 8)
+    prompt = _encode(judge.tokenizer, render_chat(judge.tokenizer, build_messages("Review one.", "Review two.", paper)))
+    assert trimmed and paper.endswith(TRUNCATION_MARK) and len(prompt) + judge._answer_tokens() <= 1024
+    assert paper.startswith(rows[0]["paper"][:500])  # the head is kept
+
+
+def test_reviews_that_alone_exceed_the_judges_context_stop_with_one_sentence(tmp_path, tiny_gemma, capsys):
+    judge_dir = _short_context_judge(tmp_path, tiny_gemma, positions=512)
+    candidate, reference = write_review_files(tmp_path, n_papers=1)
+    code = main(judge_args(candidate, reference, f"hf:{judge_dir}", tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert code == 2 and "context of 512 tokens" in err and err.count("\n") == 1

@@ -12,6 +12,7 @@ from reviewgpt.generate import GenerationSettings, generate_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
 from reviewgpt.train import train
+from tests.util import assert_merged_like_adapter
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +37,20 @@ def test_merged_logits_equal_base_plus_adapter(trained_run, merged_model, tiny_g
         adapter_logits = adapted(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(merged_model, torch_dtype=torch.float32).eval()
         merged_logits = merged(ids).logits
-    assert not torch.allclose(base_logits, adapter_logits, atol=1e-4), "the adapter must change the model"
-    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5, rtol=1e-4)
+    assert_merged_like_adapter(base_logits, adapter_logits, merged_logits, atol=1e-5, rtol=1e-4)
     meta = json.loads((merged_model / "reviewgpt.json").read_text())
     assert meta["template"] == "gemma-it" and meta["family"] == "gemma"
     assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_the_merge_check_cannot_pass_a_merge_that_dropped_the_adapter():
+    # The GPU test's numbers before this guard: base and base + adapter 0.042 apart, tolerance 0.05.
+    base = torch.zeros(1, 5, 8)
+    adapter = base + 0.042
+    torch.testing.assert_close(base, adapter, atol=0.05, rtol=0.05)  # a dropped adapter passed the old check
+    with pytest.raises(AssertionError, match="could not tell a merge that dropped it"):
+        assert_merged_like_adapter(base, adapter, merged_logits=base, atol=0.05, rtol=0.05)
+    assert_merged_like_adapter(base, base + 1.0, merged_logits=base + 1.0, atol=0.05, rtol=0.05)
 
 
 def test_merging_into_a_quantized_base_is_refused_with_the_reason(trained_run, tiny_gemma, tmp_path):

@@ -139,8 +139,14 @@ def test_cli_writes_csv_and_heatmap_and_resumes(tmp_path, windowed_mistral, caps
     assert (out / "needle_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(args) == 0  # a rerun with the same settings measures nothing again
     assert json.loads(capsys.readouterr().out)["measured"] == 0
-    assert main([*args, "--answer", " 9999."]) == 0  # other settings: a fresh table
-    assert json.loads(capsys.readouterr().out)["measured"] == 6
+    first = (out / "needle.csv").read_text()
+    assert main([*args, "--answer", " 9999."]) == 0  # other settings: a fresh table, the old one kept
+    result = json.loads(capsys.readouterr().out)
+    assert result["measured"] == 6 and result["earlier_results_kept_as"] == str(out / "needle.previous-1.csv")
+    assert (out / "needle.previous-1.csv").read_text() == first
+    assert json.loads((out / "needle_config.previous-1.json").read_text())["answer"] == " 7341."
+    assert main(args) == 0  # back to the first settings: the second table is kept too, nothing is lost
+    assert json.loads(capsys.readouterr().out)["earlier_results_kept_as"] == str(out / "needle.previous-2.csv")
 
 
 def test_cli_user_errors(tmp_path, windowed_mistral, capsys):

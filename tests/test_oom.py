@@ -85,10 +85,18 @@ def test_oom_recovery_off_and_other_errors_pass_through(tiny_gemma, sample_file,
     assert not is_cuda_oom(RuntimeError("shape mismatch"))
 
 
-def test_smaller_batch_keeps_the_effective_batch():
-    r = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 8})
-    s = smaller_batch(r)
-    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == (1, 24)
+@pytest.mark.parametrize("before, processes, after", [
+    ((3, 8), 1, (1, 24)), ((4, 1), 1, (2, 2)), ((6, 2), 1, (3, 4)),
+    ((5, 3), 1, (1, 15)), ((7, 1), 1, (1, 7)),  # odd micro-batches: 2 x 8 = 16 and 3 x 3 = 9 before
+    ((4, 2), 2, (2, 4)), ((6, 2), 2, (3, 4)),
+])
+def test_smaller_batch_keeps_the_effective_batch_exactly(before, processes, after):
+    r = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": before[0],
+                                                 "gradient_accumulation_steps": before[1]})
+    s = smaller_batch(r, processes)
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps) == after
+    assert s.effective_batch_size == r.effective_batch_size
+    assert smaller_batch(r.replace(per_device_train_batch_size=1)) is None
 
 
 def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatch, tmp_path):

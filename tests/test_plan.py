@@ -86,10 +86,17 @@ def test_architecture_from_a_local_config(tiny_mistral):
         architecture_of("someone/unknown-model")
 
 
-def test_plan_cli_prints_json(capsys):
-    assert main(["plan", "--recipe", "gemma-7b-it", "--seq", "12288", "--gpu-mem", "24", "--max-batch", "2"]) == 0
+def test_plan_cli_prints_a_table_or_json(capsys):
+    args = ["plan", "--recipe", "gemma-7b-it", "--seq", "12288", "--gpu-mem", "24", "--max-batch", "2"]
+    assert main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["architecture"] == "gemma-7b" and out["recommendation"]["per_device_train_batch_size"] >= 1
+    assert main(args) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split() == ["micro-batch", "allocated", "GiB", "reserved", "GiB", "fits"]
+    assert table[2].split() == ["1", f"{out['batches'][0]['allocated_gib']:.2f}",
+                                f"{out['batches'][0]['reserved_gib']:.2f}", "yes"]
+    assert table[-1].startswith("recommended: --per-device-train-batch-size 1 --gradient-accumulation-steps 16")
 
 
 def test_layers_kept_from_recompute_cost_memory_and_plan_says_how_many_fit():

@@ -42,8 +42,36 @@ def test_overrides_win_over_yaml_and_are_type_checked():
                                     "learning_rate": None})
     assert (r.max_seq_length, r.quantize, r.lora_target_modules, r.learning_rate) == (4096, False,
                                                                                       ("q_proj", "v_proj"), 2e-4)
-    with pytest.raises(UserError, match="command line: max_seq_length must be an integer"):
+    with pytest.raises(UserError, match="--max-seq-length must be an integer"):
         load_recipe("gemma-7b-it", {"max_seq_length": "long"})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", -1.0, "--learning-rate must be > 0, got -1.0"),
+    ("max_steps", -5, "--max-steps must be -1 or >= 1, got -5"),
+    ("num_train_epochs", -1.0, "--num-train-epochs must be > 0, got -1.0"),
+    ("warmup_ratio", 1.5, r"--warmup-ratio must be in \[0, 1\], got 1.5"),
+    ("weight_decay", float("nan"), "--weight-decay must be >= 0, got nan"),
+    ("save_total_limit", 0, "--save-total-limit must be >= 1, got 0"),
+    ("seed", -3, "--seed must be in"),
+    ("template", "chatml", "--template must be one of"),
+])
+def test_a_bad_override_names_the_flag_not_the_yaml(field, value, message):
+    with pytest.raises(UserError, match=message) as info:
+        load_recipe("tiny", {field: value})
+    assert "tiny.yaml" not in str(info.value)
+
+
+def test_every_numeric_field_has_a_range():
+
+    for f in dataclasses.fields(Recipe):
+        if field_types()[f.name] in (int, float):
+            assert "range" in f.metadata, f"{f.name} has no range"
+
+
+def test_a_recipe_path_that_does_not_exist_says_so():
+    with pytest.raises(UserError, match=r"--recipe ./nosuch.yaml: no such file"):
+        load_recipe("./nosuch.yaml")
 
 
 def test_recipes_are_frozen():

@@ -104,7 +104,8 @@ def test_alpaca_export_is_what_llama_factory_reads(tmp_path, sample_file):
     assert info["paper_review"] == {"file_name": "paper_review.json",
                                     "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
     rows = json.loads((tmp_path / "paper_review.json").read_text())
-    assert rows[0] == {"instruction": INSTRUCTION, "input": records[0].paper, "output": records[0].review}
+    # LLaMA-Factory joins instruction and input with "\n": the user turn reads INSTRUCTION\n\nPAPER.
+    assert rows[0] == {"instruction": INSTRUCTION + "\n", "input": records[0].paper, "output": records[0].review}
     assert len(json.loads((tmp_path / "paper_review_eval.json").read_text())) == 1
 
 

@@ -132,3 +132,94 @@ def test_invalid_records_stop_training_or_go_to_rejects(tiny_gemma, sample_file,
     summary = train(tiny_recipe("gemma", tiny_gemma, max_steps=1), data, tmp_path / "b", skip_invalid=True)
     assert summary["invalid"] == 1
     assert "only a paper" in (tmp_path / "b" / "rejects.jsonl").read_text()
+
+
+def test_a_resumed_run_reports_the_mean_loss_over_all_its_steps(tiny_gemma, sample_file, tmp_path):
+    # logging_steps 3 does not fall on the checkpoint at step 2: its losses must still be counted.
+    recipe = tiny_recipe("gemma", tiny_gemma, max_steps=5, save_steps=2, logging_steps=3)
+    straight = train(recipe, sample_file, tmp_path / "straight")
+    with pytest.raises(Crash):
+        train(recipe, sample_file, tmp_path / "crashed", callbacks=[CrashAtStep(3)])
+    resumed = train(recipe, sample_file, tmp_path / "crashed")
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-3)
+
+
+class RecordBatches:
+    """Wraps the run's collator: the examples of every micro-batch, in order."""
+
+    def __init__(self, monkeypatch):
+        import reviewgpt.train
+
+        self.seen = []
+        collate = reviewgpt.train.PadCollator.__call__
+
+        def record(collator, features):
+            self.seen.append([tuple(f["input_ids"]) for f in features])
+            return collate(collator, features)
+
+        monkeypatch.setattr(reviewgpt.train.PadCollator, "__call__", record)
+
+    def samples(self):
+        return [example for batch in self.seen for example in batch]
+
+
+def test_resume_at_another_micro_batch_keeps_the_effective_batch_and_the_sample_order(
+        tiny_gemma, sample_file, tmp_path, monkeypatch):
+    big = tiny_recipe("gemma", tiny_gemma, max_steps=4, save_steps=2, per_device_train_batch_size=4,
+                      gradient_accumulation_steps=1)
+    straight = RecordBatches(monkeypatch)
+    train(big, sample_file, tmp_path / "straight")
+    with pytest.raises(Crash):
+        train(big, sample_file, tmp_path / "crashed", callbacks=[CrashAtStep(3)])
+
+    # The rerun a multi-GPU OOM message advises: half the micro-batch, twice the accumulation.
+    small = tiny_recipe("gemma", tiny_gemma, max_steps=4, save_steps=2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=2)
+    rerun = RecordBatches(monkeypatch)
+    summary = train(small, sample_file, tmp_path / "crashed")
+    assert summary["global_step"] == 4 and summary["resumed_from"].endswith("checkpoint-2")
+    assert {len(batch) for batch in rerun.seen} == {2}  # the new micro-batch, not the checkpoint's 4
+    assert rerun.samples()[:8] == straight.samples()[8:16]  # steps 3 and 4 saw the same samples
+
+    # Another effective batch would skip the wrong samples: refused in one sentence.
+    other = tiny_recipe("gemma", tiny_gemma, max_steps=6, save_steps=2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=1)
+    with pytest.raises(UserError, match=r"effective batch of 4 \(2 x 2 accumulation\) and this run asks for 2 "
+                                        r"\(2 x 1\).* pass --gradient-accumulation-steps 2"):
+        train(other, sample_file, tmp_path / "crashed")
+
+
+def test_the_run_folder_records_the_base_model_as_an_absolute_path(tiny_gemma, sample_file, tmp_path, monkeypatch):
+    import shutil
+
+    from reviewgpt.merge import merge
+
+    shutil.copytree(tiny_gemma, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    train(tiny_recipe("gemma", "base", max_steps=1), sample_file, "run")
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "base")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert (merge(tmp_path / "run", "merged", dtype="float32") / "config.json").is_file()
+
+
+def test_report_to_tensorboard_writes_the_logged_losses(tiny_gemma, sample_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_recipe("gemma", tiny_gemma, max_steps=2, report_to=("tensorboard",)), sample_file, tmp_path / "run")
+    events = list((tmp_path / "run" / "runs").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files go to OUTPUT/runs"
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    logged = {e.step: e.value for e in board.Scalars("train/loss")}
+    assert logged == pytest.approx(train_losses(tmp_path / "run"), rel=1e-4)
+
+
+def test_runs_stay_offline_by_default_and_a_missing_integration_is_one_sentence(tiny_gemma, sample_file, tmp_path):
+    train(tiny_recipe("gemma", tiny_gemma, max_steps=1), sample_file, tmp_path / "run")
+    assert not (tmp_path / "run" / "runs").exists()
+    with pytest.raises(UserError, match="--report-to clearml needs the clearml package"):
+        train(tiny_recipe("gemma", tiny_gemma, max_steps=1, report_to=("clearml",)), sample_file, tmp_path / "c")

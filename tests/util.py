@@ -15,3 +15,14 @@ def train_losses(run):
     """{step: loss} from a `reviewgpt train` run folder's train_log.jsonl."""
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def assert_merged_like_adapter(base_logits, adapter_logits, merged_logits, atol, rtol=0.0):
+    """The merged model gives base + adapter's logits, and the adapter moved the logits by far more
+    than that tolerance: otherwise a merge that dropped the adapter would pass the same check."""
+    import torch
+
+    moved = (adapter_logits.float() - base_logits.float()).abs().max().item()
+    assert moved > 10 * atol, (f"the adapter moved the logits by only {moved:.3g}: with atol={atol} the check "
+                               "could not tell a merge that dropped it")
+    torch.testing.assert_close(merged_logits.float(), adapter_logits.float(), atol=atol, rtol=rtol)

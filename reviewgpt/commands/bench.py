@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from reviewgpt.commands import int_flag
+
 
 def _ints(text: str):
     """argparse type: '8192,12288' -> [8192, 12288]; anything else is a usage error naming the value."""
@@ -31,8 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", required=True, help="built-in recipe name or YAML file")
     p.add_argument("--seq", required=True, type=_ints, help="tokens per sequence (comma-separated for several)")
     p.add_argument("--batch", default="1", type=_ints, help="micro-batch size(s), comma-separated")
-    p.add_argument("--steps", type=int, default=4, help="timed steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--steps", type=int_flag(1), default=4, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int_flag(0), default=2, help="untimed steps first")
     p.add_argument("--model", help="local model directory (default: the recipe's; see --random-init)")
     p.add_argument("--random-init", action="store_true",
                    help="random weights of the recipe's real architecture, saved once (no hub)")
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
                    help="also measure each speed technique switched on in turn (at the first seq/batch)")
     p.add_argument("--skip-layers", default="", type=_ints,
                    help="also measure with this many layers not recomputed (comma-separated, e.g. 4,8)")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
+    p.add_argument("--profile", type=int_flag(0), default=0, metavar="N",
                    help="profile one extra step of the recipe's options: its N costliest GPU kernels")
     p.add_argument("--no-quantize", action="store_true", help="plain LoRA (no bitsandbytes; CPU tries)")
     p.add_argument("--output", help="also append the JSON lines to this file")

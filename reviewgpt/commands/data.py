@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from reviewgpt.commands import float_flag, int_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="check or prepare a data file",
@@ -24,7 +26,8 @@ def register(subparsers) -> None:
     check.add_argument("file", help="records: .jsonl or .json")
     check.add_argument("--recipe", required=True, help="recipe name or YAML file (template, tokenizer, length)")
     check.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's model)")
-    check.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's max_seq_length)")
+    check.add_argument("--max-length", type=int_flag(1),
+                       help="tokens per example (default: the recipe's max_seq_length)")
     check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
     check.set_defaults(func=run_check)
 
@@ -49,15 +52,23 @@ def register(subparsers) -> None:
 
     prep = sub.add_parser(
         "prepare", help="validate, de-duplicate, split by paper; write JSONL + LLaMA-Factory Alpaca files",
-        epilog="example:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05",
+        epilog="examples:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05\n"
+               "  reviewgpt data prepare papers.jsonl --output data/ --tokenizer /models/mistral --max-length 12288",
     )
     prep.add_argument("file", help="records: .jsonl or .json")
     prep.add_argument("--output", required=True, help="folder for train.jsonl, eval.jsonl, paper_review*.json, "
                                                       "dataset_info.json")
-    prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of papers held out")
-    prep.add_argument("--seed", type=int, default=42, help="split seed")
+    prep.add_argument("--eval-fraction", type=float_flag(0, 1, high_open=True), default=0.05,
+                      help="share of papers held out")
+    prep.add_argument("--seed", type=int_flag(0), default=42, help="split seed")
     prep.add_argument("--skip-invalid", action="store_true",
                       help="set invalid records aside in OUTPUT/rejects.jsonl instead of stopping")
+    lf = prep.add_argument_group("LLaMA-Factory export (its cutoff would cut the review of a long paper)")
+    lf.add_argument("--tokenizer", help="the model's tokenizer directory: trim each exported paper so "
+                    "LLaMA-Factory's --cutoff_len never reaches the review")
+    lf.add_argument("--max-length", type=int_flag(16), help="LLaMA-Factory's --cutoff_len (with --tokenizer)")
+    lf.add_argument("--llamafactory-template", choices=["mistral", "gemma", "alpaca", "default"], default="mistral",
+                    help="LLaMA-Factory's --template the export will be trained with")
     prep.set_defaults(func=run_prepare)
 
 
@@ -74,6 +85,14 @@ def run_check(args) -> int:
           f"median {stats['median_tokens']}, p90 {stats['p90_tokens']}")
     print(f"{stats['papers_truncated']} paper(s) will be trimmed to fit; {stats['reviews_truncated']} review(s) "
           f"cannot fit at all; plain trl 0.7.11 would cut {stats['reviews_cut_by_plain_trl']} review(s)")
+    if stats["reviews_truncated"]:
+        print(f"every review fits at --max-seq-length {stats['max_length_for_all_reviews']}, 95% of them at "
+              f"{stats['max_length_for_95pct_reviews']} (or pass --on-review-too-long skip to train without the rest)")
+    for error in stats["invalid_examples"]:
+        print(f"invalid: {error}")
+    if stats["invalid"] > len(stats["invalid_examples"]):
+        more = stats["invalid"] - len(stats["invalid_examples"])
+        print(f"... and {more} more invalid record(s)" + ("" if args.rejects else "; --rejects FILE lists them all"))
     print(json.dumps(stats))
     return 1 if stats["invalid"] or stats["reviews_truncated"] else 0
 
@@ -106,8 +125,12 @@ def run_show(args) -> int:
 
 
 def run_prepare(args) -> int:
+    from reviewgpt.errors import UserError
     from reviewgpt.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
 
+    if (args.tokenizer is None) != (args.max_length is None):
+        raise UserError("--tokenizer and --max-length go together: the tokenizer counts the tokens that "
+                        "LLaMA-Factory's --cutoff_len (--max-length) allows.")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_records(args.file, skip_invalid=args.skip_invalid)
@@ -116,10 +139,19 @@ def run_prepare(args) -> int:
     train, evals = split_by_paper(loaded.records, args.eval_fraction, args.seed)
     write_jsonl(train, out / "train.jsonl")
     write_jsonl(evals, out / "eval.jsonl")
-    export_alpaca(out, {"paper_review": train, **({"paper_review_eval": evals} if evals else {})})
+    exported, trimmed = {"paper_review": train, **({"paper_review_eval": evals} if evals else {})}, 0
+    if args.tokenizer:  # train.jsonl/eval.jsonl stay whole: `reviewgpt train` trims them itself
+        from reviewgpt.llamafactory import fit_records
+        from reviewgpt.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer, "llama")
+        for name, records in exported.items():
+            exported[name], n = fit_records(records, tokenizer, args.llamafactory_template, args.max_length)
+            trimmed += n
+    export_alpaca(out, exported)
     summary = {"records": loaded.total, "valid": len(loaded.records), "invalid": len(loaded.rejected),
                "duplicates": loaded.duplicates, "train": len(train), "eval": len(evals),
                "train_papers": len({r.paper_id for r in train}), "eval_papers": len({r.paper_id for r in evals}),
-               "output": str(out)}
+               "llamafactory_papers_trimmed": trimmed if args.tokenizer else None, "output": str(out)}
     print(json.dumps(summary))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from reviewgpt.commands import float_flag, int_flag
+
 EXAMPLE = """example:
   # a paid API (key from $OPENAI_API_KEY), as the reference recipe did with GPT-4:
   reviewgpt judge --candidate runs/gemma/reviews.jsonl --reference data/eval.jsonl \\
@@ -51,9 +53,10 @@ def register(subparsers) -> None:
         default="first",
         help="several reference reviews per paper: judge against the first one, or against all",
     )
-    p.add_argument("--paper-chars", type=int, default=6000, help="characters of the paper the judge sees (0: none)")
-    p.add_argument("--limit", type=int, help="judge at most this many pairs")
-    p.add_argument("--parse-retries", type=int, default=2, help="re-asks of an answer not in the asked format")
+    p.add_argument("--paper-chars", type=int_flag(0), default=6000,
+                   help="characters of the paper the judge sees (0: none)")
+    p.add_argument("--limit", type=int_flag(1), help="judge at most this many pairs")
+    p.add_argument("--parse-retries", type=int_flag(0), default=2, help="re-asks of an answer not in the asked format")
     p.add_argument("--retry-unparsable", action="store_true", help="re-ask judgments cached as unparsable")
     api = p.add_argument_group("openai:MODEL judges")
     api.add_argument("--base-url", default="https://api.openai.com/v1", help="API root of any OpenAI-compatible server")
@@ -63,11 +66,19 @@ def register(subparsers) -> None:
         metavar="NAME",
         help="environment variable holding the API key (the key itself is never written or logged)",
     )
-    api.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
-    api.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
-    api.add_argument("--max-retries", type=int, default=6, help="retries on 429, 5xx, timeouts")
-    api.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds; doubles each time")
-    api.add_argument("--max-tokens", type=int, default=1024, help="longest judge answer")
+    api.add_argument("--concurrency", type=int_flag(1), default=4, help="requests in flight at once")
+    api.add_argument("--timeout", type=float_flag(0, low_open=True), default=120.0,
+                     help="seconds to wait for one answer")
+    api.add_argument("--max-retries", type=int_flag(0), default=6, help="retries on 429, 5xx, timeouts")
+    api.add_argument("--backoff", type=float_flag(0), default=2.0,
+                     help="first retry wait in seconds; doubles each time")
+    api.add_argument("--max-tokens", type=int_flag(1), default=1024, help="longest judge answer")
+    api.add_argument("--json-mode", choices=["off", "object", "schema"], default="off",
+                     help="ask the server for JSON output (response_format): object = JSON mode, schema = the "
+                     "verdict's JSON Schema (constrains small judges that answer in prose)")
+    api.add_argument("--max-connection-failures", type=int_flag(1), default=3, metavar="N",
+                     help="connection errors in a row after which the judge counts as gone and the run stops "
+                     "(a rerun asks only the missing judgments)")
     local = p.add_argument_group("hf:DIR judges")
     local.add_argument(
         "--local-mode",
@@ -76,7 +87,7 @@ def register(subparsers) -> None:
         help="loglik: forced choice of A/B/tie by log-probability (always parsable); "
         "generate: free generation parsed like an API answer",
     )
-    local.add_argument("--max-new-tokens", type=int, default=768, help="generate mode: answer length limit")
+    local.add_argument("--max-new-tokens", type=int_flag(1), default=768, help="generate mode: answer length limit")
     local.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=run)
 
@@ -102,6 +113,8 @@ def make_backend(args):
                 max_retries=args.max_retries,
                 backoff_s=args.backoff,
                 max_tokens=args.max_tokens,
+                json_mode=args.json_mode,
+                max_connection_failures=args.max_connection_failures,
             )
         )
     from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
@@ -133,14 +146,21 @@ def run(args) -> int:
     )
     w = summary["overall"]
     rate = "n/a" if not w["n"] else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
+    trimmed = summary.get("papers_trimmed_to_judge_context")
     print(
         f"candidate win rate {rate} over {w['n']} papers; asked {summary['asked']} judgments; "
-        f"unparsable {summary['unparsable_judgments']}; summary in {args.output}/summary.md"
+        f"unparsable {summary['unparsable_judgments']}; "
+        + (f"{trimmed} paper(s) trimmed to the judge's context; " if trimmed else "")
+        + f"summary in {args.output}/summary.md"
     )
+    if summary["unparsable_judgments"] and args.judge.startswith("openai:") and args.json_mode == "off":
+        print("reviewgpt judge: some answers were not the JSON asked for; --json-mode object (or schema) asks "
+              "the server for JSON output, and --retry-unparsable asks those judgments again.", file=sys.stderr)
     if summary["missing_judgments"]:
+        why = f"stopped: {summary['judge_gone']}" if summary.get("judge_gone") else "judge unreachable after retries"
         print(
             f"reviewgpt judge: {summary['missing_judgments']} judgments could not be asked "
-            "(judge unreachable after retries); rerun the same command to ask only those.",
+            f"({why}); rerun the same command to ask only those.",
             file=sys.stderr,
         )
         return 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from reviewgpt.commands import int_flag
+
 EXAMPLE = """example:
   reviewgpt needle --model runs/mistral-merged --lengths 2048,4096,8192,12288,16384 \\
       --depths 0,10,20,30,40,50,60,70,80,90,100 --output runs/mistral-merged/needle
@@ -12,12 +14,17 @@ Writes needle.csv (one row per cell, appended as measured; a rerun resumes) and
 needle_heatmap.png (answer loss and retrieval, depth x length). Depth 0% = start of the context."""
 
 
-def _ints(text: str):
-    return [int(x) for x in text.split(",") if x.strip()]
+def _numbers(kind, what: str):
+    """argparse type: '1024,2048' -> [1024, 2048]; anything else is a usage error naming the value."""
+    import argparse
 
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
 
-def _floats(text: str):
-    return [float(x) for x in text.split(",") if x.strip()]
+    return parse
 
 
 def register(subparsers) -> None:
@@ -28,8 +35,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, metavar="DIR", help="transformers model directory (e.g. merged)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for needle.csv and the heatmap")
-    p.add_argument("--lengths", default="1024,2048,4096,8192", help="context lengths in tokens, comma-separated")
-    p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent, comma-separated")
+    p.add_argument("--lengths", type=_numbers(int, "integers"), default="1024,2048,4096,8192",
+                   help="context lengths in tokens, comma-separated")
+    p.add_argument("--depths", type=_numbers(float, "numbers"), default="0,25,50,75,100",
+                   help="needle depths in percent, comma-separated")
     p.add_argument(
         "--filler",
         metavar="FILE",
@@ -44,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--needle", help="the sentence to hide (default: a secret number sentence)")
     p.add_argument("--question", help="text after the haystack that asks for the needle")
     p.add_argument("--answer", help="the expected answer, scored and searched in the generation")
-    p.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens generated for retrieval")
+    p.add_argument("--max-new-tokens", type=int_flag(1), default=8, help="greedy tokens generated for retrieval")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=run)
 
@@ -56,8 +65,8 @@ def run(args) -> int:
     overrides = {k: getattr(args, k) for k in ("needle", "question", "answer") if getattr(args, k)}
     try:
         config = NeedleConfig(
-            lengths=tuple(_ints(args.lengths)),
-            depths=tuple(_floats(args.depths)),
+            lengths=tuple(args.lengths),
+            depths=tuple(args.depths),
             attention=args.attention,
             max_new_tokens=args.max_new_tokens,
             **overrides,

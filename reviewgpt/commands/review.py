@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from reviewgpt.commands import float_flag, int_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,15 +15,16 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="merged model folder, `train` run folder (adapter) or base model")
     p.add_argument("--papers", required=True, help="JSONL/JSON with 'paper' (or 'input'); 'paper_id'/'id' optional")
     p.add_argument("--output", required=True, help="JSONL to append reviews to")
-    p.add_argument("--max-input-tokens", type=int, help="prompt budget; the paper is trimmed to fit (default: the "
-                                                         "recipe's, else the trained length - --max-new-tokens)")
-    p.add_argument("--max-new-tokens", type=int, help="longest review (default: the recipe's)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
+    p.add_argument("--max-input-tokens", type=int_flag(1), help="prompt budget; the paper is trimmed to fit (default: "
+                                                                 "the recipe's, else the trained length - --max-new-tokens)")
+    p.add_argument("--max-new-tokens", type=int_flag(1), help="longest review (default: the recipe's)")
+    p.add_argument("--temperature", type=float_flag(0), default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float_flag(0, 1, low_open=True), default=1.0,
+                   help="nucleus sampling when temperature > 0")
     p.add_argument("--template", help="prompt template (default: the one the model was trained with)")
-    p.add_argument("--limit", type=int, help="review at most this many papers")
-    p.add_argument("--batch-size", type=int, default=8, help="papers generated together (left-padded)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
+    p.add_argument("--limit", type=int_flag(1), help="review at most this many papers")
+    p.add_argument("--batch-size", type=int_flag(1), default=8, help="papers generated together (left-padded)")
+    p.add_argument("--repetition-penalty", type=float_flag(0, low_open=True), default=1.0,
                    help="> 1 discourages repeated tokens (small models loop under greedy decoding); 1 = off")
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--4bit", dest="quantize", action="store_true", default=None,
@@ -31,11 +34,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.errors import UserError
     from reviewgpt.generate import GenerationSettings, generate_reviews
-
-    if args.repetition_penalty <= 0:
-        raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}.")
 
     settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, template=args.template,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from reviewgpt.commands import int_flag
+
 
 def register(subparsers) -> None:
     from reviewgpt.commands.recipe_flags import add_recipe_flags
@@ -30,11 +32,12 @@ def register(subparsers) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="set invalid records aside in OUTPUT/rejects.jsonl instead of stopping")
     launch = p.add_argument_group("several GPUs / nodes (one process per GPU through `accelerate launch`)")
-    launch.add_argument("--gpus", type=int, help="GPUs per node; > 1 relaunches this command with accelerate (DDP)")
-    launch.add_argument("--nodes", type=int, default=1, help="machines taking part")
-    launch.add_argument("--node-rank", type=int, default=0, help="this machine's rank (0 = the main one)")
+    launch.add_argument("--gpus", type=int_flag(1),
+                        help="GPUs per node; > 1 relaunches this command with accelerate (DDP)")
+    launch.add_argument("--nodes", type=int_flag(1), default=1, help="machines taking part")
+    launch.add_argument("--node-rank", type=int_flag(0), default=0, help="this machine's rank (0 = the main one)")
     launch.add_argument("--main-addr", help="address of the rank-0 machine (needed with --nodes > 1)")
-    launch.add_argument("--main-port", type=int, default=29500, help="port on the rank-0 machine")
+    launch.add_argument("--main-port", type=int_flag(1, 65535), default=29500, help="port on the rank-0 machine")
     launch.add_argument("--deepspeed", choices=DEEPSPEED_CHOICES,
                         help="DeepSpeed ZeRO stage 2 (shipped config); zero3 is refused on this transformers pin")
     launch.add_argument("--deepspeed-config", help="your own DeepSpeed JSON instead of the shipped one")

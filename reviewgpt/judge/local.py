@@ -13,6 +13,11 @@ Two ways to get a verdict (`mode`):
 
 The shared part of the five forced-choice texts (prompt, paper, reviews) runs once; only the
 short tails run per question and answer.
+
+A local model has a fixed context (`max_position_embeddings`; transformers 4.38.2 fails past it
+with an IndexError): `fit_paper` trims the paper's head, in tokens, so the prompt and the answer
+fit, and the run reports how many papers it trimmed. Reviews are never trimmed: a pair whose
+reviews alone do not fit stops the run with a clear message.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from reviewgpt.errors import UserError
-from reviewgpt.judge.prompt import QUESTIONS, WINNERS, Verdict
+from reviewgpt.judge.prompt import QUESTIONS, TRUNCATION_MARK, WINNERS, Verdict, build_messages
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,8 @@ class LocalJudgeConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
 
 
 def render_chat(tokenizer, messages: List[Dict[str, str]]) -> str:
@@ -177,6 +184,47 @@ class LocalJudge:
                     logprob = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum()
                     scores[question][winner] = float(logprob)
         return scores
+
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens the judge model takes (prompt + answer); 0 when its config does not say."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    def _answer_tokens(self) -> int:
+        """Tokens kept free after the prompt: the answer generated, or the longest forced-choice tail."""
+        if self.config.mode == "generate":
+            return self.config.max_new_tokens
+        tails = [f'{{"{q}": {{"winner": "{w}"' for q in QUESTIONS for w in WINNERS]
+        return max(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in tails) + 8
+
+    def _prompt_tokens(self, review_a: str, review_b: str, paper: str) -> int:
+        messages = build_messages(review_a, review_b, paper)
+        return len(_encode(self.tokenizer, render_chat(self.tokenizer, messages)))
+
+    def fit_paper(self, review_a: str, review_b: str, paper: str) -> Tuple[str, bool]:
+        """`paper` with its head kept so the judge prompt and answer fit the model's context, and
+        whether it was cut. Both orders of a pair take the same text (A and B only swap places)."""
+        if not self.context_tokens:
+            return paper, False
+        budget = self.context_tokens - self._answer_tokens()
+        needed = self._prompt_tokens(review_a, review_b, paper)
+        if needed <= budget:
+            return paper, False
+        if self._prompt_tokens(review_a, review_b, "") > budget:
+            raise UserError(
+                f"the two reviews alone need {self._prompt_tokens(review_a, review_b, '')} tokens of the judge "
+                f"prompt, more than {self.config.model_dir}'s context of {self.context_tokens} tokens (minus "
+                f"{self._answer_tokens()} for the answer); use a judge model with a longer context."
+            )
+        text = paper[: -len(TRUNCATION_MARK)] if paper.endswith(TRUNCATION_MARK) else paper
+        chars_per_token = len(text) / max(1, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        keep = len(text)
+        while keep > 0:  # cut by the excess in tokens, measured on the whole prompt, until it fits
+            keep -= max(1, int((needed - budget) * chars_per_token) + 1)
+            needed = self._prompt_tokens(review_a, review_b, text[: max(keep, 0)] + TRUNCATION_MARK)
+            if needed <= budget:
+                return text[: max(keep, 0)] + TRUNCATION_MARK, True
+        return "", True
 
     def verdict(self, messages: List[Dict[str, str]]) -> Verdict:
         scores = self.answer_logprobs(messages)

@@ -52,6 +52,22 @@ Answer with one JSON object and nothing else, in exactly this shape (one short s
 {answer_shape}
 }}"""
 
+def verdict_schema() -> dict:
+    """The answer's JSON Schema, for servers that constrain output to it (`--json-mode schema`)."""
+    entry = {
+        "type": "object",
+        "properties": {"winner": {"type": "string", "enum": list(WINNERS)}, "reason": {"type": "string"}},
+        "required": ["winner", "reason"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {q: entry for q in QUESTIONS},
+        "required": list(QUESTIONS),
+        "additionalProperties": False,
+    }
+
+
 PAPER_BLOCK = "\n[Paper (may be truncated)]\n{paper}\n[End of paper]\n"
 TRUNCATION_MARK = "\n[... truncated ...]"
 

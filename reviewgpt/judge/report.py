@@ -29,6 +29,8 @@ def summary_markdown(summary: dict, heading_level: int = 1) -> str:
         f"- Papers judged: {summary['papers_judged']} "
         f"(candidate file {summary['candidate_papers']}, reference file {summary['reference_papers']}); "
         f"pairs {summary['pairs']}, judged {summary['judged_pairs']}",
+        *([f"- Papers trimmed to the judge model's context: {summary['papers_trimmed_to_judge_context']}"]
+          if summary.get("papers_trimmed_to_judge_context") else []),
         "",
         f"**Candidate win rate (ties count half): {_rate(summary['overall'])}**",
         "",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ class JudgeRunConfig:
             raise ValueError(f"concurrency must be >= 1, not {self.concurrency!r}")
         if self.parse_retries < 0:
             raise ValueError(f"parse_retries must be >= 0, not {self.parse_retries!r}")
+        if self.paper_chars < 0:
+            raise ValueError(f"paper_chars must be >= 0 (0: no paper), not {self.paper_chars!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, not {self.limit!r}")
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,23 @@ class Task:
     order: str  # "AB": candidate is A; "BA": candidate is B
     messages: tuple
     key: str
+    paper_trimmed: bool = False  # the paper was cut to the judge model's context (local judges)
 
 
-def build_tasks(pairs: List[Pair], judge_identity: str, paper_chars: int) -> List[Task]:
+def build_tasks(pairs: List[Pair], judge_identity: str, paper_chars: int, fit_paper=None) -> List[Task]:
+    """Both orders of every pair; `fit_paper(review_a, review_b, paper) -> (paper, trimmed)` (a local
+    judge's) cuts the paper to the model's context, in tokens, after `paper_chars` cut it in characters."""
     tasks = []
     for index, pair in enumerate(pairs):
-        paper = trim_paper(pair.paper, paper_chars)
+        paper, trimmed = trim_paper(pair.paper, paper_chars), False
+        if fit_paper is not None:
+            paper, trimmed = fit_paper(pair.candidate.review, pair.reference.review, paper)
         for order in CANDIDATE_POSITION:
             a, b = (pair.candidate, pair.reference) if order == "AB" else (pair.reference, pair.candidate)
             messages = build_messages(a.review, b.review, paper)
             tasks.append(
-                Task(index, order, tuple(messages), cache_key(judge_identity, JUDGE_PROMPT_VERSION, messages))
+                Task(index, order, tuple(messages), cache_key(judge_identity, JUDGE_PROMPT_VERSION, messages),
+                     trimmed)
             )
     return tasks
 
@@ -178,6 +189,17 @@ def _run_pending(backend, pending: List[Task], pairs: List[Pair], cache, config,
     return results
 
 
+def _finite(value):
+    """`value` with every NaN or infinity replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _verdict_or_none(entry: dict | None):
     if entry and entry.get("status") == "ok":
         return Verdict.from_dict(entry["verdict"])
@@ -213,7 +235,10 @@ def run_judge(
     identity = backend.identity
     (output_dir / "judge_prompt.txt").write_text(prompt_text(), encoding="utf-8")
     cache = VerdictCache(output_dir / CACHE_FILE)
-    tasks = build_tasks(pairs, identity, config.paper_chars)
+    tasks = build_tasks(pairs, identity, config.paper_chars, getattr(backend, "fit_paper", None))
+    trimmed = sum(t.paper_trimmed for t in tasks if t.order == "AB")
+    if trimmed:
+        log.info("%d paper(s) trimmed to the judge's context of %d tokens", trimmed, backend.context_tokens)
 
     def needs_asking(task: Task) -> bool:
         entry = cache.get(task.key)
@@ -235,9 +260,11 @@ def run_judge(
             cache.get(task.key) or fresh.get(task.key) or {"status": "missing"}
         )
     summary = _write_outputs(
-        output_dir, pairs, per_pair, candidates, references, identity, config, candidate_path, reference_path
+        output_dir, pairs, per_pair, candidates, references, identity, config, candidate_path, reference_path,
+        papers_trimmed=trimmed,
     )
     summary["asked"] = len(pending)
+    summary["judge_gone"] = getattr(backend, "gave_up", None)  # why the client stopped asking, if it did
     return summary
 
 
@@ -251,6 +278,7 @@ def _write_outputs(
     config,
     candidate_path,
     reference_path,
+    papers_trimmed: int = 0,
 ) -> dict:
     from reviewgpt.judge.report import summary_markdown
 
@@ -299,12 +327,15 @@ def _write_outputs(
         "candidate_papers": len({c.paper_id for c in candidates}),
         "reference_papers": len({r.paper_id for r in references}),
         "papers_judged": len({p.paper_id for p in pairs}),
+        "papers_trimmed_to_judge_context": papers_trimmed,
         **stats.to_dict(),
         "coverage": {
             "candidate": _coverage_rates(paired_candidates),
             "reference": _coverage_rates(paired_references),
         },
     }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # Strict JSON (null, never NaN): Node's JSON.parse and other strict readers refuse a bare NaN.
+    (output_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n",
+                                             encoding="utf-8")
     (output_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     return summary

@@ -39,7 +39,7 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
 
 @dataclass(frozen=True)
 class WinRate:
-    rate: float  # mean pair score, ties as half
+    rate: float | None  # mean pair score, ties as half; None with no judged pair (JSON null, not NaN)
     low: float
     high: float
     n: int  # judged pairs
@@ -56,7 +56,7 @@ def win_rate(pair_scores: Sequence[float]) -> WinRate:
     total = float(sum(pair_scores))
     low, high = wilson_interval(total, n)
     return WinRate(
-        rate=total / n if n else float("nan"),
+        rate=total / n if n else None,
         low=low,
         high=high,
         n=n,

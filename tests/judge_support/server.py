@@ -4,7 +4,8 @@
 each request, `script(n, body)` (n = 1-based request number, body = parsed JSON) returns a
 `Reply` (status, content, headers, delay, raw body). The server runs in a daemon thread, records
 every request, refuses more than `max_requests` (500) and stops itself after `lifetime_s`, so a
-failing test can never leave it running.
+failing test can never leave it running. Like a real server it checks `response_format`: a type
+not in `response_formats` gets HTTP 400, and a `json_schema` must carry a schema.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ def candidate_is(messages, marker: str) -> str:
 
 class FakeJudgeServer:
     def __init__(
-        self, script: Callable[[int, dict], Reply], max_requests: int = 200, lifetime_s: float = 30.0
+        self,
+        script: Callable[[int, dict], Reply],
+        max_requests: int = 200,
+        lifetime_s: float = 30.0,
+        response_formats=("json_object", "json_schema"),
     ):
         self.script = script
+        self.response_formats = tuple(response_formats)
         self.max_requests = max_requests
         self.requests: List[dict] = []
         self.headers: List[Dict[str, str]] = []
@@ -67,11 +73,12 @@ class FakeJudgeServer:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
                     n = len(server.requests)
-                reply = (
-                    Reply(500, raw=b'{"error": "too many requests for this test"}')
-                    if n > server.max_requests or self.path != "/v1/chat/completions"
-                    else server.script(n, body)
-                )
+                if n > server.max_requests or self.path != "/v1/chat/completions":
+                    reply = Reply(500, raw=b'{"error": "too many requests for this test"}')
+                elif not server.accepts_format(body.get("response_format")):
+                    reply = Reply(400, raw=b'{"error": {"message": "response_format is not supported"}}')
+                else:
+                    reply = server.script(n, body)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.raw is not None:
@@ -125,6 +132,14 @@ class FakeJudgeServer:
         if self._thread.is_alive():
             self.httpd.shutdown()
         self.httpd.server_close()
+
+    def accepts_format(self, response_format) -> bool:
+        if response_format is None:
+            return True
+        kind = response_format.get("type")
+        if kind == "json_schema" and "schema" not in response_format.get("json_schema", {}):
+            return False
+        return kind in self.response_formats
 
     @property
     def count(self) -> int:
