@@ -15,8 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="merged model folder, `train` run folder (adapter) or base model")
     p.add_argument("--papers", required=True, help="JSONL/JSON with 'paper' (or 'input'); 'paper_id'/'id' optional")
     p.add_argument("--output", required=True, help="JSONL to append reviews to")
-    p.add_argument("--max-input-tokens", type=int_flag(1), help="prompt budget; the paper is trimmed to fit (default: "
-                                                                 "the recipe's, else the trained length - --max-new-tokens)")
+    p.add_argument("--max-input-tokens", type=int_flag(1),
+                   help="prompt budget; the paper is trimmed to fit (default: the recipe's, else the trained length "
+                        "- --max-new-tokens)")
     p.add_argument("--max-new-tokens", type=int_flag(1), help="longest review (default: the recipe's)")
     p.add_argument("--temperature", type=float_flag(0), default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float_flag(0, 1, low_open=True), default=1.0,
