@@ -65,7 +65,7 @@ def smaller_batch(recipe):
 
 def smaller_footprint(recipe):
     """The next configuration to try after an OOM, and what changed (None at the end of the road)."""
-    if getattr(recipe, "checkpoint_skip_layers", 0) > 0:
+    if getattr(recipe, "checkpoint_skip_layers", 0) not in (0, None):  # a number or auto
         return recipe.replace(checkpoint_skip_layers=0), "every layer recomputed (checkpoint_skip_layers 0)"
     if recipe.per_device_train_batch_size > 1:
         smaller = smaller_batch(recipe)

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple, Union
 
 import yaml
 
@@ -19,6 +19,8 @@ from reviewgpt.errors import UserError
 from reviewgpt.prompt import TEMPLATES
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+# A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.plan).
+LayerCount = Union[int, Literal["auto"]]
 
 
 def _help(text: str, **kwargs):
@@ -85,9 +87,13 @@ class Recipe:
                                 "no-op before)", default=True)
     checkpoint_keep_attention: bool = _help("save attention outputs in gradient checkpointing instead of "
                                             "recomputing them (faster, more memory; torch >= 2.4)", default=False)
-    checkpoint_skip_layers: int = _help("the last N decoder layers keep their activations instead of being "
-                                        "recomputed (faster, more memory; `reviewgpt plan` says how many fit)",
-                                        default=0)
+    checkpoint_skip_layers: LayerCount = _help(
+        "the last N decoder layers keep their activations instead of being recomputed (faster, more memory); "
+        "auto = as many as fit the GPU's free memory at the run's longest sequence (`reviewgpt plan`)", default=0)
+    checkpoint_offload: bool = _help("gradient checkpointing keeps each layer's input in pinned host memory "
+                                     "instead of on the GPU (less GPU memory for long sequences)", default=False)
+    lean_mlp: bool = _help("GeGLU/SwiGLU as one autograd step that keeps only gate and up and writes its "
+                           "gradients over them: 3 fewer sequence x intermediate tensors in backward", default=False)
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
@@ -111,8 +117,9 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.review_max_input_tokens is not None and self.review_max_input_tokens < 1:
             raise ValueError(f"review_max_input_tokens must be >= 1, got {self.review_max_input_tokens!r}")
-        if self.checkpoint_skip_layers < 0:
-            raise ValueError(f"checkpoint_skip_layers must be >= 0, got {self.checkpoint_skip_layers!r}")
+        kept = self.checkpoint_skip_layers
+        if kept != "auto" and (isinstance(kept, bool) or not isinstance(kept, int) or kept < 0):
+            raise ValueError(f"checkpoint_skip_layers must be >= 0 or 'auto', got {kept!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -151,6 +158,15 @@ def builtin_recipes() -> dict:
     return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
 
 
+def describe(hint) -> str:
+    """'an integer or 'auto'' for LayerCount, and so on: for error messages."""
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join(describe(member) for member in typing.get_args(hint))
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
 def _coerce(name: str, value, hint, source: str):
     """Check a YAML value against the field's type; YAML '2e-4' (a string!) is caught here."""
     origin = typing.get_origin(hint)
@@ -160,6 +176,13 @@ def _coerce(name: str, value, hint, source: str):
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # e.g. LayerCount: an integer or "auto"
+        for member in args:
+            try:
+                return _coerce(name, value, member, source)
+            except UserError:
+                continue
+        raise UserError(f"{source}: {name} must be {describe(hint)}, got {value!r}.")
     if origin is Literal:
         if value not in args:
             raise UserError(f"{source}: {name} must be one of {list(args)}, got {value!r}.")
