@@ -238,13 +238,13 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
     arch = architecture_of(recipe.model)
     usable = usable_gib(gpu_mem_gib, headroom)
     rows, best = _batches(recipe, arch, seq, max_batch, usable, reference)
-    memory_options = {}
+    memory_options = {}  # the rows stay the recipe's own; the recommendation may add memory options
     for lean in MEMORY_OPTIONS if best is None and not reference and recipe.gradient_checkpointing else ():
         if all(getattr(recipe, k) for k in lean):
             continue
-        leaner_rows, best = _batches(recipe.replace(**lean), arch, seq, max_batch, usable, reference)
+        _, best = _batches(recipe.replace(**lean), arch, seq, max_batch, usable, reference)
         if best is not None:
-            memory_options, rows, recipe = lean, leaner_rows, recipe.replace(**lean)
+            memory_options, recipe = lean, recipe.replace(**lean)
             break
     effective = recipe.effective_batch_size
     recommendation = None

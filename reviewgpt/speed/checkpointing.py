@@ -94,6 +94,9 @@ class LayerCheckpointing:
             return self.checkpoint_fn(fn, *args, **kwargs)
 
 
+SkipCheckpointFor = LayerCheckpointing  # its name before checkpoint_offload (issue 13)
+
+
 def _decoder_stack(model):
     """The module that loops over decoder layers (MistralModel, GemmaModel, LlamaModel)."""
     for module in model.modules():
