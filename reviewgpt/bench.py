@@ -324,8 +324,9 @@ class Bench:
             warmup: Optional[int] = None, profile: int = 0) -> dict:
         if options.get("checkpoint_skip_layers") == "auto":
             planned = with_planned_layers(self.recipe.replace(**options), seq, batch, self.free_gib, arch=self.arch)
-            options = {**options, "checkpoint_skip_layers": planned.checkpoint_skip_layers}
-            label = label.replace("=auto", f"=auto({planned.checkpoint_skip_layers})")
+            kept = planned.checkpoint_skip_layers
+            options = {**options, "checkpoint_skip_layers": kept}
+            label = label.replace("=auto", f"=auto({kept})") if "=auto" in label else f"{label}, auto({kept})"
         try:
             row = measure(self.model, self.recipe, seq, batch, self.steps if steps is None else steps,
                           self.warmup if warmup is None else warmup, options, self.out_dir, self.arch, label,

@@ -86,9 +86,9 @@ CALIBRATION = {
     # backward (2 instead of 3 in a kept layer): 6 and 7.3 - 2 bytes; counted, not yet measured.
     "lean_work_per_intermediate": 6.0,
     "lean_kept_per_intermediate": 5.3,
-    # Reserved = allocated x slope + slack on our path (fitted on the 14 rows of issue 4's calls
-    # 4-5 and issue 13's 32K/64K rows: within -6%..+7%); the reference path's fp32 logits
-    # fragment more: x 1.22 (1.21-1.28 measured).
+    # Reserved = allocated x slope + slack with the chunked loss (fitted on the 14 rows of issue 4's
+    # calls 4-5 and issue 13's 32K/64K rows: within -6%..+7%); full fp32 logits (the reference
+    # path) fragment more: x 1.22 (1.21-1.30 measured).
     "reserved_slope": 1.05,
     "reserved_slack_gib": 1.5,
     "reserved_over_allocated": 1.22,
@@ -190,7 +190,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         parts["attention_mask"] = 2 * batch * side * side * act
     labelled = tokens * labelled_fraction
     if opts["chunked_loss"]:
-        rows = min(8192, max(128, GIB // (4 * arch.vocab)))
+        rows = min(8192, max(128, GIB // (4 * arch.vocab)), labelled)  # one chunk of fp32 logits at most
         loss = 2 * labelled * arch.hidden * act + rows * arch.vocab * 6
         if act == 4:  # fp32 frozen LM head: a bf16 copy of it shows in the peak (measured, H100)
             parts["lm_head_bf16_copy"] = arch.vocab * arch.hidden * 2
@@ -199,10 +199,10 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     parts["loss_or_layer"] = max(loss, parts.pop("layer_work"))
     parts["overhead"] = cal["overhead_gib"] * GIB
     total = sum(parts.values()) / GIB
-    if reference:
-        reserved = total * cal["reserved_over_allocated"]
-    else:
+    if opts["chunked_loss"]:
         reserved = total * cal["reserved_slope"] + cal["reserved_slack_gib"]
+    else:  # full fp32 logits: the allocator's cache fragments more
+        reserved = total * cal["reserved_over_allocated"]
     return {"allocated_gib": round(total, 2), "reserved_gib": round(reserved, 2),
             "host_pinned_gib": round(host / GIB, 2),
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
