@@ -107,6 +107,7 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     that would end after `hard_end` is skipped, an optional one after `budget_end`), then
     `fresh_references` (sequence lengths) in a child process each, if the budget allows."""
     from reviewgpt.bench import Bench, model_for_bench, reference_in_fresh_process
+    from reviewgpt.oom import free_gpu
     from reviewgpt.recipe import load_recipe
     from reviewgpt.speed import OFF, options_of
 
@@ -137,8 +138,14 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     def measure(row: Row, end: float):
         if time.time() + row.seconds > end:
             log.warning("skipped (time budget): %s at %d", row.label, row.seq)
-        else:
+            return
+        try:
             bench.row(row.seq // scale, 1, {**ours, **row.options}, row.label, warmup=row.warmup, steps=row.steps)
+        except Exception as exc:  # noqa: BLE001 - one failed row must not cost the call's other rows
+            log.exception("row failed: %s at %d", row.label, row.seq)
+            emit({"path": "reviewgpt", "label": row.label, "recipe": recipe.name, "architecture": arch.name,
+                  "seq": row.seq // scale, "batch": 1, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            free_gpu(exc)
 
     for row in (r for r in rows if not r.optional):
         measure(row, hard_end)
