@@ -86,7 +86,8 @@ def main(argv=None) -> int:
                       target_modules=args.lora_target_modules.split(","))
     training = TrainingArguments(
         output_dir=args.output, per_device_train_batch_size=1, gradient_accumulation_steps=16,
-        optim="paged_adamw_32bit" if cuda else "adamw_torch", save_strategy="no", logging_steps=args.logging_steps, learning_rate=2e-4,
+        optim="paged_adamw_32bit" if cuda else "adamw_torch", save_strategy="no", logging_steps=args.logging_steps,
+        learning_rate=2e-4,
         weight_decay=0.001, fp16=False, bf16=cuda, max_grad_norm=0.3, max_steps=args.max_steps, warmup_ratio=0.03,
         lr_scheduler_type="constant", gradient_checkpointing=True,
         gradient_checkpointing_kwargs={"use_reentrant": False}, report_to=[], seed=args.seed, data_seed=args.seed,

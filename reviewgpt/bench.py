@@ -1,4 +1,4 @@
-"""`reviewgpt bench`: timed QLoRA training steps of a recipe, reference path and ours, one process.
+"""`reviewgpt bench`: timed QLoRA training steps of a recipe, reference path and ours.
 
 Method (BASELINE.md): weights of the real architecture (random, saved once as bf16 safetensors,
 when no local model is given: no hub), loaded in 4-bit NF4; peft's `prepare_model_for_kbit_training`
@@ -6,20 +6,31 @@ when no local model is given: no hub), loaded in 4-bit NF4; peft's `prepare_mode
 bf16, gradient checkpointing); sequences of random token ids with labels = input ids; `warmup`
 steps, then the median of `steps` timed steps; peak = torch.cuda.max_memory_allocated/reserved.
 
-The model is loaded once per call. Reference rows (every speed option off: the seed recipe's path)
-run first, while peft's fp32 upcast is still in place; then the recipe's options are applied.
-`ablate=True` adds one row per technique, switched on in turn, at the first grid point;
-`skip_layers=(4, 8)` adds rows with that many layers not recomputed (memory for speed), and
-`profile=N` adds the N costliest GPU operations of one step of the recipe's own options.
+Reference rows (every speed option off: the seed recipe's path) are each measured in a fresh
+process, as BASELINE.md measures them: the first grid point in this process before anything else
+runs in it, the others in a child process each (`python -m reviewgpt.bench SPEC.json`). Measured
+one after another on one loaded model, later reference rows inherited what earlier rows left in
+the process (docs/performance.md, "The in-process reference"); `reference_in_process=True` keeps
+that older way for comparison. Then the recipe's options are applied to the loaded model, one
+row after another; after each row `Bench` undoes what the row changed in the process (patches,
+SDPA backend order, Gemma/Llama's grown causal-mask buffer, accelerate's forward wrappers).
+
+`ablate=True` adds one row per technique, switched on in turn, at the first grid point, and one
+row per memory option on top of the recipe's; `skip_layers=(4, "auto")` adds rows with that many
+layers not recomputed (auto: the planner's choice for the GPU's free memory, or `gpu_mem_gib`),
+and `profile=N` adds the N costliest GPU operations of one step of the recipe's own options.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,15 +38,15 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from reviewgpt.plan import ARCHITECTURES, Architecture, architecture_of
+from reviewgpt.plan import ARCHITECTURES, Architecture, architecture_of, free_gpu_gib, with_planned_layers
 from reviewgpt.speed import OFF, apply_speedups, options_of, remove_speedups
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
 # Switched on one after another by --ablate (each row keeps the ones before it) ...
 CHAIN = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm")
-# ... and measured on top of the recipe's own options (they cost memory).
-EXTRAS = ("checkpoint_keep_attention",)
+# ... and measured on top of the recipe's own options (memory for speed, or the other way round).
+EXTRAS = ("checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
 ONLY_FOR = {"causal_sdpa": ("gemma",), "fused_rmsnorm": ("mistral", "llama")}
 
 
@@ -244,6 +255,7 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
         row["profile_top_kernels"] = profiler.top(profile)
     row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())
     trainer.model.zero_grad(set_to_none=True)
+    remove_speedups(trainer)  # patches and the process-wide SDPA order end with the row
     del trainer
     _free()
     return row
@@ -261,19 +273,139 @@ def chain_steps(family: str) -> List[tuple]:
     return rows
 
 
-def on_top_steps(recipe, extras: Iterable[str] = EXTRAS, skip_layers: Iterable[int] = ()) -> List[tuple]:
-    """(label, options) rows adding memory-for-speed options to the recipe's own."""
+def on_top_steps(recipe, extras: Iterable[str] = EXTRAS, skip_layers: Iterable = ()) -> List[tuple]:
+    """(label, options) rows adding memory-for-speed (or speed-for-memory) options to the recipe's own;
+    a skip-layers entry may be "auto" (resolved per row by `Bench.row`)."""
     ours = options_of(recipe)
     rows = [(f"defaults+{name}", {**ours, name: True}) for name in extras]
     rows += [(f"defaults+checkpoint_skip_layers={n}", {**ours, "checkpoint_skip_layers": n}) for n in skip_layers]
     return rows
 
 
+class ProcessState:
+    """What a bench row leaves behind in the process, captured on a freshly loaded model and put
+    back after each row: Gemma/Llama's causal-mask buffer (transformers 4.38.2 replaces it by a
+    twice larger one *on the CPU* when a sequence is longer, and then every later forward repeats,
+    converts and copies it to the GPU: seconds per step), and the forward wrapper accelerate's
+    `prepare` adds to the model on every new Trainer (one more autocast layer per row)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.masks = [(m, m.causal_mask) for m in model.modules() if isinstance(getattr(m, "causal_mask", None),
+                                                                                    torch.Tensor)]
+        self.forward = {k: vars(model)[k] for k in ("forward", "_original_forward") if k in vars(model)}
+
+    def restore(self) -> None:
+        for module, mask in self.masks:
+            if module.causal_mask is not mask:
+                module.register_buffer("causal_mask", mask, persistent=False)
+        for key in ("forward", "_original_forward"):
+            vars(self.model).pop(key, None)
+        vars(self.model).update(self.forward)
+
+
+class Bench:
+    """One loaded model (the BASELINE method's load) and the rows measured on it, one after another."""
+
+    def __init__(self, recipe, model_dir: str, arch: Architecture, steps: int = 4, warmup: int = 2,
+                 emit=None, gpu_mem_gib: Optional[float] = None):
+        from reviewgpt.plan import CALIBRATION
+
+        self.recipe, self.arch, self.steps, self.warmup, self.emit = recipe, arch, steps, warmup, emit
+        # What `checkpoint_skip_layers: auto` plans for: a card of gpu_mem_gib, or what is free now
+        # (before the model is loaded: the planner counts the model itself).
+        self.free_gib = gpu_mem_gib - CALIBRATION["cuda_context_gib"] if gpu_mem_gib else free_gpu_gib()
+        self.model = load_prepared(model_dir, recipe)
+        self.state = ProcessState(self.model)
+        self.out_dir = tempfile.mkdtemp(prefix="reviewgpt-bench-")
+        self.rows: List[dict] = []
+
+    def row(self, seq: int, batch: int, options: dict, label: str, steps: Optional[int] = None,
+            warmup: Optional[int] = None, profile: int = 0) -> dict:
+        if options.get("checkpoint_skip_layers") == "auto":
+            planned = with_planned_layers(self.recipe.replace(**options), seq, batch, self.free_gib, arch=self.arch)
+            kept = planned.checkpoint_skip_layers
+            options = {**options, "checkpoint_skip_layers": kept}
+            label = label.replace("=auto", f"=auto({kept})") if "=auto" in label else f"{label}, auto({kept})"
+        try:
+            row = measure(self.model, self.recipe, seq, batch, self.steps if steps is None else steps,
+                          self.warmup if warmup is None else warmup, options, self.out_dir, self.arch, label,
+                          profile=profile)
+        finally:
+            self.state.restore()
+        row["fresh_process"] = not self.rows and label == "reference"
+        self.rows.append(row)
+        if self.emit:
+            self.emit(row)
+        return row
+
+
+def reference_in_fresh_process(recipe, model_dir: str, seq: int, batch: int, steps: int = 4, warmup: int = 2,
+                               label: str = "reference") -> dict:
+    """The reference path (every option off) at one grid point, in a child process that loads the
+    model, measures this one row and exits: BASELINE.md's method."""
+    from reviewgpt.recipe import save_recipe
+
+    with tempfile.TemporaryDirectory(prefix="reviewgpt-reference-") as tmp:
+        spec = Path(tmp, "spec.json")
+        save_recipe(recipe, Path(tmp, "recipe.yaml"))
+        spec.write_text(json.dumps({"recipe": str(Path(tmp, "recipe.yaml")), "model": str(model_dir), "seq": seq,
+                                    "batch": batch, "steps": steps, "warmup": warmup, "label": label,
+                                    "row": str(Path(tmp, "row.json"))}))
+        log.info("reference %d x %d in a fresh process", seq, batch)
+        done = subprocess.run([sys.executable, "-m", "reviewgpt.bench", str(spec)], check=False)
+        if done.returncode != 0 or not Path(tmp, "row.json").is_file():
+            return {"path": "reference", "label": label, "recipe": recipe.name, "seq": seq, "batch": batch,
+                    "fresh_process": True, "error": f"the reference process exited with {done.returncode}"}
+        return json.loads(Path(tmp, "row.json").read_text())
+
+
+def _reference_process(spec_path: str) -> int:
+    """Entry point of `reference_in_fresh_process`'s child: load, measure one reference row, write it."""
+    from reviewgpt.recipe import load_recipe
+
+    spec = json.loads(Path(spec_path).read_text())
+    recipe = load_recipe(spec["recipe"])
+    arch = architecture_of(spec["model"])
+    bench = Bench(recipe, spec["model"], arch, spec["steps"], spec["warmup"])
+    row = bench.row(spec["seq"], spec["batch"], dict(OFF), spec["label"])
+    Path(spec["row"]).write_text(json.dumps(row))
+    return 0
+
+
 def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 4, warmup: int = 2,
               model_dir: Optional[str] = None, random_init: bool = False, reference: bool = False,
-              ablate: bool = False, weights_dir: Optional[str] = None, emit=None, skip_layers: Iterable[int] = (),
-              profile: int = 0) -> List[dict]:
+              ablate: bool = False, weights_dir: Optional[str] = None, emit=None, skip_layers: Iterable = (),
+              profile: int = 0, reference_in_process: bool = False, gpu_mem_gib: Optional[float] = None) -> List[dict]:
     """Measure the grid (seq x batch); returns the rows (and passes each to `emit` as it is made)."""
+    model_dir, arch = model_for_bench(recipe, model_dir, random_init, weights_dir)
+    grid = [(s, b) for s in seqs for b in batches]
+    ours = options_of(recipe)
+    rows: List[dict] = []
+    if reference and not reference_in_process:  # before this process loads anything (one GPU, one model)
+        for s, b in grid[1:]:
+            rows.append(reference_in_fresh_process(recipe, model_dir, s, b, steps, warmup))
+            if emit:
+                emit(rows[-1])
+    bench = Bench(recipe, model_dir, arch, steps, warmup, emit, gpu_mem_gib)
+    first = grid[0]
+    for s, b in (grid if reference_in_process else grid[:1]) if reference else ():
+        bench.row(s, b, dict(OFF), "reference")
+    for label, opts in chain_steps(arch.family) if ablate else ():
+        if opts != ours:  # the chain's last row is usually the recipe's own options, measured next
+            bench.row(*first, opts, label)
+    for i, (s, b) in enumerate(grid):
+        bench.row(s, b, ours, "recipe defaults", profile=profile if i == 0 else 0)
+    for label, opts in on_top_steps(recipe, EXTRAS if ablate else (), skip_layers):
+        if opts != ours:
+            bench.row(*first, opts, label)
+    return rows + bench.rows
+
+
+def model_for_bench(recipe, model_dir: Optional[str] = None, random_init: bool = False,
+                    weights_dir: Optional[str] = None):
+    """(model directory, architecture): the given directory, random weights of the recipe's
+    architecture made once (no hub), or the recipe's model."""
     arch = ARCHITECTURES.get(recipe.model) or architecture_of(model_dir or recipe.model)
     if model_dir is None:
         if not random_init:
@@ -282,28 +414,9 @@ def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 
             base = weights_dir or os.environ.get("REVIEWGPT_RANDOM_WEIGHTS") or tempfile.gettempdir()
             model_dir = str(random_weights(arch, Path(base) / f"reviewgpt-random-{arch.name}"))
     arch = architecture_of(model_dir) if Path(model_dir, "config.json").is_file() else arch
-    grid = [(s, b) for s in seqs for b in batches]
-    ours = options_of(recipe)
-    model = load_prepared(model_dir, recipe)
-    out_dir = tempfile.mkdtemp(prefix="reviewgpt-bench-")
-    rows = []
+    return model_dir, arch
 
-    def record(seq, batch, options, label, top=0):
-        row = measure(model, recipe, seq, batch, steps, warmup, options, out_dir, arch, label, profile=top)
-        rows.append(row)
-        if emit:
-            emit(row)
 
-    first = grid[0]
-    if reference:
-        for s, b in grid:
-            record(s, b, dict(OFF), "reference")
-    for label, opts in chain_steps(arch.family) if ablate else ():
-        if opts != ours:  # the chain's last row is usually the recipe's own options, measured next
-            record(*first, opts, label)
-    for i, (s, b) in enumerate(grid):
-        record(s, b, ours, "recipe defaults", top=profile if i == 0 else 0)
-    for label, opts in on_top_steps(recipe, EXTRAS if ablate else (), skip_layers):
-        if opts != ours:
-            record(*first, opts, label)
-    return rows
+if __name__ == "__main__":  # the fresh process of `reference_in_fresh_process`
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(_reference_process(sys.argv[1]))

@@ -70,7 +70,7 @@ def smaller_batch(recipe, processes: int = 1):
 
 def smaller_footprint(recipe, processes: int = 1):
     """The next configuration to try after an OOM, and what changed (None at the end of the road)."""
-    if getattr(recipe, "checkpoint_skip_layers", 0) > 0:
+    if getattr(recipe, "checkpoint_skip_layers", 0) not in (0, None):  # a number or auto
         return recipe.replace(checkpoint_skip_layers=0), "every layer recomputed (checkpoint_skip_layers 0)"
     smaller = smaller_batch(recipe, processes)
     if smaller is not None:

@@ -82,6 +82,15 @@ CALIBRATION = {
     # one decoder layer's activations kept for backward (checkpoint_skip_layers), bytes per token
     "kept_per_hidden": 19.0,
     "kept_per_intermediate": 7.3,
+    # lean_mlp (reviewgpt.speed.mlp) keeps 3 instead of 6 sequence x intermediate tensors at the MLP's
+    # backward (2 instead of 3 in a kept layer): 6 and 7.3 - 2 bytes; counted, not yet measured.
+    "lean_work_per_intermediate": 6.0,
+    "lean_kept_per_intermediate": 5.3,
+    # Reserved = allocated x slope + slack with the chunked loss (fitted on the 14 rows of issue 4's
+    # calls 4-5 and issue 13's 32K/64K rows: within -6%..+7%); full fp32 logits (the reference
+    # path) fragment more: x 1.22 (1.21-1.30 measured).
+    "reserved_slope": 1.05,
+    "reserved_slack_gib": 1.5,
     "reserved_over_allocated": 1.22,
     "cuda_context_gib": 0.6,
     "calibrated_on": "NVIDIA H100 80GB HBM3, bench/device_grid.sh (docs/performance.md): gemma-7b 8K/12K, "
@@ -145,10 +154,16 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     """Predicted peak allocated bytes of one training step, with its parts (all in GiB)."""
     cal = {**CALIBRATION, **(calibration or {})}
     opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
-            "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0}
+            "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0, "checkpoint_offload": False,
+            "lean_mlp": False}
     if not reference:
         opts.update({k: v for k, v in (options or {}).items() if k in opts})
-    kept = min(int(opts["checkpoint_skip_layers"] or 0), arch.layers) if gradient_checkpointing else 0
+    kept = opts["checkpoint_skip_layers"]
+    kept = 0 if kept == "auto" else kept  # auto is resolved by the caller (layers_that_fit); 0 is its floor
+    kept = min(int(kept or 0), arch.layers) if gradient_checkpointing else 0
+    offload = bool(opts["checkpoint_offload"]) and gradient_checkpointing
+    per_intermediate = cal["lean_work_per_intermediate"] if opts["lean_mlp"] else cal["work_per_intermediate"]
+    kept_per_intermediate = cal["lean_kept_per_intermediate"] if opts["lean_mlp"] else cal["kept_per_intermediate"]
     targets = lora_targets or FAMILIES[arch.family].lora_targets
     tokens = batch * seq
     act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
@@ -157,14 +172,17 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         "embedding": arch.vocab * arch.hidden * act * (1 if arch.tied else 2),
         "lora": lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
         "checkpoints": (arch.layers - kept) * tokens * arch.hidden * act if gradient_checkpointing else 0,
-        "layer_work": tokens * (cal["work_per_hidden"] * arch.hidden * act / 2
-                                + cal["work_per_intermediate"] * arch.intermediate),
+        "layer_work": tokens * (cal["work_per_hidden"] * arch.hidden * act / 2 + per_intermediate * arch.intermediate),
     }
+    host = 0
+    if offload and kept < arch.layers:  # the inputs wait on the host; the one being recomputed comes back
+        host = parts["checkpoints"]
+        parts["checkpoints"] = tokens * arch.hidden * act
     if not gradient_checkpointing:
         parts["layer_work"] *= arch.layers
     if kept:
         parts["kept_layers"] = kept * tokens * (cal["kept_per_hidden"] * arch.hidden * act / 2
-                                                + cal["kept_per_intermediate"] * arch.intermediate)
+                                                + kept_per_intermediate * arch.intermediate)
     if opts["checkpoint_keep_attention"]:
         parts["checkpoints"] += (arch.layers - kept) * tokens * arch.heads * (arch.head_dim * 2 + 4)
     if arch.family == "gemma" and not opts["causal_sdpa"]:
@@ -172,7 +190,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         parts["attention_mask"] = 2 * batch * side * side * act
     labelled = tokens * labelled_fraction
     if opts["chunked_loss"]:
-        rows = min(8192, max(128, GIB // (4 * arch.vocab)))
+        rows = min(8192, max(128, GIB // (4 * arch.vocab)), labelled)  # one chunk of fp32 logits at most
         loss = 2 * labelled * arch.hidden * act + rows * arch.vocab * 6
         if act == 4:  # fp32 frozen LM head: a bf16 copy of it shows in the peak (measured, H100)
             parts["lm_head_bf16_copy"] = arch.vocab * arch.hidden * 2
@@ -180,9 +198,13 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         loss = tokens * arch.vocab * cal["reference_bytes_per_logit"]
     parts["loss_or_layer"] = max(loss, parts.pop("layer_work"))
     parts["overhead"] = cal["overhead_gib"] * GIB
-    total = sum(parts.values())
-    return {"allocated_gib": round(total / GIB, 2),
-            "reserved_gib": round(total / GIB * cal["reserved_over_allocated"], 2),
+    total = sum(parts.values()) / GIB
+    if opts["chunked_loss"]:
+        reserved = total * cal["reserved_slope"] + cal["reserved_slack_gib"]
+    else:  # full fp32 logits: the allocator's cache fragments more
+        reserved = total * cal["reserved_over_allocated"]
+    return {"allocated_gib": round(total, 2), "reserved_gib": round(reserved, 2),
+            "host_pinned_gib": round(host / GIB, 2),
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
 
 
@@ -196,19 +218,34 @@ def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, 
                    paged_optimizer="paged" in recipe.optim, calibration=calibration)
 
 
+# Tried in turn by `plan` when nothing fits: the MLP's saved tensors first (no cost in time), then
+# also the checkpointed layers' inputs on the host (PCIe copies).
+MEMORY_OPTIONS = ({"lean_mlp": True}, {"lean_mlp": True, "checkpoint_offload": True})
+
+
+def usable_gib(gpu_mem_gib: float, headroom: float = 0.05, context_gib: Optional[float] = None) -> float:
+    """What a step may use of `gpu_mem_gib`: minus the headroom share and the CUDA context (pass
+    context_gib=0 for free memory measured after the context exists)."""
+    context = CALIBRATION["cuda_context_gib"] if context_gib is None else context_gib
+    return gpu_mem_gib * (1 - headroom) - context
+
+
 def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: float = 0.05,
          reference: bool = False) -> dict:
     """Peak per batch size 1..max_batch and the largest batch that fits with headroom, keeping the
-    recipe's effective batch (micro-batch x grad accumulation)."""
+    recipe's effective batch (micro-batch x grad accumulation); when nothing fits, whether the
+    memory options (checkpoint_offload, lean_mlp) would make it fit."""
     arch = architecture_of(recipe.model)
-    usable = gpu_mem_gib * (1 - headroom) - CALIBRATION["cuda_context_gib"]
-    rows, best = [], None
-    for b in range(1, max_batch + 1):
-        p = predict_recipe(recipe, arch, seq, b, reference)
-        fits = p["reserved_gib"] <= usable
-        rows.append({"batch": b, **p, "fits": fits})
-        if fits:
-            best = b
+    usable = usable_gib(gpu_mem_gib, headroom)
+    rows, best = _batches(recipe, arch, seq, max_batch, usable, reference)
+    memory_options = {}  # the rows stay the recipe's own; the recommendation may add memory options
+    for lean in MEMORY_OPTIONS if best is None and not reference and recipe.gradient_checkpointing else ():
+        if all(getattr(recipe, k) for k in lean):
+            continue
+        _, best = _batches(recipe.replace(**lean), arch, seq, max_batch, usable, reference)
+        if best is not None:
+            memory_options, recipe = lean, recipe.replace(**lean)
+            break
     effective = recipe.effective_batch_size
     recommendation = None
     if best is not None:
@@ -216,13 +253,30 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
         recommendation = {"per_device_train_batch_size": micro,
                           "gradient_accumulation_steps": max(1, effective // micro),
                           "effective_batch_size": micro * max(1, effective // micro),
-                          "largest_batch_that_fits": best}
+                          "largest_batch_that_fits": best, **memory_options}
         if recipe.gradient_checkpointing and not reference:
-            recommendation["checkpoint_skip_layers"] = layers_that_fit(recipe, arch, seq, micro, usable)
+            kept = layers_that_fit(recipe, arch, seq, micro, usable)
+            peak = predict_recipe(recipe, arch, seq, micro, checkpoint_skip_layers=kept)
+            recommendation.update(checkpoint_skip_layers=kept, peak_with_kept_layers_gib={
+                "allocated": peak["allocated_gib"], "reserved": peak["reserved_gib"]})
     return {"recipe": recipe.name, "architecture": arch.name, "seq": seq, "gpu_mem_gib": gpu_mem_gib,
             "usable_gib": round(usable, 2), "path": "reference" if reference else "reviewgpt",
+            "checkpoint_skip_layers": getattr(recipe, "checkpoint_skip_layers", 0),
             "batches": rows, "recommendation": recommendation, "calibrated_on": CALIBRATION["calibrated_on"],
             "architecture_facts": asdict(arch)}
+
+
+def _batches(recipe, arch, seq, max_batch, usable, reference):
+    """Predicted rows for micro-batch 1..max_batch (kept layers: the recipe's, or none for auto)
+    and the largest that fits `usable`."""
+    rows, best = [], None
+    for b in range(1, max_batch + 1):
+        p = predict_recipe(recipe, arch, seq, b, reference)
+        fits = p["reserved_gib"] <= usable
+        rows.append({"batch": b, **p, "fits": fits})
+        if fits:
+            best = b
+    return rows, best
 
 
 def layers_that_fit(recipe, arch, seq: int, batch: int, usable_gib: float) -> int:
@@ -233,6 +287,46 @@ def layers_that_fit(recipe, arch, seq: int, batch: int, usable_gib: float) -> in
             break
         best = kept
     return best
+
+
+def free_gpu_gib() -> Optional[float]:
+    """Free memory of this process's GPU (LOCAL_RANK under a launcher), or None without CUDA."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
+    return free / GIB
+
+
+def with_planned_layers(recipe, seq: int, batch: Optional[int] = None, gpu_free_gib: Optional[float] = None,
+                        headroom: float = 0.05, arch: Optional[Architecture] = None):
+    """`recipe` with `checkpoint_skip_layers: auto` replaced by the most layers that fit the GPU's
+    free memory (with `headroom`) at `seq` tokens x `batch` (the micro-batch); other recipes as given."""
+    if getattr(recipe, "checkpoint_skip_layers", 0) != "auto":
+        return recipe
+    batch = batch or recipe.per_device_train_batch_size
+    free = gpu_free_gib if gpu_free_gib is not None else free_gpu_gib()
+    kept = 0
+    if free is None:
+        log.info("checkpoint_skip_layers auto: no CUDA GPU to plan for, every layer recomputed")
+    elif not recipe.gradient_checkpointing:
+        log.info("checkpoint_skip_layers auto: gradient checkpointing is off, nothing to keep")
+    else:
+        try:
+            arch = arch or architecture_of(recipe.model)
+        except UserError as exc:
+            log.info("checkpoint_skip_layers auto: every layer recomputed (%s)", exc)
+            return recipe.replace(checkpoint_skip_layers=0)
+        usable = usable_gib(free, headroom, context_gib=0)  # free memory: the context is already taken
+        kept = layers_that_fit(recipe, arch, seq, batch, usable)
+        peak = predict_recipe(recipe, arch, seq, batch, checkpoint_skip_layers=kept)
+        log.info("checkpoint_skip_layers auto: %d of %d layers kept from recompute at %d tokens x %d "
+                 "(%.1f GiB reserved predicted, %.1f GiB usable of %.1f GiB free)", kept, arch.layers, seq, batch,
+                 peak["reserved_gib"], usable, free)
+    return recipe.replace(checkpoint_skip_layers=kept)
 
 
 def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optional[dict]:
@@ -255,7 +349,7 @@ def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optiona
         log.info("memory plan: %.1f GiB predicted of %.1f GiB usable", row["reserved_gib"], result["usable_gib"])
         return result
     micro = recipe.per_device_train_batch_size
-    if recipe.checkpoint_skip_layers:  # first see whether keeping fewer layers is the fix
+    if recipe.checkpoint_skip_layers not in (0, "auto"):  # first see whether keeping fewer layers is the fix
         without = plan(recipe.replace(checkpoint_skip_layers=0), seq, gpu_mem_gib, max_batch=micro)
         if without["batches"][-1]["fits"]:
             kept = layers_that_fit(recipe, architecture_of(recipe.model), seq, micro, result["usable_gib"])
@@ -267,9 +361,13 @@ def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optiona
                 "--no-memory-check skips this check.")
         result = without
     rec = result["recommendation"]
-    fix = (f"pass --per-device-train-batch-size {rec['per_device_train_batch_size']} "
-           f"--gradient-accumulation-steps {rec['gradient_accumulation_steps']} (same effective batch)"
-           if rec else "use a shorter --max-seq-length or a larger GPU")
+    fix = "use a shorter --max-seq-length or a larger GPU"
+    if rec:
+        flags = ["--" + name.replace("_", "-") for name in ("checkpoint_offload", "lean_mlp") if rec.get(name)]
+        if rec["per_device_train_batch_size"] != micro:
+            flags.append(f"--per-device-train-batch-size {rec['per_device_train_batch_size']} "
+                         f"--gradient-accumulation-steps {rec['gradient_accumulation_steps']} (same effective batch)")
+        fix = "pass " + " ".join(flags)
     raise UserError(
         f"recipe {recipe.name!r} at {seq} tokens x micro-batch {recipe.per_device_train_batch_size} needs "
         f"~{row['reserved_gib']:.1f} GiB, more than the {result['usable_gib']:.1f} GiB usable on this "

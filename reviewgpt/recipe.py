@@ -12,7 +12,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple, Union
 
 import yaml
 
@@ -20,6 +20,8 @@ from reviewgpt.errors import UserError
 from reviewgpt.prompt import TEMPLATES
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+# A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.plan).
+LayerCount = Union[int, Literal["auto"]]
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,14 @@ class Recipe:
                                 "no-op before)", default=True)
     checkpoint_keep_attention: bool = _help("save attention outputs in gradient checkpointing instead of "
                                             "recomputing them (faster, more memory; torch >= 2.4)", default=False)
-    checkpoint_skip_layers: int = _help("the last N decoder layers keep their activations instead of being "
-                                        "recomputed (faster, more memory; `reviewgpt plan` says how many fit)",
-                                        AT_LEAST_0, default=0)
+    checkpoint_skip_layers: LayerCount = _help(
+        "the last N decoder layers keep their activations instead of being recomputed (faster, more memory); "
+        "auto = as many as fit the GPU's free memory at the run's longest sequence (`reviewgpt plan`)",
+        AT_LEAST_0, default=0)
+    checkpoint_offload: bool = _help("gradient checkpointing keeps each layer's input in pinned host memory "
+                                     "instead of on the GPU (less GPU memory for long sequences)", default=False)
+    lean_mlp: bool = _help("GeGLU/SwiGLU as one autograd step that keeps only gate and up and writes its "
+                           "gradients over them: 3 fewer sequence x intermediate tensors in backward", default=False)
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
@@ -184,7 +191,7 @@ def field_problem(name: str, value) -> Optional[str]:
         if unknown or not value or ("none" in value and len(value) > 1):
             return f"must be none or some of {list(REPORT_TO[1:])}, got {','.join(value)!r}"
     allowed = f.metadata.get("range")
-    if allowed is not None and value is not None and not allowed.contains(value):
+    if allowed is not None and isinstance(value, (int, float)) and not allowed.contains(value):
         return f"must be {allowed.describe()}, got {value!r}"
     return None
 
@@ -199,6 +206,15 @@ def builtin_recipes() -> dict:
     return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
 
 
+def describe(hint) -> str:
+    """'an integer or 'auto'' for LayerCount, and so on: for error messages."""
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join(describe(member) for member in typing.get_args(hint))
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
 def _coerce(value, hint, where: str):
     """Check a YAML or flag value against the field's type (`where` names it: 'FILE: field' or '--flag');
     YAML '2e-4' (a string!) is caught here."""
@@ -209,6 +225,13 @@ def _coerce(value, hint, where: str):
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # e.g. LayerCount: an integer or "auto"
+        for member in args:
+            try:
+                return _coerce(value, member, where)
+            except UserError:
+                continue
+        raise UserError(f"{where} must be {describe(hint)}, got {value!r}.")
     if origin is Literal:
         if value not in args:
             raise UserError(f"{where} must be one of {list(args)}, got {value!r}.")

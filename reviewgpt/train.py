@@ -417,7 +417,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     from trl import SFTTrainer
 
     from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
-    from reviewgpt.plan import check_fits
+    from reviewgpt.plan import check_fits, with_planned_layers
     from reviewgpt.prompt import get_template, make_formatting_func
     from reviewgpt.speed import apply_speedups
 
@@ -446,8 +446,10 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if not train_split.examples:
         raise UserError(f"{data_path}: every review was too long for max_seq_length={recipe.max_seq_length}.")
 
+    # checkpoint_skip_layers auto: the most layers the GPU's free memory holds at the longest example
+    step_recipe = with_planned_layers(recipe, train_split.max_tokens)
     if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
-        check_fits(recipe, train_split.max_tokens)
+        check_fits(step_recipe, train_split.max_tokens)
     check_report_to(recipe.report_to)
     args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
 
@@ -489,7 +491,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         callbacks=[make_log_callback(log_path), *callbacks],
     )
     drop_empty_param_groups(trainer)
-    apply_speedups(trainer, recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
+    apply_speedups(trainer, step_recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
     started = time.time()
     with trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -32,13 +32,14 @@ def test_ablation_rows_chain_the_techniques_then_add_memory_for_speed_rows():
     from reviewgpt.bench import chain_steps, on_top_steps
     from reviewgpt.recipe import load_recipe
 
-    mistral = chain_steps("mistral") + on_top_steps(load_recipe("mistral-7b-instruct-v0.2"), skip_layers=(4, 8))
+    mistral = chain_steps("mistral") + on_top_steps(load_recipe("mistral-7b-instruct-v0.2"), skip_layers=(4, "auto"))
     labels = [label for label, _ in mistral]
     assert labels == ["+chunked_loss", "+bf16_frozen_weights", "+sdpa_cudnn", "+fused_lora", "+fused_rmsnorm",
-                      "defaults+checkpoint_keep_attention", "defaults+checkpoint_skip_layers=4",
-                      "defaults+checkpoint_skip_layers=8"]
+                      "defaults+checkpoint_keep_attention", "defaults+checkpoint_offload", "defaults+lean_mlp",
+                      "defaults+checkpoint_skip_layers=4", "defaults+checkpoint_skip_layers=auto"]
     assert mistral[0][1]["chunked_loss"] and not mistral[0][1]["fused_lora"]
-    assert mistral[-1][1]["checkpoint_skip_layers"] == 8 and mistral[-1][1]["fused_lora"]
+    assert mistral[-1][1]["checkpoint_skip_layers"] == "auto" and mistral[-1][1]["fused_lora"]
+    assert mistral[6][1]["checkpoint_offload"] and not mistral[6][1]["lean_mlp"]
     gemma = [label for label, _ in chain_steps("gemma")]
     assert "+causal_sdpa" in gemma and "+fused_rmsnorm" not in gemma
 
@@ -56,6 +57,25 @@ def test_bench_cpu_skip_layer_rows(tiny_mistral, tmp_path, capsys):
     assert rows[1]["options"]["checkpoint_skip_layers"] == 1 and rows[0]["options"]["checkpoint_skip_layers"] == 0
 
 
+def test_bench_cpu_reference_rows_each_in_a_fresh_process_and_auto_layers(tiny_mistral, tmp_path, capsys):
+    """Two grid points: the second reference row comes from a child process, the first is this
+    process's first row; `--skip-layers auto` plans for --gpu-mem (here: every layer fits)."""
+    from reviewgpt.recipe import RECIPE_DIR
+
+    recipe = tmp_path / "tiny-checkpointed.yaml"
+    recipe.write_text((RECIPE_DIR / "tiny.yaml").read_text().replace("gradient_checkpointing: false",
+                                                                     "gradient_checkpointing: true"))
+    assert main(["bench", "--recipe", str(recipe), "--model", str(tiny_mistral), "--seq", "32,40", "--steps", "1",
+                 "--warmup", "1", "--no-quantize", "--reference", "--skip-layers", "auto", "--gpu-mem", "80"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"path")]
+    assert [(r["label"], r["seq"]) for r in rows] == [
+        ("reference", 40), ("reference", 32), ("recipe defaults", 32), ("recipe defaults", 40),
+        ("defaults+checkpoint_skip_layers=auto(2)", 32)]
+    assert [r["fresh_process"] for r in rows] == [True, True, False, False, False]
+    assert rows[0]["tokens_per_s"] > 0 and not any(rows[0]["options"].values())
+    assert rows[-1]["options"]["checkpoint_skip_layers"] == 2  # tiny: both layers kept
+
+
 @pytest.mark.parametrize("flags", [["--seq", "32", "--skip-layers", "x"], ["--seq", "0"], ["--seq", ","],
                                    ["--seq", "32", "--batch", "2,a"]])
 def test_bad_numbers_are_one_clear_line(flags, capsys):
@@ -64,4 +84,5 @@ def test_bad_numbers_are_one_clear_line(flags, capsys):
         raise SystemExit(code)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and ("positive integers" in err or "at least one number" in err)
+    assert "Traceback" not in err and ("positive integers" in err or "at least one number" in err
+                                       or "numbers of layers or 'auto'" in err)

@@ -119,3 +119,23 @@ def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatc
     with pytest.raises(UserError, match=r"--per-device-train-batch-size 2 --gradient-accumulation-steps 4 "
                                         r"--checkpoint-skip-layers 0: it resumes"):
         fake_train(r.replace(checkpoint_skip_layers=4), "d.jsonl", tmp_path)
+
+
+def test_oom_with_auto_kept_layers_recomputes_every_layer_first(tmp_path):
+    """`checkpoint_skip_layers: auto` is a choice of kept layers too: the first recovery gives them up."""
+    from reviewgpt.oom import with_oom_recovery
+
+    seen = []
+
+    @with_oom_recovery
+    def fake_train(recipe, data_path, output_dir, **kwargs):
+        seen.append((recipe.checkpoint_skip_layers, recipe.per_device_train_batch_size))
+        if recipe.checkpoint_skip_layers == "auto":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return {"ok": True}
+
+    r = load_recipe("tiny", {"per_device_train_batch_size": 2, "checkpoint_skip_layers": "auto"})
+    assert fake_train(r, "d.jsonl", tmp_path) == {"ok": True}
+    assert seen == [("auto", 2), (0, 2)]
+    event = json.loads((tmp_path / EVENTS_FILE).read_text())
+    assert event["checkpoint_skip_layers"] == ["auto", 0] and event["from"] == event["to"] == [2, 1]

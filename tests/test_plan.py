@@ -17,6 +17,8 @@ MEASURED = [
     ("mistral-7b", 12288, 1, True, 16.40), ("mistral-7b", 12288, 3, True, 38.92),
 ]
 DEFAULTS = {"chunked_loss": True, "bf16_frozen_weights": True, "causal_sdpa": True}
+# Issue 13's rerun on an H200 (recipe defaults, b1): (arch, seq, allocated GiB, reserved GiB).
+LONG = [("gemma-7b", 32768, 23.0, 25.24), ("gemma-7b", 65536, 40.45, 44.75)]
 # Layers kept from recompute (checkpoint_skip_layers), H200: (arch, seq, layers kept, measured GiB).
 KEPT = [("mistral-7b", 12288, 4, 18.17), ("mistral-7b", 12288, 8, 26.30), ("mistral-7b", 12288, 16, 42.55),
         ("gemma-7b", 8192, 4, 16.90)]
@@ -115,3 +117,100 @@ def test_layers_kept_from_recompute_cost_memory_and_plan_says_how_many_fit():
     with pytest.raises(UserError, match=f"--checkpoint-skip-layers {large}"):
         check_fits(recipe.replace(checkpoint_skip_layers=m.layers), 12288, gpu_mem_gib=80)
     assert check_fits(recipe.replace(checkpoint_skip_layers=large), 12288, gpu_mem_gib=80)["batches"][-1]["fits"]
+
+
+@pytest.mark.parametrize("arch,seq,allocated,reserved", LONG)
+def test_long_context_prediction_and_reserved_within_10_percent(arch, seq, allocated, reserved):
+    got = predict(ARCHITECTURES[arch], seq, 1, options=DEFAULTS)
+    assert abs(got["allocated_gib"] - allocated) <= 0.10 * allocated
+    assert abs(got["reserved_gib"] - reserved) <= 0.10 * reserved
+
+
+def test_offload_and_lean_mlp_lower_the_peak_by_what_they_move():
+    gemma = ARCHITECTURES["gemma-7b"]
+    base = predict(gemma, 32768, 1, options=DEFAULTS)
+    offloaded = predict(gemma, 32768, 1, options={**DEFAULTS, "checkpoint_offload": True})
+    both = predict(gemma, 32768, 1, options={**DEFAULTS, "checkpoint_offload": True, "lean_mlp": True})
+    layer_input = 32768 * 3072 * 2 / 2**30
+    assert offloaded["host_pinned_gib"] == round(28 * layer_input, 2) and base["host_pinned_gib"] == 0
+    assert offloaded["parts_gib"]["checkpoints"] == round(layer_input, 2)  # the one layer being recomputed
+    lean = 32768 * 24576 * 6 / 2**30  # three sequence x intermediate bf16 tensors fewer
+    assert offloaded["allocated_gib"] - both["allocated_gib"] == pytest.approx(lean, abs=0.02)
+    assert both["reserved_gib"] <= 22 < base["reserved_gib"]
+    kept = predict(gemma, 32768, 1, options={**DEFAULTS, "checkpoint_offload": True, "checkpoint_skip_layers": 28})
+    assert kept["host_pinned_gib"] == 0 and "kept_layers" in kept["parts_gib"]
+
+
+def test_plan_turns_to_the_memory_options_when_nothing_else_fits():
+    recipe = load_recipe("gemma-7b-it")
+    rec = plan(recipe, 32768, 24, max_batch=1)["recommendation"]
+    assert rec["lean_mlp"] and "checkpoint_offload" not in rec  # the MLP option first: it costs no copies
+    rec = plan(recipe, 65536, 24, max_batch=1)["recommendation"]
+    assert rec is None  # not even with both
+    rec = plan(recipe, 65536, 40, max_batch=1)["recommendation"]
+    assert rec["lean_mlp"] and rec["per_device_train_batch_size"] == 1
+    assert "lean_mlp" not in plan(recipe, 8192, 24, max_batch=1)["recommendation"]
+    with pytest.raises(UserError, match="pass --lean-mlp. See"):
+        check_fits(recipe, 32768, gpu_mem_gib=24)
+    assert check_fits(recipe.replace(lean_mlp=True), 32768, gpu_mem_gib=24)["batches"][0]["fits"]
+
+
+def test_auto_keeps_what_fits_the_free_memory():
+    from reviewgpt.plan import with_planned_layers
+
+    recipe = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 1,
+                                                      "checkpoint_skip_layers": "auto"})
+    m = ARCHITECTURES["mistral-7b"]
+    assert with_planned_layers(recipe, 12288, gpu_free_gib=139.0).checkpoint_skip_layers == m.layers  # H200
+    on_24 = with_planned_layers(recipe, 12288, gpu_free_gib=23.4).checkpoint_skip_layers
+    assert 0 < on_24 < m.layers
+    peak = predict(m, 12288, 1, options={**DEFAULTS, "checkpoint_skip_layers": on_24})["reserved_gib"]
+    assert peak <= 23.4 * 0.95 < predict(m, 12288, 1, options={**DEFAULTS,
+                                                                 "checkpoint_skip_layers": on_24 + 1})["reserved_gib"]
+    assert with_planned_layers(recipe, 12288, gpu_free_gib=4).checkpoint_skip_layers == 0
+    gemma = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
+    assert with_planned_layers(gemma, 8192, gpu_free_gib=139.0).checkpoint_skip_layers == 28
+    fixed = recipe.replace(checkpoint_skip_layers=3)
+    assert with_planned_layers(fixed, 12288, gpu_free_gib=139.0) is fixed  # a number stays the number
+
+
+def test_auto_without_a_gpu_is_no_kept_layer(monkeypatch):
+    from reviewgpt.plan import with_planned_layers
+
+    monkeypatch.setattr("reviewgpt.plan.free_gpu_gib", lambda: None)
+    recipe = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
+    assert with_planned_layers(recipe, 8192).checkpoint_skip_layers == 0
+
+
+def test_auto_in_yaml_and_flags_and_bad_values(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("family: mistral\ncheckpoint_skip_layers: auto\n")
+    assert load_recipe(str(path)).checkpoint_skip_layers == "auto"
+    assert load_recipe(str(path), {"checkpoint_skip_layers": 4}).checkpoint_skip_layers == 4
+    path.write_text("family: mistral\ncheckpoint_skip_layers: some\n")
+    with pytest.raises(UserError, match="checkpoint_skip_layers must be an integer or 'auto', got 'some'"):
+        load_recipe(str(path))
+    with pytest.raises(UserError, match="checkpoint_skip_layers must be >= 0 or 'auto'"):
+        load_recipe("tiny", {"checkpoint_skip_layers": -2})
+
+
+def test_train_flag_takes_a_number_or_auto(capsys):
+    import argparse
+
+    from reviewgpt.commands.recipe_flags import add_recipe_flags, recipe_overrides
+
+    parser = argparse.ArgumentParser()
+    add_recipe_flags(parser)
+    assert recipe_overrides(parser.parse_args(["--checkpoint-skip-layers", "auto"]))["checkpoint_skip_layers"] == "auto"
+    assert recipe_overrides(parser.parse_args(["--checkpoint-skip-layers", "6"]))["checkpoint_skip_layers"] == 6
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--checkpoint-skip-layers", "many"])
+    assert "expected an integer or 'auto', got 'many'" in capsys.readouterr().err
+
+
+def test_plan_cli_shows_the_auto_choice(capsys):
+    assert main(["plan", "--recipe", "mistral-7b-instruct-v0.2", "--seq", "12288", "--gpu-mem", "80",
+                 "--max-batch", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rec = out["recommendation"]
+    assert 0 < rec["checkpoint_skip_layers"] < 32 and rec["peak_with_kept_layers_gib"]["reserved"] <= out["usable_gib"]

@@ -1,4 +1,4 @@
-"""GPU checks of the chunked loss in bf16 under autocast (skipped on CPU)."""
+"""GPU checks of the chunked loss, offload and the lean MLP in bf16 under autocast (skipped on CPU)."""
 
 import time
 
@@ -36,3 +36,37 @@ def test_chunked_loss_matches_and_is_not_slower_on_gpu(vocab, hidden_size, seq):
     assert abs(loss - ref_loss) <= 1e-3 * abs(ref_loss)
     assert torch.linalg.vector_norm(grad - ref_grad) <= 1e-2 * torch.linalg.vector_norm(ref_grad)
     assert s <= 1.5 * ref_s + 0.02
+
+
+@pytest.mark.gpu
+def test_offload_and_lean_mlp_on_cuda_keep_the_grads(tiny_mistral):
+    """Pinned host copies with non-blocking transfers, and the lean MLP under bf16 autocast, on a GPU."""
+    from reviewgpt.speed.checkpointing import checkpoint_layers, recompute_all_layers
+    from reviewgpt.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
+    from reviewgpt.speed.offload import HostOffload
+    from tests.test_speed import assert_close, batch, load, loss_and_grads
+
+    model = load(tiny_mistral).cuda().train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids, labels = (t.cuda() for t in batch(model.config.vocab_size))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref_loss, ref_grads = loss_and_grads(model, ids, labels)
+    packed = []
+
+    class Recording(HostOffload):
+        def pack(self, tensor):
+            out = super().pack(tensor)
+            packed.append(out)
+            return out
+
+    checkpoint_layers(model, offload=Recording(min_bytes=1))
+    patch_lean_mlp(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, grads = loss_and_grads(model, ids, labels)
+    unpatch_lean_mlp(model)
+    recompute_all_layers(model)
+    hosted = [p[1] for p in packed if isinstance(p, tuple)]
+    assert hosted and all(t.device.type == "cpu" and t.is_pinned() for t in hosted)
+    assert abs(loss.item() - ref_loss.item()) <= 1e-2 * abs(ref_loss.item())
+    for name in ref_grads:
+        assert_close(grads[name], ref_grads[name], 5e-2)

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Literal
 
-from reviewgpt.recipe import Recipe, field_types
+from reviewgpt.recipe import Recipe, describe, field_types
 
 
 def _flag(name: str) -> str:
@@ -27,10 +27,14 @@ def add_recipe_flags(parser: argparse.ArgumentParser, skip=("name",)) -> None:
         hint = hints[f.name]
         help_text = f.metadata.get("help", "").replace("%", "%%")
         args = typing.get_args(hint)
-        if typing.get_origin(hint) is typing.Union:
+        if typing.get_origin(hint) is typing.Union and type(None) in args:
             hint = next(a for a in args if a is not type(None))
             args = typing.get_args(hint)
-        if hint is bool:
+        if typing.get_origin(hint) is typing.Union:  # e.g. an integer or "auto"
+            group.add_argument(_flag(f.name), dest=f.name, type=_one_of(hint), default=None,
+                               metavar=describe(hint).replace("an integer", "N").replace(" or ", "|").replace("'", ""),
+                               help=help_text)
+        elif hint is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         elif typing.get_origin(hint) is Literal:
@@ -40,6 +44,22 @@ def add_recipe_flags(parser: argparse.ArgumentParser, skip=("name",)) -> None:
                                help=help_text + " (comma-separated)")
         else:
             group.add_argument(_flag(f.name), dest=f.name, type=hint, default=None, help=help_text)
+
+
+def _one_of(hint):
+    """argparse type for a Union of int and Literal choices: '8' -> 8, 'auto' -> 'auto'."""
+    choices = [v for member in typing.get_args(hint) if typing.get_origin(member) is Literal
+               for v in typing.get_args(member)]
+
+    def parse(text: str):
+        if text in choices:
+            return text
+        if int in typing.get_args(hint) and text.strip().lstrip("-").isdigit():
+            return int(text)
+        raise argparse.ArgumentTypeError(f"expected {describe(hint)}, got {text!r}")
+
+    parse.__name__ = describe(hint)
+    return parse
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict:

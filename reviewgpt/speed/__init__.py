@@ -8,7 +8,10 @@
     fused_lora                LoRA up-projection + scale + residual add in one GEMM (peft's math)
     fused_rmsnorm             Mistral/Llama RMSNorm through torch's fused rms_norm kernel
     checkpoint_keep_attention save attention outputs in gradient checkpointing (memory for speed)
-    checkpoint_skip_layers    N: the last N decoder layers are not recomputed (memory for speed)
+    checkpoint_skip_layers    N: the last N decoder layers are not recomputed (memory for speed);
+                              auto: the planner's choice for the GPU (resolved by the caller)
+    checkpoint_offload        checkpointed layers' inputs wait in pinned host memory (less GPU memory)
+    lean_mlp                  GeGLU/SwiGLU keeping gate and up only, gradients written over them
 
 `apply_speedups(trainer, recipe)` applies them to a built trainer (after trl/peft have wrapped
 the model) and returns what is in force.
@@ -21,18 +24,20 @@ import logging
 import torch
 
 from reviewgpt.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
-from reviewgpt.speed.checkpointing import attention_saving_context_fn, keep_last_layers, recompute_all_layers
+from reviewgpt.speed.checkpointing import attention_saving_context_fn, checkpoint_layers, recompute_all_layers
 from reviewgpt.speed.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
 from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
+from reviewgpt.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
 from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
+from reviewgpt.speed.offload import HostOffload, offload_supported
 from reviewgpt.speed.precision import keep_frozen_weights_in
 
 log = logging.getLogger(__name__)
 
 SWITCHES = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm",
-            "checkpoint_keep_attention")
-COUNTS = ("checkpoint_skip_layers",)  # integer options; 0 = off
+            "checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
+COUNTS = ("checkpoint_skip_layers",)  # integer options (or "auto"); 0 = off
 OPTIONS = SWITCHES + COUNTS
 OFF = {**dict.fromkeys(SWITCHES, False), **dict.fromkeys(COUNTS, 0)}
 
@@ -42,7 +47,11 @@ __all__ = ["OFF", "OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "
 def options_of(recipe) -> dict:
     """The speed options a recipe (or any object with those attributes) asks for."""
     return {**{name: bool(getattr(recipe, name, False)) for name in SWITCHES},
-            **{name: int(getattr(recipe, name, 0) or 0) for name in COUNTS}}
+            **{name: _count(getattr(recipe, name, 0)) for name in COUNTS}}
+
+
+def _count(value):
+    return value if value == "auto" else int(value or 0)
 
 
 def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
@@ -63,10 +72,25 @@ def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
         done["fused_lora"] = patch_fused_lora(model) > 0
     if wanted["fused_rmsnorm"]:
         done["fused_rmsnorm"] = patch_fused_rmsnorm(model) > 0
+    if wanted["lean_mlp"]:
+        done["lean_mlp"] = patch_lean_mlp(model) > 0
     if wanted["checkpoint_keep_attention"]:
         done["checkpoint_keep_attention"] = _keep_attention_in_checkpoints(trainer)
-    if wanted["checkpoint_skip_layers"] and _checkpointing(trainer):
-        done["checkpoint_skip_layers"] = keep_last_layers(model, wanted["checkpoint_skip_layers"])
+    kept, offload = wanted["checkpoint_skip_layers"], None
+    if kept == "auto":  # train and bench resolve it with the planner; without a GPU there is nothing to plan
+        log.info("checkpoint_skip_layers auto: no GPU memory to plan for, every layer recomputed")
+        kept = 0
+    if wanted["checkpoint_offload"]:
+        if not _checkpointing(trainer):
+            log.info("checkpoint_offload needs gradient checkpointing; off")
+        elif not offload_supported():
+            log.info("checkpoint_offload needs torch >= 2.1 (checkpoint inputs as saved tensors); off on %s",
+                     torch.__version__)
+        else:
+            offload = HostOffload()
+    if (kept or offload) and _checkpointing(trainer):
+        done["checkpoint_skip_layers"] = checkpoint_layers(model, keep_last=kept, offload=offload)
+        done["checkpoint_offload"] = offload is not None
     log.info("speed options in force: %s", ", ".join(k for k, v in done.items() if v) or "none")
     return done
 
@@ -94,5 +118,6 @@ def remove_speedups(trainer) -> None:
     unpatch_llama_causal_mask(trainer.model)
     unpatch_fused_lora(trainer.model)
     unpatch_fused_rmsnorm(trainer.model)
+    unpatch_lean_mlp(trainer.model)
     recompute_all_layers(trainer.model)
     prefer_cudnn_attention(False)

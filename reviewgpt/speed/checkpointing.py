@@ -1,4 +1,4 @@
-"""Spend spare GPU memory on less recompute: two ways to checkpoint less than every layer.
+"""How layers are checkpointed: spend spare GPU memory on less recompute, or host memory on less GPU memory.
 
 1. `checkpoint_keep_attention`: keep attention outputs instead of recomputing them.
 
@@ -9,7 +9,11 @@ head_dim + log-sum-exp, ~100 MB per layer at 12K) while recomputing everything e
 so it is an option (`checkpoint_keep_attention`), off by default; `reviewgpt plan` accounts for it.
 
 2. `checkpoint_skip_layers: N`: the last N decoder layers are not checkpointed at all (see
-`keep_last_layers` below); `reviewgpt plan` says how many fit in the GPU's spare memory.
+`checkpoint_layers` below); `reviewgpt plan` says how many fit in the GPU's spare memory, and
+`auto` lets it choose.
+
+3. `checkpoint_offload`: the layers that are checkpointed keep their inputs in host memory
+(reviewgpt.speed.offload), through the same wrapper.
 """
 
 from __future__ import annotations
@@ -59,28 +63,38 @@ def attention_saving_context_fn():
     return functools.partial(create_selective_checkpoint_contexts, save_attention_policy)
 
 
-# --- Keeping some layers' activations: no recompute for the last N decoder layers ---------------
+# --- Which layers are checkpointed, and where their inputs wait -------------------------------
 #
 # transformers 4.38.2 checkpoints every decoder layer or none (`model.gradient_checkpointing`), so a
 # 12K step on an 80 GB card recomputes all 32 Mistral layers while tens of GiB sit unused. The
 # decoder loop calls `self._gradient_checkpointing_func(decoder_layer.__call__, ...)`; wrapping that
-# function lets the chosen layers run plainly (their activations stay until backward) and the rest
-# be checkpointed as before. Which layers does not change the compute or the peak; the last ones
-# are chosen. The Trainer re-enables checkpointing at train() start (replacing the function), so
-# the model's `gradient_checkpointing_enable` is wrapped too, to wrap again after each enable.
+# function lets the chosen layers run plainly (their activations stay until backward), the rest be
+# checkpointed as before and, with `offload`, the checkpointed layers' inputs wait in host memory
+# (reviewgpt.speed.offload). Which layers are kept does not change the compute or the peak; the
+# last ones are chosen. The Trainer re-enables checkpointing at train() start (replacing the
+# function), so the model's `gradient_checkpointing_enable` is wrapped too, to wrap again after
+# each enable.
 
 
-class SkipCheckpointFor:
-    """A `_gradient_checkpointing_func` that runs the given layers without checkpointing."""
+class LayerCheckpointing:
+    """A `_gradient_checkpointing_func`: kept layers run without checkpointing; the others are
+    checkpointed, with their saved inputs in host memory when `offload` is given."""
 
-    def __init__(self, checkpoint_fn, layers):
+    def __init__(self, checkpoint_fn, kept_layers=(), offload=None):
         self.checkpoint_fn = checkpoint_fn
-        self.layer_ids = {id(layer) for layer in layers}
+        self.layer_ids = {id(layer) for layer in kept_layers}
+        self.offload = offload
 
     def __call__(self, fn, *args, **kwargs):
         if id(getattr(fn, "__self__", None)) in self.layer_ids:
             return fn(*args, **kwargs)
-        return self.checkpoint_fn(fn, *args, **kwargs)
+        if self.offload is None:
+            return self.checkpoint_fn(fn, *args, **kwargs)
+        with self.offload.hooks(args):
+            return self.checkpoint_fn(fn, *args, **kwargs)
+
+
+SkipCheckpointFor = LayerCheckpointing  # its name before checkpoint_offload (issue 13)
 
 
 def _decoder_stack(model):
@@ -98,18 +112,19 @@ def _owner_of_enable(model):
     return get_base() if callable(get_base) else model
 
 
-def keep_last_layers(model, n: int) -> int:
-    """Let the last `n` decoder layers skip recompute; returns how many layers that is (0: none)."""
+def checkpoint_layers(model, keep_last: int = 0, offload=None) -> int:
+    """Let the last `keep_last` decoder layers skip recompute and, with `offload` (a HostOffload),
+    keep the other layers' inputs in host memory; returns how many layers are kept."""
     stack = _decoder_stack(model)
-    if stack is None or n <= 0:
+    if stack is None or (keep_last <= 0 and offload is None):
         return 0
-    layers = list(stack.layers)[-n:]
+    layers = list(stack.layers)[-keep_last:] if keep_last > 0 else []
 
     def wrap():
         func = getattr(stack, "_gradient_checkpointing_func", None)
         if func is not None:
-            func = func.checkpoint_fn if isinstance(func, SkipCheckpointFor) else func
-            stack._gradient_checkpointing_func = SkipCheckpointFor(func, layers)
+            func = func.checkpoint_fn if isinstance(func, LayerCheckpointing) else func
+            stack._gradient_checkpointing_func = LayerCheckpointing(func, layers, offload)
 
     owner = _owner_of_enable(model)
     enable = type(owner).gradient_checkpointing_enable
@@ -123,11 +138,16 @@ def keep_last_layers(model, n: int) -> int:
     return len(layers)
 
 
+def keep_last_layers(model, n: int) -> int:
+    """Let the last `n` decoder layers skip recompute; returns how many layers that is (0: none)."""
+    return checkpoint_layers(model, keep_last=n)
+
+
 def recompute_all_layers(model) -> None:
-    """Undo `keep_last_layers`."""
+    """Undo `checkpoint_layers`: every layer checkpointed, inputs on the GPU."""
     owner = _owner_of_enable(model)
     vars(owner).pop("gradient_checkpointing_enable", None)
     stack = _decoder_stack(model)
     func = getattr(stack, "_gradient_checkpointing_func", None) if stack is not None else None
-    if isinstance(func, SkipCheckpointFor):
+    if isinstance(func, LayerCheckpointing):
         stack._gradient_checkpointing_func = func.checkpoint_fn
