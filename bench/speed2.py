@@ -40,13 +40,14 @@ class Row:
 
 
 NONE_KEPT = {"checkpoint_skip_layers": 0}  # the memory rows: what a 24 / 40 GB card gets (auto keeps none there)
+AUTO_KEPT = {"checkpoint_skip_layers": "auto"}  # the recipes keep 0 until this row has been measured
 PLANS = {
     "mistral": ("mistral-7b-instruct-v0.2", 12288, [
-        Row("recipe defaults", 12288, seconds=12),  # checkpoint_skip_layers: auto
+        Row("defaults+checkpoint_skip_layers=auto", 12288, AUTO_KEPT, seconds=12),
         Row("defaults+checkpoint_skip_layers=0", 12288, NONE_KEPT, seconds=12),  # issue 4's defaults
     ]),
     "gemma": ("gemma-7b-it", 8192, [
-        Row("recipe defaults", 8192, seconds=10),
+        Row("defaults+checkpoint_skip_layers=auto", 8192, AUTO_KEPT, seconds=10),
         Row("defaults+checkpoint_skip_layers=0", 8192, NONE_KEPT, seconds=10),
         Row("defaults+checkpoint_skip_layers=0+checkpoint_offload", 32768, {**NONE_KEPT, "checkpoint_offload": True},
             seconds=35),

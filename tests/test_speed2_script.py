@@ -26,14 +26,15 @@ def test_run_and_table_on_a_tiny_model(tiny_mistral, tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     assert speed2.main(["run", "mistral", "--tiny", str(tiny_mistral), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["label"] for r in rows] == ["reference", "recipe defaults, auto(0)",  # no GPU: auto keeps none
+    assert [r["label"] for r in rows] == ["reference", "defaults+checkpoint_skip_layers=auto(0)",  # no GPU: none
                                           "defaults+checkpoint_skip_layers=0"]
     assert rows[0]["fresh_process"] and not any(rows[0]["options"].values())
     assert all(r["seq"] == 12288 // 256 and r["tokens_per_s"] > 0 for r in rows)
     capsys.readouterr()
     assert speed2.main(["table", str(out), "--scale", "256"]) == 0
     text = capsys.readouterr().out
-    assert "| tiny-mistral0 | 48 | recipe defaults, auto(0) |" in text.replace(tiny_mistral.name, "tiny-mistral0")
+    assert "| tiny-mistral0 | 48 | defaults+checkpoint_skip_layers=auto(0) |" in text.replace(tiny_mistral.name,
+                                                                                               "tiny-mistral0")
     assert ">= 1.6x reference" in text and "planner within 10%" in text
 
 
