@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,31 @@ def check_quantization_possible() -> None:
         ) from None
 
 
-def resolve_attention(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if cuda_available():
-        try:
-            import flash_attn  # noqa: F401
+def _flash_attn_imports() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing, or built for another torch/CUDA/ABI
+        return False
+    return True
 
-            return "flash_attention_2"
-        except Exception:  # noqa: BLE001
-            return "sdpa"
-    return "sdpa"
+
+def resolve_attention(requested: str, torch_version: Optional[str] = None) -> str:
+    """The attention kind to load with. "auto": flash-attn 2 on a GPU where it imports, else SDPA.
+    SDPA on a torch that transformers 4.38.2 refuses it for (< 2.1.1, e.g. the cu117 image's 1.13)
+    becomes eager, said in one log line."""
+    if requested == "auto":
+        requested = "flash_attention_2" if cuda_available() and _flash_attn_imports() else "sdpa"
+    if requested == "sdpa" and not torch_support.has("sdpa", torch_version):
+        log.warning("torch %s has no SDPA for transformers 4.38.2 (needs torch >= %s): using eager attention",
+                    torch_version or torch_support.installed_torch_version(), torch_support.FEATURES["sdpa"].since)
+        return "eager"
+    return requested
+
+
+def attention_alternatives(failed: str, torch_version: Optional[str] = None) -> str:
+    """The attention kinds to suggest when `failed` did not load ("sdpa or eager", or "eager")."""
+    kinds = [k for k in ("sdpa", "eager") if k != failed and (k != "sdpa" or torch_support.has("sdpa", torch_version))]
+    return " or ".join(kinds)
 
 
 def load_config(path: str, family: str, attn_implementation: Optional[str] = None):
@@ -200,5 +215,8 @@ def load_base_model(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise UserError(f"could not load the model from {path!r} ({exc}); pass --model DIR.") from None
+    except ImportError as exc:  # an attention kind this stack cannot run (flash-attn not installed, ...)
+        raise UserError(f"could not load {path!r} with {attention} attention ({str(exc).splitlines()[0]}); "
+                        f"pass --attn-implementation {attention_alternatives(attention)}.") from None
     model.config.use_cache = False  # incompatible with gradient checkpointing; generation turns it on
     return model

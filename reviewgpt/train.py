@@ -38,6 +38,7 @@ from reviewgpt.oom import with_oom_recovery
 from reviewgpt.recipe import Recipe, save_recipe
 from reviewgpt.records import Record, load_records, split_by_paper, write_rejects
 from reviewgpt.tokenization import PromptEncoder, ReviewTooLong, pad_batch
+from reviewgpt.torch_support import dataloader_prefetch_factor
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,13 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         deepspeed=os.environ.get("REVIEWGPT_DEEPSPEED_CONFIG") or None,
         # Every LoRA weight gets a gradient; the unused-parameter search only costs time under DDP.
         ddp_find_unused_parameters=False if processes > 1 else None,
+        # The buffers (Gemma's bool causal_mask, rotary tables) never change, so re-broadcasting them every
+        # step is wasted; torch 1.13's gloo cannot broadcast bool tensors at all ("Invalid scalar type").
+        ddp_broadcast_buffers=False if processes > 1 else None,
     )
+    # transformers 4.38.2 hands DataLoader prefetch_factor=None, which torch 1.x refuses; its own check
+    # forbids 2 without workers, so the torch's accepted value is set after it (reviewgpt.torch_support).
+    args.dataloader_prefetch_factor = dataloader_prefetch_factor()
     single_gpu_guard(args)
     return args
 
