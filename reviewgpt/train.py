@@ -28,6 +28,7 @@ import torch
 
 from reviewgpt.distributed import (
     accumulation_per_process,
+    ddp_skip_constant_buffers,
     floats_in_logs,
     is_main_process,
     single_gpu_guard,
@@ -296,9 +297,6 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         deepspeed=os.environ.get("REVIEWGPT_DEEPSPEED_CONFIG") or None,
         # Every LoRA weight gets a gradient; the unused-parameter search only costs time under DDP.
         ddp_find_unused_parameters=False if processes > 1 else None,
-        # The buffers (Gemma's bool causal_mask, rotary tables) never change, so re-broadcasting them every
-        # step is wasted; torch 1.13's gloo cannot broadcast bool tensors at all ("Invalid scalar type").
-        ddp_broadcast_buffers=False if processes > 1 else None,
     )
     # transformers 4.38.2 hands DataLoader prefetch_factor=None, which torch 1.x refuses; its own check
     # forbids 2 without workers, so the torch's accepted value is set after it (reviewgpt.torch_support).
@@ -383,6 +381,8 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         callbacks=[make_log_callback(log_path), *callbacks],
     )
     drop_empty_param_groups(trainer)
+    if world_size() > 1:
+        ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
     apply_speedups(trainer, recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
     started = time.time()
     with trusted_checkpoint_loading(checkpoint):

@@ -67,15 +67,22 @@ def test_training_arguments_give_the_dataloader_what_torch_accepts(monkeypatch, 
     assert training_arguments(recipe, tmp_path, do_eval=False, cuda=False).dataloader_prefetch_factor is None
 
 
-def test_ddp_does_not_broadcast_the_constant_buffers(monkeypatch, tmp_path):
-    """torch 1.13's gloo cannot broadcast Gemma's bool causal_mask buffer; no buffer ever changes."""
-    from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import training_arguments
+def test_ddp_wraps_gemma_without_broadcasting_its_constant_buffers(tiny_gemma, tmp_path):
+    """DDP broadcasts every buffer when it wraps a model; torch 1.13's gloo cannot send Gemma's bool
+    causal_mask ("Invalid scalar type"). One gloo process is enough to go through that broadcast."""
+    import torch.distributed as dist
 
-    recipe = load_recipe("tiny").replace(gradient_accumulation_steps=2)
-    assert training_arguments(recipe, tmp_path, do_eval=False, cuda=False).ddp_broadcast_buffers is None
-    monkeypatch.setattr("reviewgpt.train.world_size", lambda: 2)  # as under torchrun, without a process group
-    assert training_arguments(recipe, tmp_path, do_eval=False, cuda=False).ddp_broadcast_buffers is False
+    from reviewgpt.distributed import ddp_skip_constant_buffers
+
+    model = load_base_model(str(tiny_gemma), "gemma", quantize=False, bf16=False, attn_implementation="eager")
+    names = ddp_skip_constant_buffers(model)
+    assert "model.causal_mask" in names and model.model.causal_mask.dtype == torch.bool
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        assert wrapped.module is model
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("requested, version, expected", [
