@@ -10,10 +10,9 @@ from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
 from reviewgpt.torch_support import dataloader_prefetch_factor
 from tests.test_speed import assert_close, batch, load, loss_and_grads
+from tests.util import needs_rms_norm
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-# torch.nn.functional.rms_norm is torch >= 2.4; the images' torch (1.13, 2.2) has none.
-needs_rms_norm = pytest.mark.skipif(not hasattr(F, "rms_norm"), reason="this torch has no rms_norm (torch < 2.4)")
 
 
 def lora_model(path, dropout=0.1, dtype=torch.float32):
