@@ -1,12 +1,12 @@
-"""nox sessions: `nox` runs what CI runs (tests, lint).
+"""nox sessions: `nox` runs what CI runs (lint, tests, tests_torch22; CI also builds the cpu image).
 
-    nox -s tests        CPU tests, offline (pytest-socket), installed from envs/cpu/requirements.lock
+    nox -s tests            CPU tests, offline (pytest-socket), installed from envs/cpu/requirements.lock
     nox -s tests_torch22    the same suite on torch 2.2.1, the cu118 image's torch (PyPI's build)
-    nox -s lint         ruff + hadolint (docker/Dockerfile)
-    nox -s cu117_image  build reviewgpt:cu117 on a Debian bullseye stand-in; doctor, quickstart, suite inside
-    nox -s lock         re-resolve every envs/<target>/requirements.lock with hashes (uv)
-    nox -s docker       build reviewgpt:<target> images (docker, or podman where no docker engine runs)
-    nox -s docker -- cpu            build one target
+    nox -s lint             ruff + hadolint (docker/Dockerfile)
+    nox -s lock             re-resolve every envs/<target>/requirements.lock with hashes (uv)
+    nox -s docker           build reviewgpt:<target> images (docker, or podman where no docker engine runs)
+    nox -s docker -- cpu    build one target
+    nox -s cu117_image      reviewgpt:cu117 on a Debian bullseye stand-in: doctor, quickstart, suite inside
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "tests_torch22"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
