@@ -32,9 +32,10 @@ FEATURES = {
     "sdpa": Feature("scaled_dot_product_attention for transformers 4.38.2", "2.1.1",
                     "attention 'auto' and 'sdpa' load as eager (more memory at long context)"),
     "rms_norm": Feature("torch.nn.functional.rms_norm", "2.4", "fused_rmsnorm stays off"),
-    # bitsandbytes >= 0.45 registers its ops with torch.library.register_fake at import.
+    # bitsandbytes 0.50.2 registers its ops with torch.library.register_fake when imported (and declares
+    # torch >= 2.4); on torch 2.2.1 training failed at that import.
     "register_fake": Feature("torch.library.register_fake", "2.4",
-                             "bitsandbytes >= 0.45 does not import; the locks' bitsandbytes 0.43.1 does"),
+                             "a bitsandbytes that needs it (0.50.2) does not import; the locks' 0.43.1 does"),
 }
 
 
