@@ -367,7 +367,7 @@ def check_bitsandbytes(env: Environment) -> Check:
         return Check("bitsandbytes", "OK", "not installed (only needed for 4-bit on a GPU)")
     if bnb.error and "register_fake" in bnb.error:
         # Not a CUDA lookup problem: this bitsandbytes registers its ops with an API this torch lacks,
-        # and while it is installed peft (so training) fails at import, GPU or not.
+        # so importing it fails (and training with it), GPU or not.
         since = torch_support.FEATURES["register_fake"].since
         return Check("bitsandbytes", "FAIL",
                      f"bitsandbytes {bnb.version} needs torch >= {since}, this is torch {env.torch_version} "
@@ -487,7 +487,7 @@ def check_torch_features(env: Environment) -> Check:
 
 def check_training_stack(env: Environment) -> Check:
     """The last word on whether this stack can train: trl, and through it transformers, peft,
-    accelerate and datasets (and bitsandbytes / deepspeed where installed), imports."""
+    accelerate and datasets (and deepspeed where installed), imports."""
     if env.trl.version is None:
         return Check("training-stack", "FAIL", "trl is not installed", LOCK_HINT)
     if env.trl.error:
