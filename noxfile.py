@@ -129,7 +129,7 @@ def cu117_image(session: nox.Session) -> None:
     """Build reviewgpt:cu117 from docker/Dockerfile on a debootstrapped Debian bullseye (Python 3.9)
     standing in for the nvidia/cuda bases, without the flash-attn wheel; run `doctor`, the quickstart
     and the CPU suite inside (docker/ci-image.sh cu117). Proves Python 3.9 + torch 1.13.1 + the cu117
-    lock, not CUDA. Needs root (podman, debootstrap); about half an hour on 2 cores."""
+    lock, not CUDA. Needs root (podman, debootstrap); 35-40 minutes on 2 cores."""
     session.run("bash", "docker/ci-image.sh", "cu117", external=True)
 
 
