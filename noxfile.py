@@ -1,23 +1,26 @@
-"""nox sessions: `nox` runs what CI runs (tests, lint).
+"""nox sessions: `nox` runs what CI runs (lint, tests, tests_torch22; CI also builds the cpu image).
 
-    nox -s tests        CPU tests, offline (pytest-socket), installed from envs/cpu/requirements.lock
-    nox -s lint         ruff + hadolint (docker/Dockerfile)
-    nox -s lock         re-resolve every envs/<target>/requirements.lock with hashes (uv)
-    nox -s docker       build reviewgpt:<target> images (docker, or podman where no docker engine runs)
-    nox -s docker -- cpu            build one target
-    nox -s llamafactory  load `data prepare`'s export with LLaMA-Factory's own get_dataset (not run by CI)
+    nox -s tests            CPU tests, offline (pytest-socket), installed from envs/cpu/requirements.lock
+    nox -s tests_torch22    the same suite on torch 2.2.1, the cu118 image's torch (PyPI's build)
+    nox -s lint             ruff + hadolint (docker/Dockerfile)
+    nox -s lock             re-resolve every envs/<target>/requirements.lock with hashes (uv)
+    nox -s docker           build reviewgpt:<target> images (docker, or podman where no docker engine runs)
+    nox -s docker -- cpu    build one target
+    nox -s cu117_image      reviewgpt:cu117 on a Debian bullseye stand-in: doctor, quickstart, suite inside
+    nox -s llamafactory     load `data prepare`'s export with LLaMA-Factory's own get_dataset (not run by CI)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import urllib.request
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "tests_torch22"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -94,6 +97,42 @@ def tests(session: nox.Session) -> None:
     session.install("--require-hashes", "-r", "envs/cpu/requirements.lock")
     session.install("--no-deps", "-e", ".")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE_ENV)
+
+
+def _locked_version(target: str, name: str) -> str:
+    text = Path("envs", target, "requirements.lock").read_text()
+    return re.search(rf"^{re.escape(name)}==(\S+)", text, re.M).group(1)
+
+
+@nox.session(python=PYTHON)
+def tests_torch22(session: nox.Session) -> None:
+    """The CPU suite on torch 2.2.1, the cu118 image's torch: the nearest stand-in reachable here.
+
+    The image's build (2.2.1+cu118) lives only on PyTorch's index; this takes PyPI's 2.2.1 (a CUDA 12.1
+    build, ~3 GB with its nvidia-* libraries, run on the CPU) on this session's Python 3.11 (the image
+    has 3.10), with the cpu lock's other pins as constraints and the cu118 lock's bitsandbytes.
+    """
+    torch = IMAGES["cu118"]["torch"].split("+")[0]
+    bitsandbytes = _locked_version("cu118", "bitsandbytes")
+    # The cpu lock's pins but torch and bitsandbytes; without hashes, since torch 2.2.1 brings packages
+    # (its nvidia-* libraries, triton) that no lock here holds.
+    pins = [line.split(" ")[0] for line in Path("envs/cpu/requirements.lock").read_text().splitlines()
+            if re.match(r"[a-z0-9]", line) and not line.startswith(("torch==", "bitsandbytes=="))]
+    requirements = Path(session.create_tmp(), "cpu-pins-but-torch.txt")
+    requirements.write_text("\n".join(pins) + "\n")
+    session.install("-r", str(requirements), f"torch=={torch}", f"bitsandbytes=={bitsandbytes}")
+    session.install("--no-deps", "-e", ".")
+    session.run("python", "-c", "import torch; assert torch.__version__.startswith('2.2.1'), torch.__version__")
+    session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE_ENV)
+
+
+@nox.session(python=False)
+def cu117_image(session: nox.Session) -> None:
+    """Build reviewgpt:cu117 from docker/Dockerfile on a debootstrapped Debian bullseye (Python 3.9)
+    standing in for the nvidia/cuda bases, without the flash-attn wheel; run `doctor`, the quickstart
+    and the CPU suite inside (docker/ci-image.sh cu117). Proves Python 3.9 + torch 1.13.1 + the cu117
+    lock, not CUDA. Needs root (podman, debootstrap); 35-40 minutes on 2 cores."""
+    session.run("bash", "docker/ci-image.sh", "cu117", external=True)
 
 
 @nox.session(python=PYTHON)
@@ -223,6 +262,8 @@ def docker(session: nox.Session) -> None:
         overrides = {}
         if os.environ.get("REVIEWGPT_BASE_IMAGE"):
             overrides["BASE_IMAGE"] = overrides["RUNTIME_IMAGE"] = os.environ["REVIEWGPT_BASE_IMAGE"]
+        if "REVIEWGPT_FLASH_ATTN_WHEEL" in os.environ:  # "": none (its GitHub release is not reachable here)
+            overrides["FLASH_ATTN_WHEEL"] = os.environ["REVIEWGPT_FLASH_ATTN_WHEEL"]
         extra = []
         if engine[0] == "podman":
             # Network for RUN steps needs chroot isolation; the ulimits keep runc within the sandbox's.

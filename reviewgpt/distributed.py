@@ -33,6 +33,21 @@ ZERO3_REFUSED = (
 )
 
 
+def ddp_skip_constant_buffers(model) -> List[str]:
+    """Keep DDP from broadcasting the model's buffers (returns their names).
+
+    They are constants (Gemma's bool causal_mask, rotary tables), computed alike on every rank; DDP
+    broadcasts all buffers from rank 0 when it wraps the model, and torch 1.13's gloo cannot send a
+    bool tensor ("RuntimeError: Invalid scalar type"). `ddp_broadcast_buffers=False` would skip only
+    the per-step broadcast, not that first one.
+    """
+    import torch
+
+    names = [name for name, _ in model.named_buffers()]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+    return names
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

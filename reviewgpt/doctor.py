@@ -29,6 +29,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from reviewgpt import torch_support
+
 Status = Literal["OK", "WARN", "FAIL"]
 GIB = 1024**3
 # Ask for this much headroom above the estimate: the reference Mistral run at 47 of 48 GB died
@@ -78,6 +80,7 @@ class Environment:
     bitsandbytes: ImportProbe = ImportProbe()
     flash_attn: ImportProbe = ImportProbe()
     deepspeed: ImportProbe = ImportProbe()
+    trl: ImportProbe = ImportProbe()  # the training stack: trl imports transformers, peft, accelerate, datasets
     env: Dict[str, str] = field(default_factory=dict)  # the variables that matter here
 
     def to_dict(self) -> dict:
@@ -237,6 +240,7 @@ def probe_environment() -> Environment:
         bitsandbytes=_probe_bitsandbytes(torch_info.get("cuda_available", False)),
         flash_attn=flash,
         deepspeed=_probe_import("deepspeed", "deepspeed"),
+        trl=_probe_import("trl", "trl"),
         env={name: os.environ[name] for name in _ENV_VARS if name in os.environ},
         **torch_info,
     )
@@ -262,7 +266,8 @@ LOCK_HINT = "pip install --require-hashes -r envs/<target>/requirements.lock (do
 
 
 def check_versions(env: Environment) -> Check:
-    """Every package reviewgpt requires is installed; the `==` pins match exactly."""
+    """Every package reviewgpt requires is installed and satisfies its requirement (`==` pins exactly,
+    floors such as torch>=1.13 too)."""
     problems, matched = [], []
     for text in env.pins:
         req = Requirement(text)
@@ -271,8 +276,9 @@ def check_versions(env: Environment) -> Check:
         installed = env.packages.get(canonicalize_name(req.name))
         if installed is None:
             problems.append(f"{req.name} is not installed (needs {req.specifier})")
-        elif str(req.specifier).startswith("==") and not req.specifier.contains(installed, prereleases=True):
-            problems.append(f"{req.name} {installed} installed, pinned {req.specifier}")
+        elif not req.specifier.contains(installed, prereleases=True):
+            problems.append(f"{req.name} {installed} installed, "
+                            f"{'pinned' if str(req.specifier).startswith('==') else 'needs'} {req.specifier}")
         elif str(req.specifier).startswith("=="):
             matched.append(f"{req.name} {installed}")
     if not env.pins:
@@ -359,6 +365,14 @@ def check_bitsandbytes(env: Environment) -> Check:
             return Check("bitsandbytes", "FAIL", "not installed; the QLoRA recipes load the base in 4-bit",
                          "pip install bitsandbytes==0.43.1 (in the cu117/cu118 locks)")
         return Check("bitsandbytes", "OK", "not installed (only needed for 4-bit on a GPU)")
+    if bnb.error and "register_fake" in bnb.error:
+        # Not a CUDA lookup problem: this bitsandbytes registers its ops with an API this torch lacks,
+        # so importing it fails (and training with it), GPU or not.
+        since = torch_support.FEATURES["register_fake"].since
+        return Check("bitsandbytes", "FAIL",
+                     f"bitsandbytes {bnb.version} needs torch >= {since}, this is torch {env.torch_version} "
+                     f"({bnb.error})",
+                     "pip install bitsandbytes==0.43.1 (the cu117/cu118 locks' pin), or use a torch >= " + since)
     if bnb.error:
         cuda = (env.torch_cuda or "").replace(".", "")
         return Check("bitsandbytes", "FAIL", f"bitsandbytes {bnb.version} did not load its CUDA library ({bnb.error})",
@@ -454,6 +468,34 @@ def check_hf_offline(env: Environment) -> Check:
                  "set HF_HUB_OFFLINE=1 once the model is downloaded")
 
 
+def check_torch_features(env: Environment) -> Check:
+    """What this torch cannot do for the pinned stack (reviewgpt.torch_support) and what runs instead.
+    Only a missing SDPA costs much (eager attention at long context), so only it warns."""
+    if env.torch_version is None:
+        return Check("torch-features", "FAIL", f"torch does not import ({env.torch_error})", LOCK_HINT)
+    missing = torch_support.missing(env.torch_version)
+    if not missing:
+        return Check("torch-features", "OK", f"torch {env.torch_version} has every feature reviewgpt uses")
+    detail = f"torch {env.torch_version} lacks " + "; ".join(
+        f"{f.what} (torch >= {f.since}): {f.without}" for f in missing)
+    if torch_support.FEATURES["sdpa"] in missing:
+        return Check("torch-features", "WARN", detail,
+                     "trains as is; on a GPU the flash-attn wheel (the image's) or the reviewgpt:cu118 image "
+                     "(torch 2.2.1) avoids eager attention")
+    return Check("torch-features", "OK", detail)
+
+
+def check_training_stack(env: Environment) -> Check:
+    """The last word on whether this stack can train: trl, and through it transformers, peft,
+    accelerate and datasets (and deepspeed where installed), imports."""
+    if env.trl.version is None:
+        return Check("training-stack", "FAIL", "trl is not installed", LOCK_HINT)
+    if env.trl.error:
+        return Check("training-stack", "FAIL", f"trl {env.trl.version} does not import ({env.trl.error})",
+                     f"the FAIL lines above name the cause; else reinstall the lock: {LOCK_HINT}")
+    return Check("training-stack", "OK", f"trl {env.trl.version} and the packages it loads import")
+
+
 def estimate_training_bytes(recipe) -> int:
     """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes, with
     the recipe's speed options). A model the planner does not know is taken as its family's 7B."""
@@ -487,6 +529,7 @@ def check_gpu_memory(env: Environment, recipe=None) -> Check:
 CHECKS: List[Callable[[Environment], Check]] = [
     check_versions,
     check_torch_cuda,
+    check_torch_features,
     check_gpus,
     check_bitsandbytes,
     check_flash_attn,
@@ -494,6 +537,7 @@ CHECKS: List[Callable[[Environment], Check]] = [
     check_deepspeed_torch,
     check_datasets_stack,
     check_hf_offline,
+    check_training_stack,
 ]
 
 

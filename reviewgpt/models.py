@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -152,23 +153,39 @@ def check_quantization_possible() -> None:
         ) from None
 
 
-def resolve_attention(requested: str) -> str:
-    """auto: flash-attn 2 on a GPU where it is installed, else sdpa. A flash-attn that is installed
-    but does not import (a wheel built for another torch/CUDA/C++ ABI: "undefined symbol") is said
-    out loud: it would otherwise train silently slower and with more memory."""
-    if requested != "auto":
-        return requested
-    if not cuda_available() or importlib.util.find_spec("flash_attn") is None:
-        return "sdpa"
+def _flash_attn_imports() -> bool:
+    """flash-attn 2 imports. One that is installed but does not import (a wheel built for another
+    torch/CUDA/C++ ABI: "undefined symbol") is said out loud: it would otherwise train silently
+    slower and with more memory."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
     try:
         import flash_attn  # noqa: F401
-
-        return "flash_attention_2"
     except Exception as exc:  # noqa: BLE001 - any import failure (ImportError, OSError from the .so)
         log.warning("flash-attn is installed but does not import (%s: %s); using sdpa attention instead. "
                     "`reviewgpt doctor` shows the fix (a wheel matching this torch, CUDA and C++ ABI).",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return "sdpa"
+        return False
+    return True
+
+
+def resolve_attention(requested: str, torch_version: Optional[str] = None) -> str:
+    """The attention kind to load with. "auto": flash-attn 2 on a GPU where it imports, else SDPA.
+    SDPA on a torch that transformers 4.38.2 refuses it for (< 2.1.1, e.g. the cu117 image's 1.13)
+    becomes eager, said in one log line."""
+    if requested == "auto":
+        requested = "flash_attention_2" if cuda_available() and _flash_attn_imports() else "sdpa"
+    if requested == "sdpa" and not torch_support.has("sdpa", torch_version):
+        log.warning("torch %s has no SDPA for transformers 4.38.2 (needs torch >= %s): using eager attention",
+                    torch_version or torch_support.installed_torch_version(), torch_support.FEATURES["sdpa"].since)
+        return "eager"
+    return requested
+
+
+def attention_alternatives(failed: str, torch_version: Optional[str] = None) -> str:
+    """The attention kinds to suggest when `failed` did not load ("sdpa or eager", or "eager")."""
+    kinds = [k for k in ("sdpa", "eager") if k != failed and (k != "sdpa" or torch_support.has("sdpa", torch_version))]
+    return " or ".join(kinds)
 
 
 def load_config(path: str, family: str, attn_implementation: Optional[str] = None):
@@ -221,6 +238,9 @@ def load_base_model(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise UserError(f"could not load the model from {path!r} ({exc}); pass --model DIR.") from None
+    except ImportError as exc:  # an attention kind this stack cannot run (flash-attn not installed, ...)
+        raise UserError(f"could not load {path!r} with {attention} attention ({str(exc).splitlines()[0]}); "
+                        f"pass --attn-implementation {attention_alternatives(attention)}.") from None
     model.config.use_cache = False  # incompatible with gradient checkpointing; generation turns it on
     return model
 

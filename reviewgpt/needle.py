@@ -206,12 +206,13 @@ def load_needle_model(model_dir: str, attention: str, device: str = "auto"):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from reviewgpt.models import FAMILIES
+    from reviewgpt.models import FAMILIES, attention_alternatives, resolve_attention
 
     if not Path(model_dir).is_dir():
         raise UserError(f"--model {model_dir!r} is not a directory; pass a transformers model directory.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    attention = resolve_attention(attention)  # sdpa is eager on a torch without it (torch < 2.1.1)
     # The attention choice goes into the config: transformers 4.38.2's AutoModel*.from_pretrained drops
     # an `attn_implementation=` keyword when a `config=` is passed too (the model silently gets sdpa).
     config = AutoConfig.from_pretrained(model_dir, attn_implementation=attention)
@@ -223,7 +224,8 @@ def load_needle_model(model_dir: str, attention: str, device: str = "auto"):
         model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=dtype).to(device)
     except (OSError, ValueError, ImportError) as exc:
         raise UserError(
-            f"could not load {model_dir!r} with {attention} attention ({exc}); pass --attention sdpa or eager."
+            f"could not load {model_dir!r} with {attention} attention ({exc}); "
+            f"pass --attention {attention_alternatives(attention)}."
         ) from None
     model.eval()
     log.info(

@@ -29,6 +29,7 @@ import yaml
 
 from reviewgpt.distributed import (
     accumulation_per_process,
+    ddp_skip_constant_buffers,
     floats_in_logs,
     is_main_process,
     single_gpu_guard,
@@ -39,6 +40,7 @@ from reviewgpt.oom import with_oom_recovery
 from reviewgpt.recipe import Recipe, save_recipe
 from reviewgpt.records import Record, load_records, split_by_paper, write_rejects
 from reviewgpt.tokenization import PromptEncoder, ReviewTooLong, pad_batch
+from reviewgpt.torch_support import dataloader_prefetch_factor
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +407,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         # Every LoRA weight gets a gradient; the unused-parameter search only costs time under DDP.
         ddp_find_unused_parameters=False if processes > 1 else None,
     )
+    # transformers 4.38.2 hands DataLoader prefetch_factor=None, which torch 1.x refuses; its own check
+    # forbids 2 without workers, so the torch's accepted value is set after it (reviewgpt.torch_support).
+    args.dataloader_prefetch_factor = dataloader_prefetch_factor()
     single_gpu_guard(args)
     return args
 
@@ -491,6 +496,8 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         callbacks=[make_log_callback(log_path), *callbacks],
     )
     drop_empty_param_groups(trainer)
+    if world_size() > 1:
+        ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
     apply_speedups(trainer, step_recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
     started = time.time()
     with trusted_checkpoint_loading(checkpoint):

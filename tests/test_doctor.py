@@ -42,6 +42,7 @@ HEALTHY = Environment(
     bitsandbytes=ImportProbe("0.43.1"),
     flash_attn=ImportProbe("2.5.6"),
     deepspeed=ImportProbe("0.13.1"),
+    trl=ImportProbe("0.7.11"),
     env={"HF_HUB_OFFLINE": "1"},
 )
 CPU_ONLY = dataclasses.replace(
@@ -88,6 +89,11 @@ def test_version_off_the_pin_fails_with_the_pin_and_the_lock():
 def test_missing_required_package_fails():
     check = doctor.check_versions(with_packages(peft=None))
     assert check.status == "FAIL" and "peft is not installed" in check.detail
+
+
+def test_torch_below_the_floor_fails():
+    check = doctor.check_versions(with_packages(torch="1.12.1"))
+    assert check.status == "FAIL" and "torch 1.12.1 installed, needs >=1.13" in check.detail
 
 
 def test_optional_extras_are_not_version_checked_here():
@@ -145,6 +151,17 @@ def test_bitsandbytes_without_its_cuda_library_names_bnb_cuda_version():
     check = doctor.check_bitsandbytes(env)
     assert check.status == "FAIL"
     assert "BNB_CUDA_VERSION=118" in check.fix and "python -m bitsandbytes" in check.fix
+
+
+@pytest.mark.parametrize("env", [HEALTHY, CPU_ONLY])
+def test_bitsandbytes_that_needs_a_newer_torch_says_so_not_cuda(env):
+    """bitsandbytes 0.50.2 on torch 2.2.1: the import fails (peft's, so training's too), GPU or not."""
+    error = "AttributeError: module 'torch.library' has no attribute 'register_fake'"
+    check = doctor.check_bitsandbytes(dataclasses.replace(env, torch_version="2.2.1",
+                                                          bitsandbytes=ImportProbe("0.50.2", error)))
+    assert check.status == "FAIL"
+    assert check.detail.startswith("bitsandbytes 0.50.2 needs torch >= 2.4, this is torch 2.2.1")
+    assert "bitsandbytes==0.43.1" in check.fix and "BNB_CUDA_VERSION" not in check.fix
 
 
 def test_bitsandbytes_missing_matters_only_with_a_gpu():
@@ -267,7 +284,7 @@ def test_report_prints_status_and_fix_lines():
     text = doctor.format_report(CPU_ONLY, doctor.run_checks(CPU_ONLY))
     assert text.splitlines()[0].startswith("reviewgpt doctor: reviewgpt 0.1.0, Python 3.10.12")
     assert any(line.startswith("WARN  torch-cuda") for line in text.splitlines())
-    assert "fix: " in text and text.splitlines()[-1] == "8 OK, 2 WARN, 0 FAIL"
+    assert "fix: " in text and text.splitlines()[-1] == "10 OK, 2 WARN, 0 FAIL"
 
 
 def test_real_probe_on_this_machine():
@@ -314,3 +331,34 @@ def test_cli_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["doctor", "--help"])
     assert "example:\n  reviewgpt doctor" in capsys.readouterr().out
+
+
+# --- what this torch can do (reviewgpt.torch_support), and whether the training stack imports
+
+def test_cu117_torch_warns_what_it_lacks_and_what_runs_instead():
+    check = doctor.check_torch_features(broken(torch_version="1.13.1+cu117"))
+    assert check.status == "WARN"
+    for said in ("DataLoader(prefetch_factor=None)", "reviewgpt passes prefetch_factor=2",
+                 "scaled_dot_product_attention", "load as eager", "rms_norm (torch >= 2.4): fused_rmsnorm stays off",
+                 "register_fake"):
+        assert said in check.detail
+    assert doctor.exit_code([check]) == 0  # it trains
+
+
+def test_cu118_torch_lacks_only_speed_features():
+    check = doctor.check_torch_features(HEALTHY)
+    assert check.status == "OK" and "fused_rmsnorm stays off" in check.detail and "SDPA" not in check.detail
+    assert doctor.check_torch_features(CPU_ONLY).detail == "torch 2.13.0+cpu has every feature reviewgpt uses"
+
+
+def test_torch_that_does_not_import_fails_the_features_check():
+    check = doctor.check_torch_features(broken(torch_version=None, torch_error="ImportError: libcudnn.so.8"))
+    assert check.status == "FAIL" and "libcudnn" in check.detail
+
+
+def test_a_training_stack_that_does_not_import_fails():
+    error = "AttributeError: module 'torch.library' has no attribute 'register_fake'"
+    checks = by_name(broken(trl=ImportProbe("0.7.11", error)))
+    assert checks["training-stack"].status == "FAIL" and error in checks["training-stack"].detail
+    assert doctor.exit_code(list(checks.values())) == 1
+    assert doctor.check_training_stack(broken(trl=ImportProbe())).status == "FAIL"  # not installed

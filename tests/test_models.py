@@ -4,6 +4,7 @@ import torch
 import reviewgpt
 from reviewgpt.errors import UserError
 from reviewgpt.models import load_base_model, load_config, load_tokenizer
+from tests.util import needs_sdpa
 
 
 def test_qlora_config_is_the_reference_nf4_double_quant_bf16():
@@ -55,7 +56,7 @@ def test_hub_ids_fail_offline_with_the_fix():
         load_tokenizer("google/gemma-7b-it", "gemma")
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("attention", ["eager", pytest.param("sdpa", marks=needs_sdpa)])
 def test_the_asked_attention_is_the_one_loaded(tiny_mistral, attention):
     # transformers 4.38.2 drops attn_implementation= when a config is passed as well.
     model = load_base_model(str(tiny_mistral), "mistral", quantize=False, bf16=False, attn_implementation=attention)

@@ -18,6 +18,7 @@ from reviewgpt.needle import (
     load_filler,
     load_needle_model,
 )
+from tests.util import needs_sdpa
 
 WINDOW, LAYERS = 16, 2
 LENGTH = 160  # far beyond the model's reach of LAYERS x WINDOW = 32 tokens
@@ -31,7 +32,7 @@ def windowed_mistral(tmp_path_factory):
     return build_tiny_model("mistral", tmp_path_factory.mktemp("mistral-w16"), layers=LAYERS, sliding_window=WINDOW)
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(scope="module", params=[pytest.param("sdpa", marks=needs_sdpa), "eager"])
 def loaded(request, windowed_mistral):
     model, tokenizer = load_needle_model(str(windowed_mistral), request.param, device="cpu")
     assert model.config._attn_implementation == request.param  # not silently swapped for another
@@ -55,6 +56,7 @@ def test_text_beyond_the_window_reach_does_not_change_the_needle_loss(loaded):
     assert abs(answer_loss(model, near) - base) > 1e-4
 
 
+@needs_sdpa
 def test_plain_sdpa_forward_would_ignore_the_window(windowed_mistral):
     """Why the needle passes its own mask: transformers 4.38.2's Mistral SDPA path drops the window."""
     import torch

@@ -13,10 +13,14 @@ left alone. On a torch without `rms_norm` nothing is patched.
 
 from __future__ import annotations
 
+import logging
+
+import torch
 import torch.nn.functional as F
 
 from reviewgpt.speed.patching import patch_forward, unpatch_forward
 
+log = logging.getLogger(__name__)
 _RMSNORM_TYPES = ("MistralRMSNorm", "LlamaRMSNorm")
 
 
@@ -30,6 +34,7 @@ def _fused_rmsnorm_forward(self, hidden_states):
 def patch_fused_rmsnorm(model) -> int:
     """Instance-level patch of Mistral/Llama RMSNorm modules; returns how many were patched."""
     if not hasattr(F, "rms_norm"):
+        log.info("torch %s has no rms_norm (torch >= 2.4): fused_rmsnorm stays off", torch.__version__)
         return 0
     norms = (m for m in model.modules() if type(m).__name__ in _RMSNORM_TYPES and hasattr(m, "variance_epsilon"))
     return patch_forward(norms, _fused_rmsnorm_forward)
