@@ -3,7 +3,7 @@
 import json
 import sys
 
-from reviewgpt.sample import sample_records
+from reviewgpt.data.sample import sample_records
 
 path, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 16
 with open(path, "w", encoding="utf-8") as f:

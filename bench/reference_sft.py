@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     from trl import SFTTrainer
 
     import reviewgpt
+    from reviewgpt.data.records import load_records
     from reviewgpt.models import load_config
-    from reviewgpt.records import load_records
 
     records = load_records(args.data).records
     data = Dataset.from_dict({"input": [r.paper for r in records], "output": [r.review for r in records]})

@@ -22,11 +22,11 @@ output = Path(flag["--output"])
 rows = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
 times = [r["time"] for r in rows if "loss" in r]
 steps = [b - a for a, b in zip(times, times[1:])]
+from reviewgpt.data.prompt import get_template  # noqa: E402
+from reviewgpt.data.records import load_records  # noqa: E402
+from reviewgpt.data.tokenization import PromptEncoder  # noqa: E402
 from reviewgpt.models import load_tokenizer  # noqa: E402
-from reviewgpt.prompt import get_template  # noqa: E402
 from reviewgpt.recipe import load_recipe  # noqa: E402
-from reviewgpt.records import load_records  # noqa: E402
-from reviewgpt.tokenization import PromptEncoder  # noqa: E402
 from reviewgpt.train import RECIPE_FILE, tokenize_records  # noqa: E402
 
 recipe = load_recipe(str(output / RECIPE_FILE))

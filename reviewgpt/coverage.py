@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Dict
 
-from reviewgpt.prompt import CRITERIA
+from reviewgpt.data.prompt import CRITERIA
 
 # Names a reviewer gives a section for each criterion (matched as labels only, because words like
 # "issues" or "comments" in running text say nothing about structure).
@@ -97,7 +97,7 @@ def criteria_evidence(review_text: str) -> Dict[str, str | None]:
 
 
 def covered_criteria(review_text: str) -> Dict[str, bool]:
-    """Map each of `reviewgpt.prompt.CRITERIA` to whether `review_text` covers it."""
+    """Map each of `reviewgpt.data.prompt.CRITERIA` to whether `review_text` covers it."""
     return {criterion: found is not None for criterion, found in criteria_evidence(review_text).items()}
 
 

@@ -112,11 +112,11 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     from tqdm.auto import tqdm
 
     from reviewgpt.coverage import covered_criteria
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.records import load_papers
+    from reviewgpt.data.tokenization import PromptEncoder, pad_batch
     from reviewgpt.likelihood import choose_template
     from reviewgpt.models import load_for_inference
-    from reviewgpt.prompt import get_template
-    from reviewgpt.records import load_papers
-    from reviewgpt.tokenization import PromptEncoder, pad_batch
 
     model_dir, output_path = Path(model_dir), Path(output_path)
     papers = load_papers(papers_path)

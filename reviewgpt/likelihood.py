@@ -39,8 +39,8 @@ class EvalSettings:
 
 
 def choose_template(loaded, requested: Optional[str]) -> str:
-    from reviewgpt.prompt import get_template
-    from reviewgpt.tokenization import chat_template_of
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.tokenization import chat_template_of
 
     name = requested or loaded.template or chat_template_of(loaded.tokenizer)
     if not name:
@@ -121,10 +121,10 @@ def evaluate_reviews(model_dir, data_path, settings: EvalSettings = EvalSettings
     import torch
     from tqdm.auto import tqdm
 
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.records import load_records
+    from reviewgpt.data.tokenization import PromptEncoder, ReviewTooLong, pad_batch
     from reviewgpt.models import load_for_inference
-    from reviewgpt.prompt import get_template
-    from reviewgpt.records import load_records
-    from reviewgpt.tokenization import PromptEncoder, ReviewTooLong, pad_batch
 
     records = load_records(data_path).records
     if settings.limit:

@@ -189,7 +189,7 @@ def load_filler(path=None) -> str:
     """Filler text: a .txt file, or the 'paper' (or 'input') texts of a JSONL/JSON data file;
     default: the synthetic sample papers (no data leaves the package)."""
     if path is None:
-        from reviewgpt.sample import sample_records
+        from reviewgpt.data.sample import sample_records
 
         return "\n\n".join(dict.fromkeys(r["paper"] for r in sample_records(n_papers=12, reviews_per_paper=1)))
     path = Path(path)
@@ -197,7 +197,7 @@ def load_filler(path=None) -> str:
         raise UserError(f"--filler {path}: no such file; pass a .txt file or a JSONL file of papers.")
     if path.suffix == ".txt":
         return path.read_text(encoding="utf-8")
-    from reviewgpt.records import load_papers
+    from reviewgpt.data.records import load_papers
 
     return "\n\n".join(p.paper for p in load_papers(path))
 

@@ -16,8 +16,8 @@ from typing import Literal, Optional, Tuple, Union
 
 import yaml
 
+from reviewgpt.data.prompt import TEMPLATES
 from reviewgpt.errors import UserError
-from reviewgpt.prompt import TEMPLATES
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 # A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.plan).

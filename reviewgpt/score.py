@@ -55,7 +55,7 @@ def bootstrap_mean(values: List[float], samples: int = 1000, seed: int = 0) -> t
 
 def read_candidates(path) -> Dict[str, dict]:
     """paper id -> the candidate row (`review` and `paper_id` or `id`), one per paper."""
-    from reviewgpt.records import json_objects
+    from reviewgpt.data.records import json_objects
 
     candidates: Dict[str, dict] = {}
     for source, obj in json_objects(path):
@@ -74,7 +74,7 @@ def read_candidates(path) -> Dict[str, dict]:
 
 def read_references(path) -> Dict[str, List[str]]:
     """paper id -> its human reviews, from a records file."""
-    from reviewgpt.records import load_records
+    from reviewgpt.data.records import load_records
 
     references: Dict[str, List[str]] = {}
     for record in load_records(path).records:

@@ -53,8 +53,8 @@ CHAT_TEMPLATES = {
 
 
 def _corpus():
-    from reviewgpt.prompt import INSTRUCTION, TEMPLATES
-    from reviewgpt.sample import sample_records
+    from reviewgpt.data.prompt import INSTRUCTION, TEMPLATES
+    from reviewgpt.data.sample import sample_records
 
     texts = [INSTRUCTION] + [t.head + t.tail for t in TEMPLATES.values()]
     for r in sample_records(n_papers=12, reviews_per_paper=1, seed=1):

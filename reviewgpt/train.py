@@ -1,7 +1,7 @@
 """Train: records -> tokenized examples (review kept whole) -> trl SFTTrainer (QLoRA) -> adapter.
 
 The data is tokenized here, not by trl: trl 0.7.11 cuts the tail of each text, i.e. the review
-(see `reviewgpt.tokenization`). SFTTrainer is given a torch Dataset, which it passes through
+(see `reviewgpt.data.tokenization`). SFTTrainer is given a torch Dataset, which it passes through
 untouched, and a collator that pads labels with -100.
 
 Re-running the same command after a crash resumes from the newest *complete* checkpoint
@@ -27,6 +27,8 @@ from typing import List, Optional, Sequence
 import torch
 import yaml
 
+from reviewgpt.data.records import Record, load_records, split_by_paper, write_rejects
+from reviewgpt.data.tokenization import PromptEncoder, ReviewTooLong, pad_batch
 from reviewgpt.distributed import (
     accumulation_per_process,
     ddp_skip_constant_buffers,
@@ -38,8 +40,6 @@ from reviewgpt.distributed import (
 from reviewgpt.errors import UserError
 from reviewgpt.oom import with_oom_recovery
 from reviewgpt.recipe import Recipe, save_recipe
-from reviewgpt.records import Record, load_records, split_by_paper, write_rejects
-from reviewgpt.tokenization import PromptEncoder, ReviewTooLong, pad_batch
 from reviewgpt.torch_support import dataloader_prefetch_factor
 
 log = logging.getLogger(__name__)
@@ -421,9 +421,9 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     from transformers import set_seed
     from trl import SFTTrainer
 
+    from reviewgpt.data.prompt import get_template, make_formatting_func
     from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
     from reviewgpt.plan import check_fits, with_planned_layers
-    from reviewgpt.prompt import get_template, make_formatting_func
     from reviewgpt.speed import apply_speedups
 
     if not recipe.model:

@@ -56,7 +56,7 @@ def mistral_tokenizer(folder: Path) -> Path:
 
 
 def synthetic_data(path: Path) -> Path:
-    from reviewgpt.sample import sample_records
+    from reviewgpt.data.sample import sample_records
 
     records = sample_records(n_papers=12, reviews_per_paper=1, seed=11)
     with open(path, "w", encoding="utf-8") as f:

@@ -75,6 +75,6 @@ def llama_tokenizer(tiny_llama):
 
 @pytest.fixture(scope="session")
 def sample_file(tmp_path_factory):
-    from reviewgpt.sample import write_sample
+    from reviewgpt.data.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("data") / "sample.jsonl", n_papers=8, reviews_per_paper=2)

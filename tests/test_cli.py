@@ -101,9 +101,9 @@ def test_data_check_counts_invalid_and_unfit_records_and_fails(tmp_path, tiny_ge
 
 
 def test_data_check_names_the_invalid_records_and_the_length_every_review_fits(tmp_path, tiny_gemma, capsys):
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.tokenization import PromptEncoder
     from reviewgpt.models import load_tokenizer
-    from reviewgpt.prompt import get_template
-    from reviewgpt.tokenization import PromptEncoder
 
     reviews = ["Fine. " * n for n in (10, 20, 40, 80, 160, 320)]
     data = write_jsonl(tmp_path / "d.jsonl", [{"paper": "A paper. " * 30, "review": r} for r in reviews]
@@ -243,9 +243,9 @@ def test_data_prepare_trims_the_llamafactory_export_so_its_cutoff_never_reaches_
                                                                                           capsys):
     from transformers import AutoTokenizer
 
-    from reviewgpt.llamafactory import LF_TEMPLATES, row_lengths
-    from reviewgpt.sample import sample_records
-    from reviewgpt.tokenization import CUT_MARKER
+    from reviewgpt.data.llamafactory import LF_TEMPLATES, row_lengths
+    from reviewgpt.data.sample import sample_records
+    from reviewgpt.data.tokenization import CUT_MARKER
 
     records = sample_records(n_papers=6, reviews_per_paper=1, seed=5)
     records = [{**r, "paper": r["paper"] * (1 if i == 0 else 4)} for i, r in enumerate(records)]  # 5 too long
@@ -274,8 +274,8 @@ def test_data_prepare_trims_the_llamafactory_export_so_its_cutoff_never_reaches_
 
 @pytest.mark.parametrize("template", ["mistral-inst", "gemma-it"])
 def test_the_llamafactory_export_spaces_instruction_and_paper_as_reviewgpt_does(template):
-    from reviewgpt.llamafactory import EXPORT_INSTRUCTION
-    from reviewgpt.prompt import make_formatting_func
+    from reviewgpt.data.llamafactory import EXPORT_INSTRUCTION
+    from reviewgpt.data.prompt import make_formatting_func
 
     lf_user_turn = "\n".join([EXPORT_INSTRUCTION, "PAPER TEXT"])  # llmtuner 0.6.3's convert_alpaca
     assert lf_user_turn in make_formatting_func(template)({"paper": "PAPER TEXT", "review": "R"})

@@ -3,8 +3,8 @@
 import pytest
 
 from reviewgpt.coverage import coverage_fraction, covered_criteria, criteria_evidence
-from reviewgpt.prompt import CRITERIA
-from reviewgpt.sample import sample_records
+from reviewgpt.data.prompt import CRITERIA
+from reviewgpt.data.sample import sample_records
 
 NOVELTY, ACCEPT, REJECT, SUGGEST = CRITERIA
 

@@ -1,7 +1,7 @@
 import pytest
 
 import reviewgpt
-from reviewgpt.prompt import TEMPLATES, make_formatting_func
+from reviewgpt.data.prompt import TEMPLATES, make_formatting_func
 
 REFERENCE_TEXT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

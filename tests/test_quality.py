@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from reviewgpt.cli import main
+from reviewgpt.data.records import load_papers, load_records
 from reviewgpt.errors import UserError
 from reviewgpt.likelihood import EvalSettings, batches_by_tokens, evaluate_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
-from reviewgpt.records import load_papers, load_records
 from reviewgpt.score import repetition, score_reviews
 from reviewgpt.train import train
 from tests.util import write_jsonl
@@ -32,9 +32,9 @@ def llama_run(tiny_llama, sample_file, tmp_path_factory):
 
 def _by_hand(model_dir, records, template, max_length):
     """Mean review-token NLL from the plain model forward and CrossEntropy, one record at a time."""
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.tokenization import PromptEncoder
     from reviewgpt.models import load_for_inference
-    from reviewgpt.prompt import get_template
-    from reviewgpt.tokenization import PromptEncoder
 
     loaded = load_for_inference(model_dir)
     encoder = PromptEncoder(loaded.tokenizer, get_template(template))

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from reviewgpt.data.prompt import INSTRUCTION
+from reviewgpt.data.records import export_alpaca, load_papers, load_records, split_by_paper, write_rejects
 from reviewgpt.errors import UserError
-from reviewgpt.prompt import INSTRUCTION
-from reviewgpt.records import export_alpaca, load_papers, load_records, split_by_paper, write_rejects
 from tests.util import write_jsonl
 
 GOOD = {"paper": "a paper", "review": "a review"}

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reviewgpt.prompt import TEMPLATES, get_template, make_formatting_func
-from reviewgpt.tokenization import (
+from reviewgpt.data.prompt import TEMPLATES, get_template, make_formatting_func
+from reviewgpt.data.tokenization import (
     CUT_MARKER,
     IGNORE_INDEX,
     PromptEncoder,

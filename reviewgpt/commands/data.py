@@ -72,12 +72,24 @@ def register(subparsers) -> None:
     prep.set_defaults(func=run_prepare)
 
 
+def _tokenizer_of(recipe, tokenizer_dir, fix: str):
+    """The recipe's tokenizer (or --tokenizer's), loaded with the pad policy training uses."""
+    from reviewgpt.errors import UserError
+    from reviewgpt.models import load_tokenizer
+
+    path = tokenizer_dir or recipe.tokenizer or recipe.model
+    if not path:
+        raise UserError(f"recipe {recipe.name!r} names no model; pass --tokenizer DIR{fix}.")
+    return load_tokenizer(path, recipe.family)
+
+
 def run_check(args) -> int:
-    from reviewgpt.datacheck import check_data
+    from reviewgpt.data.check import check_data
     from reviewgpt.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    stats = check_data(args.file, recipe, args.tokenizer, args.max_length, skip_invalid=True,
+    stats = check_data(args.file, _tokenizer_of(recipe, args.tokenizer, " to count tokens"), recipe.template,
+                       args.max_length or recipe.max_seq_length, recipe.name, skip_invalid=True,
                        rejects_path=args.rejects)
     print(f"{stats['valid']} valid of {stats['records']} records ({stats['invalid']} invalid, "
           f"{stats['duplicates']} duplicates) over {stats['papers']} papers")
@@ -100,11 +112,12 @@ def run_check(args) -> int:
 def run_show(args) -> int:
     import sys
 
-    from reviewgpt.datacheck import show_example
+    from reviewgpt.data.check import show_example
     from reviewgpt.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, {"template": args.template})
-    shown = show_example(args.file, recipe, args.tokenizer, args.index, args.max_length)
+    shown = show_example(args.file, _tokenizer_of(recipe, args.tokenizer, ""), recipe.template,
+                         args.max_length or recipe.max_seq_length, recipe.loss_on, args.index)
     color = sys.stdout.isatty()
     print(f"{shown['source']}: {shown['tokens']} tokens with {shown['template']} at max_length {shown['max_length']}, "
           f"{shown['tokens_with_loss']} with loss; paper {shown['paper_tokens']} -> {shown['paper_kept']} tokens, "
@@ -125,8 +138,8 @@ def run_show(args) -> int:
 
 
 def run_prepare(args) -> int:
+    from reviewgpt.data.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
     from reviewgpt.errors import UserError
-    from reviewgpt.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
 
     if (args.tokenizer is None) != (args.max_length is None):
         raise UserError("--tokenizer and --max-length go together: the tokenizer counts the tokens that "
@@ -141,7 +154,7 @@ def run_prepare(args) -> int:
     write_jsonl(evals, out / "eval.jsonl")
     exported, trimmed = {"paper_review": train, **({"paper_review_eval": evals} if evals else {})}, 0
     if args.tokenizer:  # train.jsonl/eval.jsonl stay whole: `reviewgpt train` trims them itself
-        from reviewgpt.llamafactory import fit_records
+        from reviewgpt.data.llamafactory import fit_records
         from reviewgpt.models import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, "llama")

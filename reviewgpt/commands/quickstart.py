@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from reviewgpt.cli import main
+    from reviewgpt.data.sample import write_sample
     from reviewgpt.errors import UserError
-    from reviewgpt.sample import write_sample
 
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)

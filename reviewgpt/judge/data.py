@@ -40,7 +40,7 @@ class Pair:
 
 
 def load_reviews(path) -> List[ReviewEntry]:
-    from reviewgpt.records import _digest, json_objects
+    from reviewgpt.data.records import _digest, json_objects
 
     path = Path(path)
     entries = []
@@ -75,7 +75,7 @@ def load_reviews(path) -> List[ReviewEntry]:
 
 def load_paper_texts(path) -> Dict[str, str]:
     """{paper_id: paper text} from a data file, so the judge sees the paper (`--papers FILE`)."""
-    from reviewgpt.records import load_papers
+    from reviewgpt.data.records import load_papers
 
     return {p.id: p.paper for p in load_papers(path)}
 

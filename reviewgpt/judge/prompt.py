@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping
 
-from reviewgpt.prompt import CRITERIA
+from reviewgpt.data.prompt import CRITERIA
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 

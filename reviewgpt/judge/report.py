@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reviewgpt.prompt import CRITERIA
+from reviewgpt.data.prompt import CRITERIA
 
 
 def _pct(x) -> str:

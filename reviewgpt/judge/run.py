@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from reviewgpt.coverage import covered_criteria
+from reviewgpt.data.prompt import CRITERIA
 from reviewgpt.judge.cache import CACHE_FILE, VerdictCache, cache_key
 from reviewgpt.judge.client import JudgeRequestError
 from reviewgpt.judge.data import Pair, load_paper_texts, load_reviews, make_pairs
@@ -36,7 +37,6 @@ from reviewgpt.judge.prompt import (
     trim_paper,
 )
 from reviewgpt.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
-from reviewgpt.prompt import CRITERIA
 
 log = logging.getLogger(__name__)
 

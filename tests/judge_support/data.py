@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from reviewgpt.sample import sample_records
+from reviewgpt.data.sample import sample_records
 
 CANDIDATE_MARK = "CANDIDATE-REVIEW"
 REFERENCE_MARK = "REFERENCE-REVIEW"

@@ -227,9 +227,9 @@ def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:
     The reference recipe trained Mistral through LLaMA-Factory this way: instruction = the
     reviewer instruction, input = the paper, output = the review. Returns dataset_info's path.
     The instruction ends in a newline: LLaMA-Factory joins it to the paper with another
-    (reviewgpt.llamafactory), so the user turn reads `INSTRUCTION\n\nPAPER` as reviewgpt's do.
+    (reviewgpt.data.llamafactory), so the user turn reads `INSTRUCTION\n\nPAPER` as reviewgpt's do.
     """
-    from reviewgpt.llamafactory import EXPORT_INSTRUCTION
+    from reviewgpt.data.llamafactory import EXPORT_INSTRUCTION
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The reviewer prompt, its templates, and trl's `formatting_func`.
 
 A template writes a training text as five parts, so that tokenization can trim the paper and
-keep the review whole (see `reviewgpt.tokenization`):
+keep the review whole (see `reviewgpt.data.tokenization`):
 
     head + {paper} + tail + {review} + end
 

@@ -35,8 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from reviewgpt.data.prompt import Template
 from reviewgpt.errors import UserError
-from reviewgpt.prompt import Template
 
 IGNORE_INDEX = -100
 CUT_MARKER = "\n[... the rest of the paper was cut to fit the context ...]\n"
@@ -275,7 +275,7 @@ def reference_ids(tokenizer, template: Template, paper: str, review: Optional[st
     """The ids the model's own tooling makes of this text: `apply_chat_template` of the two-turn
     conversation for a chat format (the tokenizer must carry that format's chat template), trl
     0.7.11's `tokenizer(text)` for an Alpaca text (review None: the generation prompt)."""
-    from reviewgpt.prompt import INSTRUCTION
+    from reviewgpt.data.prompt import INSTRUCTION
 
     if template.chat:
         conversation = [{"role": "user", "content": f"{INSTRUCTION}\n\n{template.content(paper)}"}]
@@ -318,7 +318,7 @@ def pad_batch(features: Sequence[dict], pad_token_id: int, pad_to_multiple_of: O
 
 def chat_template_of(tokenizer) -> Optional[str]:
     """The name of the built-in chat format that the tokenizer's own chat template writes, if any."""
-    from reviewgpt.prompt import INSTRUCTION, TEMPLATES
+    from reviewgpt.data.prompt import INSTRUCTION, TEMPLATES
 
     if not getattr(tokenizer, "chat_template", None):
         return None

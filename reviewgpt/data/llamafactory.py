@@ -24,8 +24,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
+from reviewgpt.data.prompt import INSTRUCTION
 from reviewgpt.errors import UserError
-from reviewgpt.prompt import INSTRUCTION
 
 # What the Alpaca export writes as `instruction` (see the module docstring).
 EXPORT_INSTRUCTION = INSTRUCTION + "\n"
@@ -71,7 +71,7 @@ def row_lengths(tokenizer, template: LFTemplate, instruction: str, paper: str, r
 
 def fit_paper(tokenizer, template: LFTemplate, paper: str, review: str, cutoff: int, source: str = "") -> str:
     """`paper`, its head cut (and the cut marked) so the row stays one token under `cutoff`."""
-    from reviewgpt.tokenization import CUT_MARKER
+    from reviewgpt.data.tokenization import CUT_MARKER
 
     def excess(text: str) -> int:
         return sum(row_lengths(tokenizer, template, EXPORT_INSTRUCTION, text, review)) - (cutoff - 1)

@@ -1,5 +1,8 @@
 """`data check`: validate a data file and count, with the recipe's tokenizer and template, what
-training would do to each record."""
+training would do to each record; `data show`: one record as the model will see it.
+
+The caller loads the tokenizer (reviewgpt.models.load_tokenizer, the one pad policy): nothing in
+reviewgpt.data loads a model."""
 
 from __future__ import annotations
 
@@ -8,10 +11,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from reviewgpt.data.records import load_records, write_rejects
+from reviewgpt.data.tokenization import PromptEncoder
 from reviewgpt.errors import UserError
-from reviewgpt.recipe import Recipe
-from reviewgpt.records import load_records, write_rejects
-from reviewgpt.tokenization import PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +35,18 @@ def length_fitting(sorted_needs, share: float) -> int:
 INVALID_SHOWN = 5  # invalid records named in the summary; --rejects writes them all
 
 
-def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_length: Optional[int] = None,
+def check_data(path, tokenizer, template: str, max_length: int, recipe_name: Optional[str] = None,
                skip_invalid: bool = True, rejects_path=None) -> dict:
-    """Counts for a data file. Invalid records are counted (and written to `rejects_path`);
-    with `skip_invalid=False` the first one stops with its file:line."""
+    """Counts for a data file with `template` at `max_length` tokens. Invalid records are counted
+    (and written to `rejects_path`); with `skip_invalid=False` the first one stops with its file:line."""
     from tqdm.auto import tqdm
 
-    from reviewgpt.models import load_tokenizer
-    from reviewgpt.prompt import get_template
+    from reviewgpt.data.prompt import get_template
 
-    max_length = max_length or recipe.max_seq_length
-    tokenizer_path = tokenizer_path or recipe.tokenizer or recipe.model
-    if not tokenizer_path:
-        raise UserError(f"recipe {recipe.name!r} names no model; pass --tokenizer DIR to count tokens.")
     loaded = load_records(path, skip_invalid=skip_invalid)
     if loaded.rejected and rejects_path:
         write_rejects(loaded.rejected, rejects_path)
-    tokenizer = load_tokenizer(tokenizer_path, recipe.family)
-    encoder = PromptEncoder(tokenizer, get_template(recipe.template))
+    encoder = PromptEncoder(tokenizer, get_template(template))
     lengths, needs, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], [], 0, 0, 0
     for record in tqdm(loaded.records, desc="counting tokens", unit="rec", disable=len(loaded.records) < 50):
         encoded = encoder.encode_text(record.paper, record.review)
@@ -68,8 +64,8 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
     needs.sort()
     return {
         "file": str(Path(path)),
-        "recipe": recipe.name,
-        "template": recipe.template,
+        "recipe": recipe_name,
+        "template": template,
         "max_length": max_length,
         "records": loaded.total,
         "valid": len(loaded.records),
@@ -89,28 +85,21 @@ def check_data(path, recipe: Recipe, tokenizer_path: Optional[str] = None, max_l
     }
 
 
-def show_example(path, recipe: Recipe, tokenizer_path: Optional[str] = None, index: int = 0,
-                 max_length: Optional[int] = None) -> dict:
+def show_example(path, tokenizer, template_name: str, max_length: int, loss_on: str = "review",
+                 index: int = 0) -> dict:
     """One record as a training example: its ids, labels, decoded parts with and without loss, and
     whether an untrimmed example equals the ids of the model's own tooling."""
-    from reviewgpt.errors import UserError
-    from reviewgpt.models import load_tokenizer
-    from reviewgpt.prompt import get_template
-    from reviewgpt.tokenization import IGNORE_INDEX, ReviewTooLong, reference_ids
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.tokenization import IGNORE_INDEX, ReviewTooLong, reference_ids
 
-    max_length = max_length or recipe.max_seq_length
-    tokenizer_path = tokenizer_path or recipe.tokenizer or recipe.model
-    if not tokenizer_path:
-        raise UserError(f"recipe {recipe.name!r} names no model; pass --tokenizer DIR.")
     records = load_records(path).records
     if not 0 <= index < len(records):
         raise UserError(f"--index {index}: {path} has {len(records)} valid record(s); pass 0 to {len(records) - 1}.")
     record = records[index]
-    tokenizer = load_tokenizer(tokenizer_path, recipe.family)
-    template = get_template(recipe.template)
+    template = get_template(template_name)
     encoder = PromptEncoder(tokenizer, template)
     try:
-        example = encoder.encode_example(record.paper, record.review, max_length, recipe.loss_on)
+        example = encoder.encode_example(record.paper, record.review, max_length, loss_on)
     except ReviewTooLong as exc:
         raise UserError(f"{record.source}: {exc}; pass a larger --max-length.") from None
     parts, start = [], 0
