@@ -72,7 +72,7 @@ def random_weights(arch: Architecture, directory) -> Path:
     """A bf16 safetensors checkpoint of `arch` with random weights (+ a local tokenizer), made once."""
     from transformers import AutoModelForCausalLM
 
-    from reviewgpt.tiny import build_tokenizer
+    from reviewgpt.env.tiny import build_tokenizer
 
     directory = Path(directory)
     if (directory / "config.json").is_file():

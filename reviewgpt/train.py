@@ -37,10 +37,10 @@ from reviewgpt.distributed import (
     single_gpu_guard,
     world_size,
 )
+from reviewgpt.env.torch_support import dataloader_prefetch_factor
 from reviewgpt.errors import UserError
 from reviewgpt.oom import with_oom_recovery
 from reviewgpt.recipe import Recipe, save_recipe
-from reviewgpt.torch_support import dataloader_prefetch_factor
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         ddp_find_unused_parameters=False if processes > 1 else None,
     )
     # transformers 4.38.2 hands DataLoader prefetch_factor=None, which torch 1.x refuses; its own check
-    # forbids 2 without workers, so the torch's accepted value is set after it (reviewgpt.torch_support).
+    # forbids 2 without workers, so the torch's accepted value is set after it (reviewgpt.env.torch_support).
     args.dataloader_prefetch_factor = dataloader_prefetch_factor()
     single_gpu_guard(args)
     return args

@@ -28,21 +28,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory):
-    from reviewgpt.tiny import build_tiny_model
+    from reviewgpt.env.tiny import build_tiny_model
 
     return build_tiny_model("gemma", tmp_path_factory.mktemp("tiny-gemma"))
 
 
 @pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory):
-    from reviewgpt.tiny import build_tiny_model
+    from reviewgpt.env.tiny import build_tiny_model
 
     return build_tiny_model("mistral", tmp_path_factory.mktemp("tiny-mistral"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from reviewgpt.tiny import build_tiny_model
+    from reviewgpt.env.tiny import build_tiny_model
 
     return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from reviewgpt.env.tiny import build_tiny_model
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
-from reviewgpt.tiny import build_tiny_model
 from reviewgpt.train import train
 from tests.util import assert_merged_like_adapter
 

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from reviewgpt.env.torch_support import dataloader_prefetch_factor
 from reviewgpt.speed.checkpointing import keep_last_layers, recompute_all_layers
 from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
-from reviewgpt.torch_support import dataloader_prefetch_factor
 from tests.test_speed import assert_close, batch, load, loss_and_grads
 from tests.util import needs_rms_norm
 

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from reviewgpt import torch_support
+from reviewgpt.env import torch_support
 
 Status = Literal["OK", "WARN", "FAIL"]
 GIB = 1024**3
@@ -207,7 +207,8 @@ def _pins() -> Tuple[str, ...]:
     run through PYTHONPATH (as on a machine where packages were installed with --target)."""
     if _version("reviewgpt"):
         return tuple(metadata.requires("reviewgpt") or ())
-    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                             "pyproject.toml")  # reviewgpt/env/doctor.py -> the checkout
     try:
         import tomllib
     except ImportError:  # Python < 3.11
@@ -469,7 +470,7 @@ def check_hf_offline(env: Environment) -> Check:
 
 
 def check_torch_features(env: Environment) -> Check:
-    """What this torch cannot do for the pinned stack (reviewgpt.torch_support) and what runs instead.
+    """What this torch cannot do for the pinned stack (reviewgpt.env.torch_support) and what runs instead.
     Only a missing SDPA costs much (eager attention at long context), so only it warns."""
     if env.torch_version is None:
         return Check("torch-features", "FAIL", f"torch does not import ({env.torch_error})", LOCK_HINT)
