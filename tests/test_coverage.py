@@ -2,9 +2,9 @@
 
 import pytest
 
-from reviewgpt.coverage import coverage_fraction, covered_criteria, criteria_evidence
 from reviewgpt.data.prompt import CRITERIA
 from reviewgpt.data.sample import sample_records
+from reviewgpt.eval.coverage import coverage_fraction, covered_criteria, criteria_evidence
 
 NOVELTY, ACCEPT, REJECT, SUGGEST = CRITERIA
 

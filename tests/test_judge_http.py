@@ -17,10 +17,10 @@ import time
 import pytest
 
 from reviewgpt.cli import main
-from reviewgpt.judge.cache import CACHE_FILE
-from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig, JudgeRequestError
-from reviewgpt.judge.prompt import JUDGE_PROMPT_VERSION, QUESTIONS
-from reviewgpt.judge.run import JudgeRunConfig, run_judge
+from reviewgpt.eval.judge.cache import CACHE_FILE
+from reviewgpt.eval.judge.client import ChatCompletionsClient, HTTPJudgeConfig, JudgeRequestError
+from reviewgpt.eval.judge.prompt import JUDGE_PROMPT_VERSION, QUESTIONS
+from reviewgpt.eval.judge.run import JudgeRunConfig, run_judge
 from tests.judge_support.data import CANDIDATE_MARK, judge_args, write_review_files
 from tests.judge_support.server import FakeJudgeServer, Reply, candidate_is, verdict_json
 

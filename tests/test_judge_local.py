@@ -7,9 +7,9 @@ import json
 import pytest
 
 from reviewgpt.cli import main
-from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
-from reviewgpt.judge.prompt import QUESTIONS, WINNERS, build_messages
-from reviewgpt.judge.run import JudgeRunConfig, run_judge
+from reviewgpt.eval.judge.local import LocalJudge, LocalJudgeConfig
+from reviewgpt.eval.judge.prompt import QUESTIONS, WINNERS, build_messages
+from reviewgpt.eval.judge.run import JudgeRunConfig, run_judge
 from tests.judge_support.data import judge_args, write_review_files
 
 
@@ -27,7 +27,7 @@ def test_forced_choice_scores_are_the_models_own_log_probabilities(judge):
     scores = judge.answer_logprobs(MESSAGES)
     assert set(scores) == set(QUESTIONS) and all(set(s) == set(WINNERS) for s in scores.values())
     # Recompute one answer from scratch with the model's full forward pass (no prefix cache, no trick).
-    from reviewgpt.judge.local import _encode, render_chat
+    from reviewgpt.eval.judge.local import _encode, render_chat
 
     prompt = render_chat(judge.tokenizer, MESSAGES)
     full = {w: _encode(judge.tokenizer, f'{prompt}{{"overall": {{"winner": "{w}"') for w in WINNERS}
@@ -114,8 +114,8 @@ def test_a_paper_longer_than_the_judges_context_is_trimmed_in_tokens_and_counted
     assert summary["papers_trimmed_to_judge_context"] == 2 and summary["judged_pairs"] == 2
     assert "2 paper(s) trimmed to the judge's context" in capsys.readouterr().out
 
-    from reviewgpt.judge.local import _encode, render_chat
-    from reviewgpt.judge.prompt import TRUNCATION_MARK
+    from reviewgpt.eval.judge.local import _encode, render_chat
+    from reviewgpt.eval.judge.prompt import TRUNCATION_MARK
 
     judge = LocalJudge(LocalJudgeConfig(model_dir=str(judge_dir)))
     paper, trimmed = judge.fit_paper("Review one.", "Review two.", rows[0]["paper"] * 8)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from reviewgpt.errors import UserError
-from reviewgpt.judge.data import load_reviews, make_pairs
-from reviewgpt.judge.prompt import (
+from reviewgpt.eval.judge.data import load_reviews, make_pairs
+from reviewgpt.eval.judge.prompt import (
     QUESTIONS,
     UnparsableVerdict,
     Verdict,
@@ -16,7 +16,7 @@ from reviewgpt.judge.prompt import (
     parse_verdict,
     trim_paper,
 )
-from reviewgpt.judge.stats import is_position_consistent, pair_score, summarize, wilson_interval, win_rate
+from reviewgpt.eval.judge.stats import is_position_consistent, pair_score, summarize, wilson_interval, win_rate
 from tests.judge_support.server import verdict_json
 
 

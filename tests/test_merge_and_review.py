@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
-from reviewgpt.generate import GenerationSettings, generate_reviews
+from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
 from reviewgpt.train import train

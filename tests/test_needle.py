@@ -10,7 +10,7 @@ import pytest
 
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
-from reviewgpt.needle import (
+from reviewgpt.eval.needle import (
     NeedleConfig,
     answer_loss,
     build_haystack,
@@ -61,7 +61,7 @@ def test_plain_sdpa_forward_would_ignore_the_window(windowed_mistral):
     """Why the needle passes its own mask: transformers 4.38.2's Mistral SDPA path drops the window."""
     import torch
 
-    from reviewgpt.judge.scoring import continuation_logprobs
+    from reviewgpt.eval.judge.scoring import continuation_logprobs
 
     model, tokenizer = load_needle_model(str(windowed_mistral), "sdpa", device="cpu")
     filler = tokenizer(load_filler(), add_special_tokens=False)["input_ids"]

@@ -10,10 +10,10 @@ import torch
 from reviewgpt.cli import main
 from reviewgpt.data.records import load_papers, load_records
 from reviewgpt.errors import UserError
-from reviewgpt.likelihood import EvalSettings, batches_by_tokens, evaluate_reviews
+from reviewgpt.eval.likelihood import EvalSettings, batches_by_tokens, evaluate_reviews
+from reviewgpt.eval.score import repetition, score_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
-from reviewgpt.score import repetition, score_reviews
 from reviewgpt.train import train
 from tests.util import write_jsonl
 
@@ -127,7 +127,7 @@ def test_score_against_the_human_reviews(tmp_path, sample_file):
 
 
 def test_report_shows_the_scores(tmp_path, sample_file):
-    from reviewgpt.report import build_report
+    from reviewgpt.eval.report import build_report
 
     records = load_records(sample_file).records
     write_jsonl(tmp_path / "c.jsonl", [{"paper_id": records[0].paper_id, "review": records[0].review}])
@@ -197,7 +197,7 @@ def test_nf4_merge_equals_the_adapter_on_the_nf4_round_trip_of_its_base(llama_ru
 
 
 def test_batched_review_generation_writes_one_row_per_paper(llama_run, sample_file, tmp_path):
-    from reviewgpt.generate import GenerationSettings, generate_reviews
+    from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 
     out = tmp_path / "reviews.jsonl"
     result = generate_reviews(llama_run, sample_file, out, GenerationSettings(limit=5, batch_size=3))
@@ -212,7 +212,7 @@ def test_batched_review_generation_writes_one_row_per_paper(llama_run, sample_fi
 
 
 def test_repetition_penalty_reaches_generate(llama_run, sample_file, tmp_path):
-    from reviewgpt.generate import GenerationSettings, generate_reviews
+    from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 
     outputs = {}
     for penalty in (1.0, 50.0):

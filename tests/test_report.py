@@ -8,9 +8,9 @@ import json
 import pytest
 
 from reviewgpt.cli import main
-from reviewgpt.judge.prompt import QUESTIONS
-from reviewgpt.judge.run import JudgeRunConfig, run_judge
-from reviewgpt.needle import CSV_FIELDS, plot_heatmap, read_rows
+from reviewgpt.eval.judge.prompt import QUESTIONS
+from reviewgpt.eval.judge.run import JudgeRunConfig, run_judge
+from reviewgpt.eval.needle import CSV_FIELDS, plot_heatmap, read_rows
 from tests.judge_support.data import CANDIDATE_MARK, write_review_files
 from tests.judge_support.server import candidate_is
 

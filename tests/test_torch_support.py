@@ -124,7 +124,7 @@ def test_attention_that_cannot_load_is_one_clear_error(tiny_gemma):
 
 def test_old_torch_loads_the_models_eager(tiny_gemma, monkeypatch):
     """Every loader asks resolve_attention: train/bench (load_base_model) and needle."""
-    from reviewgpt.needle import load_needle_model
+    from reviewgpt.eval.needle import load_needle_model
 
     monkeypatch.setattr(torch_support, "installed_torch_version", lambda: CU117)
     model = load_base_model(str(tiny_gemma), "gemma", quantize=False, bf16=False, attn_implementation="auto")

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.likelihood import EvalSettings, evaluate_reviews
+    from reviewgpt.eval.likelihood import EvalSettings, evaluate_reviews
 
     settings = EvalSettings(template=args.template, max_length=args.max_length, limit=args.limit,
                             batch_tokens=args.batch_tokens, quantize=args.quantize)

@@ -102,7 +102,7 @@ def make_backend(args):
             "openai:gpt-4-1106-preview) or hf:DIR (a local model directory)."
         )
     if kind == "openai":
-        from reviewgpt.judge.client import ChatCompletionsClient, HTTPJudgeConfig
+        from reviewgpt.eval.judge.client import ChatCompletionsClient, HTTPJudgeConfig
 
         return ChatCompletionsClient(
             HTTPJudgeConfig(
@@ -117,7 +117,7 @@ def make_backend(args):
                 max_connection_failures=args.max_connection_failures,
             )
         )
-    from reviewgpt.judge.local import LocalJudge, LocalJudgeConfig
+    from reviewgpt.eval.judge.local import LocalJudge, LocalJudgeConfig
 
     return LocalJudge(
         LocalJudgeConfig(model_dir=target, mode=args.local_mode, max_new_tokens=args.max_new_tokens, device=args.device)
@@ -126,7 +126,7 @@ def make_backend(args):
 
 def run(args) -> int:
     from reviewgpt.errors import UserError
-    from reviewgpt.judge.run import JudgeRunConfig, run_judge
+    from reviewgpt.eval.judge.run import JudgeRunConfig, run_judge
 
     try:
         config = JudgeRunConfig(

@@ -60,7 +60,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from reviewgpt.errors import UserError
-    from reviewgpt.needle import NeedleConfig, run_needle
+    from reviewgpt.eval.needle import NeedleConfig, run_needle
 
     overrides = {k: getattr(args, k) for k in ("needle", "question", "answer") if getattr(args, k)}
     try:

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.report import build_report
+    from reviewgpt.eval.report import build_report
 
     path = build_report(args.run_dir, judge_dirs=args.judge, needle_dir=args.needle, output=args.output,
                         score_dirs=args.score)

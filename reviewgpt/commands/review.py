@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.generate import GenerationSettings, generate_reviews
+    from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 
     settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, template=args.template,

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.score import score_reviews, summary_markdown
+    from reviewgpt.eval.score import score_reviews, summary_markdown
 
     summary = score_reviews(args.candidate, args.reference, args.output)
     print(summary_markdown(summary))

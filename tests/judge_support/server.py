@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, List
 
-from reviewgpt.judge.prompt import QUESTIONS
+from reviewgpt.eval.judge.prompt import QUESTIONS
 
 
 @dataclass

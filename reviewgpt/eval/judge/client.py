@@ -78,7 +78,7 @@ class HTTPJudgeConfig:
             raise ValueError(f"max_connection_failures must be >= 1, not {self.max_connection_failures!r}")
 
     def response_format(self) -> dict | None:
-        from reviewgpt.judge.prompt import verdict_schema
+        from reviewgpt.eval.judge.prompt import verdict_schema
 
         if self.json_mode == "object":
             return {"type": "json_object"}

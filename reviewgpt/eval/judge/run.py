@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
-from reviewgpt.coverage import covered_criteria
 from reviewgpt.data.prompt import CRITERIA
-from reviewgpt.judge.cache import CACHE_FILE, VerdictCache, cache_key
-from reviewgpt.judge.client import JudgeRequestError
-from reviewgpt.judge.data import Pair, load_paper_texts, load_reviews, make_pairs
-from reviewgpt.judge.prompt import (
+from reviewgpt.eval.coverage import covered_criteria
+from reviewgpt.eval.judge.cache import CACHE_FILE, VerdictCache, cache_key
+from reviewgpt.eval.judge.client import JudgeRequestError
+from reviewgpt.eval.judge.data import Pair, load_paper_texts, load_reviews, make_pairs
+from reviewgpt.eval.judge.prompt import (
     JUDGE_PROMPT_VERSION,
     QUESTIONS,
     UnparsableVerdict,
@@ -36,7 +36,7 @@ from reviewgpt.judge.prompt import (
     prompt_text,
     trim_paper,
 )
-from reviewgpt.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
+from reviewgpt.eval.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def _write_outputs(
     reference_path,
     papers_trimmed: int = 0,
 ) -> dict:
-    from reviewgpt.judge.report import summary_markdown
+    from reviewgpt.eval.judge.report import summary_markdown
 
     stats_input = []
     with open(output_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:

@@ -5,7 +5,7 @@ the reference file):
 
 - ROUGE-1/2/L F1 by Google's `rouge-score` package (Porter stemming), against the closest human
   review (`score_multi`: the best F1 over the paper's reviews, the usual multi-reference rule);
-- coverage: the share of the prompt's 4 criteria the review addresses (`reviewgpt.coverage`);
+- coverage: the share of the prompt's 4 criteria the review addresses (`reviewgpt.eval.coverage`);
 - repetition: the share of the review's word 4-grams that repeat an earlier one (0 = none, a
   model stuck in a loop approaches 1);
 - length: words, and words over the mean words of the paper's human reviews.
@@ -83,7 +83,7 @@ def read_references(path) -> Dict[str, List[str]]:
 
 
 def score_paper(scorer, candidate: str, references: List[str]) -> dict:
-    from reviewgpt.coverage import covered_criteria
+    from reviewgpt.eval.coverage import covered_criteria
 
     rouge = scorer.score_multi(references, candidate)
     covered = covered_criteria(candidate)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Mapping, Sequence
 
-from reviewgpt.judge.prompt import OVERALL, QUESTIONS, Verdict
+from reviewgpt.eval.judge.prompt import OVERALL, QUESTIONS, Verdict
 
 Z_95 = 1.959963984540054
 # The position the candidate review takes in each order.

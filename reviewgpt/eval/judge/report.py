@@ -55,7 +55,7 @@ def summary_markdown(summary: dict, heading_level: int = 1) -> str:
     lines += [
         "",
         "Coverage: share of reviews that address the criterion (heading or cue phrase; "
-        "`reviewgpt.coverage`).",
+        "`reviewgpt.eval.coverage`).",
         "",
     ]
     return "\n".join(lines)

@@ -96,7 +96,7 @@ def last_position_logits(model):
     to fp32 those of every prompt position: batch x prompt x vocab floats (20 x 7168 x 49152 x 4 bytes
     = 28 GB for SmolLM2), which caps the batch. Scoped: the head is restored afterwards.
     """
-    from reviewgpt.likelihood import decoder_and_head
+    from reviewgpt.eval.likelihood import decoder_and_head
 
     _, head = decoder_and_head(model)
     original = head.forward
@@ -111,11 +111,11 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     import torch
     from tqdm.auto import tqdm
 
-    from reviewgpt.coverage import covered_criteria
     from reviewgpt.data.prompt import get_template
     from reviewgpt.data.records import load_papers
     from reviewgpt.data.tokenization import PromptEncoder, pad_batch
-    from reviewgpt.likelihood import choose_template
+    from reviewgpt.eval.coverage import covered_criteria
+    from reviewgpt.eval.likelihood import choose_template
     from reviewgpt.models import load_for_inference
 
     model_dir, output_path = Path(model_dir), Path(output_path)

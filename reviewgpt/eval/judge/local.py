@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from reviewgpt.errors import UserError
-from reviewgpt.judge.prompt import QUESTIONS, TRUNCATION_MARK, WINNERS, Verdict, build_messages
+from reviewgpt.eval.judge.prompt import QUESTIONS, TRUNCATION_MARK, WINNERS, Verdict, build_messages
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class LocalJudge:
         """{question: {winner: total log-probability of answering it}}."""
         import torch
 
-        from reviewgpt.judge.scoring import hidden_states, logits_at
+        from reviewgpt.eval.judge.scoring import hidden_states, logits_at
 
         prompt = render_chat(self.tokenizer, messages)
         texts = {(q, w): f'{prompt}{{"{q}": {{"winner": "{w}"' for q in QUESTIONS for w in WINNERS}

@@ -72,7 +72,7 @@ def training_section(run_dir: Path, report_dir: Path) -> List[str]:
 
 
 def judge_section(judge_dirs: Sequence[Path]) -> List[str]:
-    from reviewgpt.judge.report import summary_markdown
+    from reviewgpt.eval.judge.report import summary_markdown
 
     lines: List[str] = []
     for judge_dir in judge_dirs:
@@ -85,7 +85,7 @@ def judge_section(judge_dirs: Sequence[Path]) -> List[str]:
 
 
 def score_section(score_dirs: Sequence[Path]) -> List[str]:
-    from reviewgpt.score import SCORE_JSON, summary_markdown
+    from reviewgpt.eval.score import SCORE_JSON, summary_markdown
 
     lines: List[str] = []
     for score_dir in score_dirs:
@@ -95,7 +95,7 @@ def score_section(score_dirs: Sequence[Path]) -> List[str]:
 
 
 def needle_section(needle_dir: Path, report_dir: Path) -> List[str]:
-    from reviewgpt.needle import CSV_FILE, PNG_FILE, read_rows
+    from reviewgpt.eval.needle import CSV_FILE, PNG_FILE, read_rows
 
     rows = read_rows(needle_dir / CSV_FILE)
     lines = ["## Needle in a haystack", ""]

@@ -134,7 +134,7 @@ def answer_loss(model, haystack: Haystack) -> float:
     """Mean negative log-likelihood per answer token, given the haystack and the question."""
     import torch
 
-    from reviewgpt.judge.scoring import continuation_logprobs
+    from reviewgpt.eval.judge.scoring import continuation_logprobs
 
     ids = torch.tensor([haystack.ids], device=model.device)
     mask = sliding_window_mask(model, 0, len(haystack.ids), len(haystack.ids))
@@ -146,7 +146,7 @@ def greedy_answer(model, tokenizer, haystack: Haystack, max_new_tokens: int) -> 
     """Greedy continuation after the question, with the same masking as `answer_loss`."""
     import torch
 
-    from reviewgpt.judge.scoring import hidden_states, logits_at
+    from reviewgpt.eval.judge.scoring import hidden_states, logits_at
 
     context = haystack.ids[: haystack.answer_start]
     generated: List[int] = []

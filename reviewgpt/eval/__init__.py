@@ -1,0 +1,13 @@
+"""Evaluate a trained model: generate reviews, and measure them and the model.
+
+    generate.py    `reviewgpt review`: one review per paper, the prompt built as in training
+    likelihood.py  `reviewgpt eval`: review NLL of held-out human reviews under the model
+    score.py       `reviewgpt score`: ROUGE, criteria coverage, repetition, length vs the human reviews
+    coverage.py    which of the four criteria a review covers
+    judge/         `reviewgpt judge`: pairwise LLM-judge win rates (an HTTP API or a local model)
+    needle.py      `reviewgpt needle`: recall of a fact hidden at a depth of a long context
+    report.py      `reviewgpt report`: one Markdown page per run folder
+
+Models load through reviewgpt.models, run folders are read through reviewgpt.run; nothing here
+imports reviewgpt.train.
+"""
