@@ -7,7 +7,7 @@ only while the time budget lasts; then the target table.
     python bench/speed2.py table OUT/speed2.jsonl
 
 The reference row is the first thing the process measures after loading the model (BASELINE.md's
-method: a fresh process; see reviewgpt.bench); ours follow on the same loaded model, with what each
+method: a fresh process; see reviewgpt.train.bench); ours follow on the same loaded model, with what each
 row changes in the process undone after it. `--tiny DIR` runs the same plan on a tiny local model
 on the CPU, sequences divided by 256 (to test this script; its numbers mean nothing).
 """
@@ -107,10 +107,10 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     """Load the model, measure the reference, time the causal-mask probe, then our rows (a row
     that would end after `hard_end` is skipped, an optional one after `budget_end`), then
     `fresh_references` (sequence lengths) in a child process each, if the budget allows."""
-    from reviewgpt.bench import Bench, model_for_bench, reference_in_fresh_process
-    from reviewgpt.oom import free_gpu
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.speed import OFF, options_of
+    from reviewgpt.train.bench import Bench, model_for_bench, reference_in_fresh_process
+    from reviewgpt.train.oom import free_gpu
+    from reviewgpt.train.speed import OFF, options_of
 
     name, reference_seq, rows = PLANS[family]
     scale = 256 if tiny else 1

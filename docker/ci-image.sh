@@ -67,7 +67,7 @@ in_image bash -c '
 set -eu
 reviewgpt-entrypoint train-gemma --help >/dev/null
 reviewgpt-entrypoint recipes
-python -c "from reviewgpt.distributed import deepspeed_config_path as p; print(\"zero2 config:\", p(\"zero2\"))"
+python -c "from reviewgpt.train.distributed import deepspeed_config_path as p; print(\"zero2 config:\", p(\"zero2\"))"
 reviewgpt-entrypoint doctor --json --recipe tiny >/tmp/doctor.json
 python -c "import json; d = json.load(open(\"/tmp/doctor.json\")); assert d[\"exit_code\"] == 0, d"
 start=$(date +%s)

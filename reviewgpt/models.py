@@ -333,7 +333,7 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
     model.eval()
     model.config.use_cache = True
     if attention == "sdpa" and family == "llama":
-        from reviewgpt.speed.llama_mask import patch_llama_causal_mask
+        from reviewgpt.llama_mask import patch_llama_causal_mask
 
         patch_llama_causal_mask(model)  # 4.38.2 builds a context x context mask per forward otherwise
     tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base)

@@ -20,7 +20,7 @@ from reviewgpt.data.prompt import TEMPLATES
 from reviewgpt.errors import UserError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-# A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.plan).
+# A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.train.plan).
 LayerCount = Union[int, Literal["auto"]]
 
 
@@ -111,7 +111,7 @@ class Recipe:
         "prompt budget at generation; the paper is trimmed to fit (default: max_seq_length - max_new_tokens, "
         "7168 for an 8192 recipe, as the reference)", AT_LEAST_1, default=None)
     max_new_tokens: int = _help("longest generated review", AT_LEAST_1, default=1024)
-    # Speed and memory (issue 4; reviewgpt.speed, reviewgpt.plan, reviewgpt.oom; docs/performance.md).
+    # Speed and memory (issue 4; reviewgpt.train.speed, reviewgpt.train.plan, reviewgpt.train.oom; docs/performance.md).
     chunked_loss: bool = _help("loss over labelled positions only, in chunks: never T x vocab fp32 logits "
                                "(same loss and gradients)", default=True)
     bf16_frozen_weights: bool = _help("keep frozen norms/embedding in bf16 after peft's fp32 upcast, so "

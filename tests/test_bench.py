@@ -29,8 +29,8 @@ def test_bench_gpu_4bit_tiny(tiny_gemma, capsys):
 
 
 def test_ablation_rows_chain_the_techniques_then_add_memory_for_speed_rows():
-    from reviewgpt.bench import chain_steps, on_top_steps
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.train.bench import chain_steps, on_top_steps
 
     mistral = chain_steps("mistral") + on_top_steps(load_recipe("mistral-7b-instruct-v0.2"), skip_layers=(4, "auto"))
     labels = [label for label, _ in mistral]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reviewgpt import distributed
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
+from reviewgpt.train import distributed
 from tests.util import train_losses
 
 

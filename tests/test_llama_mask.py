@@ -1,10 +1,10 @@
-"""Llama masks the size of the batch (reviewgpt.speed.llama_mask) change nothing but the cost."""
+"""Llama masks the size of the batch (reviewgpt.llama_mask) change nothing but the cost."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reviewgpt.speed.llama_mask import compact_causal_mask, patch_llama_causal_mask, unpatch_llama_causal_mask
+from reviewgpt.llama_mask import compact_causal_mask, patch_llama_causal_mask, unpatch_llama_causal_mask
 
 
 @pytest.fixture()

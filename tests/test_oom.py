@@ -7,9 +7,9 @@ import torch
 from transformers import TrainerCallback
 
 from reviewgpt.errors import UserError
-from reviewgpt.oom import EVENTS_FILE, is_cuda_oom, smaller_batch
 from reviewgpt.recipe import load_recipe
 from reviewgpt.train import RECIPE_FILE, train
+from reviewgpt.train.oom import EVENTS_FILE, is_cuda_oom, smaller_batch
 
 
 class OOMWhileBatch(TrainerCallback):
@@ -63,7 +63,7 @@ class OOMWhileKeeping(TrainerCallback):
         self.step, self.raised = step, 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from reviewgpt.speed.checkpointing import SkipCheckpointFor, _decoder_stack
+        from reviewgpt.train.speed.checkpointing import SkipCheckpointFor, _decoder_stack
 
         kept = isinstance(getattr(_decoder_stack(model), "_gradient_checkpointing_func", None), SkipCheckpointFor)
         if state.global_step == self.step and kept:
@@ -100,8 +100,8 @@ def test_smaller_batch_keeps_the_effective_batch_exactly(before, processes, afte
 
 
 def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatch, tmp_path):
-    from reviewgpt.oom import with_oom_recovery
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.train.oom import with_oom_recovery
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     calls = []
@@ -123,7 +123,7 @@ def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatc
 
 def test_oom_with_auto_kept_layers_recomputes_every_layer_first(tmp_path):
     """`checkpoint_skip_layers: auto` is a choice of kept layers too: the first recovery gives them up."""
-    from reviewgpt.oom import with_oom_recovery
+    from reviewgpt.train.oom import with_oom_recovery
 
     seen = []
 

@@ -6,8 +6,8 @@ import pytest
 
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
-from reviewgpt.plan import ARCHITECTURES, architecture_of, check_fits, lora_params, plan, predict
 from reviewgpt.recipe import load_recipe
+from reviewgpt.train.plan import ARCHITECTURES, architecture_of, check_fits, lora_params, plan, predict
 
 # Measured on the device (docs/performance.md, docs/results/): peak allocated GiB, the same on H100 and H200.
 MEASURED = [
@@ -158,7 +158,7 @@ def test_plan_turns_to_the_memory_options_when_nothing_else_fits():
 
 
 def test_auto_keeps_what_fits_the_free_memory():
-    from reviewgpt.plan import with_planned_layers
+    from reviewgpt.train.plan import with_planned_layers
 
     recipe = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 1,
                                                       "checkpoint_skip_layers": "auto"})
@@ -177,9 +177,9 @@ def test_auto_keeps_what_fits_the_free_memory():
 
 
 def test_auto_without_a_gpu_is_no_kept_layer(monkeypatch):
-    from reviewgpt.plan import with_planned_layers
+    from reviewgpt.train.plan import with_planned_layers
 
-    monkeypatch.setattr("reviewgpt.plan.free_gpu_gib", lambda: None)
+    monkeypatch.setattr("reviewgpt.train.plan.free_gpu_gib", lambda: None)
     recipe = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
     assert with_planned_layers(recipe, 8192).checkpoint_skip_layers == 0
 

@@ -6,10 +6,10 @@ from transformers import AutoModelForCausalLM
 
 from reviewgpt.env import torch_support
 from reviewgpt.models import resolve_attention
-from reviewgpt.speed import apply_speedups, remove_speedups
-from reviewgpt.speed.attention import patch_gemma_causal_sdpa, unpatch_gemma_causal_sdpa
-from reviewgpt.speed.loss import IGNORE_INDEX, causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
-from reviewgpt.speed.precision import float_parameter_bytes, keep_frozen_weights_in
+from reviewgpt.train.speed import apply_speedups, remove_speedups
+from reviewgpt.train.speed.attention import patch_gemma_causal_sdpa, unpatch_gemma_causal_sdpa
+from reviewgpt.train.speed.loss import IGNORE_INDEX, causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
+from reviewgpt.train.speed.precision import float_parameter_bytes, keep_frozen_weights_in
 from tests.util import needs_sdpa
 
 REL = 1e-3

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from reviewgpt.env.torch_support import dataloader_prefetch_factor
-from reviewgpt.speed.checkpointing import keep_last_layers, recompute_all_layers
-from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
-from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
+from reviewgpt.train.speed.checkpointing import keep_last_layers, recompute_all_layers
+from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
+from reviewgpt.train.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
 from tests.test_speed import assert_close, batch, load, loss_and_grads
 from tests.util import needs_rms_norm
 
@@ -128,8 +128,8 @@ def test_apply_speedups_skips_layers_through_the_trainer(tiny_mistral, tmp_path)
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.speed import apply_speedups, remove_speedups
     from reviewgpt.train import ListDataset, PadCollator
+    from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     model = get_peft_model(load(tiny_mistral), LoraConfig(r=4, target_modules=TARGETS))
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True,
@@ -163,7 +163,7 @@ def test_fused_rmsnorm_is_a_no_op_on_a_torch_without_rms_norm(tiny_mistral, monk
     # torch < 2.4, as in the CUDA 11.x images (where there is nothing to delete)
     monkeypatch.delattr(F, "rms_norm", raising=False)
     model = load(tiny_mistral)
-    with caplog.at_level("INFO", logger="reviewgpt.speed.norm"):
+    with caplog.at_level("INFO", logger="reviewgpt.train.speed.norm"):
         assert patch_fused_rmsnorm(model) == 0
     assert not any("forward" in vars(m) for m in model.modules())
     assert "has no rms_norm (torch >= 2.4): fused_rmsnorm stays off" in caplog.text

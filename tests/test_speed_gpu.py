@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from reviewgpt.speed.loss import causal_lm_loss
+from reviewgpt.train.speed.loss import causal_lm_loss
 
 
 def _reference(hidden, weight, labels):
@@ -41,9 +41,9 @@ def test_chunked_loss_matches_and_is_not_slower_on_gpu(vocab, hidden_size, seq):
 @pytest.mark.gpu
 def test_offload_and_lean_mlp_on_cuda_keep_the_grads(tiny_mistral):
     """Pinned host copies with non-blocking transfers, and the lean MLP under bf16 autocast, on a GPU."""
-    from reviewgpt.speed.checkpointing import checkpoint_layers, recompute_all_layers
-    from reviewgpt.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
-    from reviewgpt.speed.offload import HostOffload
+    from reviewgpt.train.speed.checkpointing import checkpoint_layers, recompute_all_layers
+    from reviewgpt.train.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
+    from reviewgpt.train.speed.offload import HostOffload
     from tests.test_speed import assert_close, batch, load, loss_and_grads
 
     model = load(tiny_mistral).cuda().train()

@@ -9,11 +9,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-import reviewgpt.speed.mlp as lean
-import reviewgpt.speed.offload as offload
-from reviewgpt.speed.checkpointing import checkpoint_layers, recompute_all_layers
-from reviewgpt.speed.mlp import GatedActivation, patch_lean_mlp, unpatch_lean_mlp
-from reviewgpt.speed.offload import HostOffload
+import reviewgpt.train.speed.mlp as lean
+import reviewgpt.train.speed.offload as offload
+from reviewgpt.train.speed.checkpointing import checkpoint_layers, recompute_all_layers
+from reviewgpt.train.speed.mlp import GatedActivation, patch_lean_mlp, unpatch_lean_mlp
+from reviewgpt.train.speed.offload import HostOffload
 from tests.test_speed import assert_close, batch, load, loss_and_grads
 
 FAMILIES = ["gemma", "mistral", "llama"]
@@ -94,7 +94,7 @@ def test_offload_moves_only_large_tensors_that_need_grad():
 def test_offload_says_once_when_the_checkpoint_saves_its_inputs_elsewhere(caplog):
     host = HostOffload(min_bytes=1)
     x = torch.randn(4, 4, requires_grad=True)
-    with caplog.at_level(logging.WARNING, logger="reviewgpt.speed.offload"):
+    with caplog.at_level(logging.WARNING, logger="reviewgpt.train.speed.offload"):
         for _ in range(2):
             with host.hooks((x,)):
                 y = x * 2  # a mul by a constant saves nothing: like a checkpoint holding inputs by closure
@@ -169,8 +169,8 @@ def test_apply_speedups_with_offload_lean_mlp_and_kept_layers_through_the_traine
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.speed import apply_speedups, remove_speedups
     from reviewgpt.train import ListDataset, PadCollator
+    from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     monkeypatch.setattr(offload, "MIN_BYTES", 1)
     model = get_peft_model(load(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -193,8 +193,8 @@ def test_apply_speedups_with_offload_lean_mlp_and_kept_layers_through_the_traine
     assert not any("forward" in vars(m) for m in stack.modules())
 
     # on a torch that lacks what offloading needs: off, with one log line
-    monkeypatch.setattr("reviewgpt.speed.offload_supported", lambda: False)
-    with caplog.at_level(logging.INFO, logger="reviewgpt.speed"):
+    monkeypatch.setattr("reviewgpt.train.speed.offload_supported", lambda: False)
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"):
         done = apply_speedups(trainer, recipe.replace(checkpoint_skip_layers=0, lean_mlp=False), bf16=False)
     assert not done["checkpoint_offload"]
     assert any("checkpoint_offload needs torch >= 2.1" in r.message for r in caplog.records)
@@ -205,12 +205,12 @@ def test_auto_without_a_gpu_keeps_no_layers(tiny_mistral, tmp_path, caplog):
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.speed import apply_speedups, remove_speedups
+    from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     model = load(tiny_mistral)
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True)
     trainer = Trainer(model=model, args=args)
-    with caplog.at_level(logging.INFO, logger="reviewgpt.speed"):
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"):
         done = apply_speedups(trainer, load_recipe("tiny", {"checkpoint_skip_layers": "auto"}), bf16=False)
     assert done["checkpoint_skip_layers"] == 0
     assert any("checkpoint_skip_layers auto" in r.message for r in caplog.records)

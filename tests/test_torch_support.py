@@ -72,7 +72,7 @@ def test_ddp_wraps_gemma_without_broadcasting_its_constant_buffers(tiny_gemma, t
     causal_mask ("Invalid scalar type"). One gloo process is enough to go through that broadcast."""
     import torch.distributed as dist
 
-    from reviewgpt.distributed import ddp_skip_constant_buffers
+    from reviewgpt.train.distributed import ddp_skip_constant_buffers
 
     model = load_base_model(str(tiny_gemma), "gemma", quantize=False, bf16=False, attn_implementation="eager")
     names = ddp_skip_constant_buffers(model)

@@ -72,9 +72,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.bench import run_bench
     from reviewgpt.errors import UserError
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.train.bench import run_bench
 
     if not args.seq or not args.batch:
         raise UserError("--seq and --batch each need at least one number, e.g. --seq 8192,12288 --batch 1.")

@@ -52,8 +52,8 @@ def format_plan(result: dict) -> str:
 
 
 def run(args) -> int:
-    from reviewgpt.plan import plan
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.train.plan import plan
 
     recipe = load_recipe(args.recipe, {"model": args.model})
     result = plan(recipe, args.seq or recipe.max_seq_length, args.gpu_mem, args.max_batch, args.headroom,

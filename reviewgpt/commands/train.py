@@ -9,7 +9,7 @@ from reviewgpt.commands import int_flag
 
 def register(subparsers) -> None:
     from reviewgpt.commands.recipe_flags import add_recipe_flags
-    from reviewgpt.distributed import DEEPSPEED_CHOICES
+    from reviewgpt.train.distributed import DEEPSPEED_CHOICES
 
     p = subparsers.add_parser(
         "train",
@@ -49,8 +49,8 @@ def _relaunch_if_asked(args, recipe) -> int | None:
     """Run this same command under `accelerate launch` when --gpus/--nodes ask for several processes."""
     import os
 
-    from reviewgpt import distributed
     from reviewgpt.errors import UserError
+    from reviewgpt.train import distributed
 
     distributed.refuse_zero3(args.deepspeed)  # also with one process, where nothing is launched
     processes = (args.gpus or 1) * args.nodes

@@ -500,7 +500,7 @@ def check_training_stack(env: Environment) -> Check:
 def estimate_training_bytes(recipe) -> int:
     """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes, with
     the recipe's speed options). A model the planner does not know is taken as its family's 7B."""
-    from reviewgpt.plan import architecture_or_family_default, predict_recipe
+    from reviewgpt.train.plan import architecture_or_family_default, predict_recipe
 
     arch = architecture_or_family_default(recipe.model, recipe.family)
     predicted = predict_recipe(recipe, arch, recipe.max_seq_length, recipe.per_device_train_batch_size)

@@ -8,7 +8,7 @@ steps, then the median of `steps` timed steps; peak = torch.cuda.max_memory_allo
 
 Reference rows (every speed option off: the seed recipe's path) are each measured in a fresh
 process, as BASELINE.md measures them: the first grid point in this process before anything else
-runs in it, the others in a child process each (`python -m reviewgpt.bench SPEC.json`). Measured
+runs in it, the others in a child process each (`python -m reviewgpt.train.bench SPEC.json`). Measured
 one after another on one loaded model, later reference rows inherited what earlier rows left in
 the process (docs/performance.md, "The in-process reference"); `reference_in_process=True` keeps
 that older way for comparison. Then the recipe's options are applied to the loaded model, one
@@ -38,8 +38,8 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from reviewgpt.plan import ARCHITECTURES, Architecture, architecture_of, free_gpu_gib, with_planned_layers
-from reviewgpt.speed import OFF, apply_speedups, options_of, remove_speedups
+from reviewgpt.train.plan import ARCHITECTURES, Architecture, architecture_of, free_gpu_gib, with_planned_layers
+from reviewgpt.train.speed import OFF, apply_speedups, options_of, remove_speedups
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -204,8 +204,8 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     more under the profiler when `profile` > 0: its N costliest GPU kernels go into the row)."""
     from transformers import Trainer
 
-    from reviewgpt.plan import predict_recipe
     from reviewgpt.train import ListDataset, PadCollator, training_arguments
+    from reviewgpt.train.plan import predict_recipe
 
     cuda = torch.cuda.is_available()
     profile = profile if cuda else 0
@@ -309,7 +309,7 @@ class Bench:
 
     def __init__(self, recipe, model_dir: str, arch: Architecture, steps: int = 4, warmup: int = 2,
                  emit=None, gpu_mem_gib: Optional[float] = None):
-        from reviewgpt.plan import CALIBRATION
+        from reviewgpt.train.plan import CALIBRATION
 
         self.recipe, self.arch, self.steps, self.warmup, self.emit = recipe, arch, steps, warmup, emit
         # What `checkpoint_skip_layers: auto` plans for: a card of gpu_mem_gib, or what is free now
@@ -353,7 +353,7 @@ def reference_in_fresh_process(recipe, model_dir: str, seq: int, batch: int, ste
                                     "batch": batch, "steps": steps, "warmup": warmup, "label": label,
                                     "row": str(Path(tmp, "row.json"))}))
         log.info("reference %d x %d in a fresh process", seq, batch)
-        done = subprocess.run([sys.executable, "-m", "reviewgpt.bench", str(spec)], check=False)
+        done = subprocess.run([sys.executable, "-m", "reviewgpt.train.bench", str(spec)], check=False)
         if done.returncode != 0 or not Path(tmp, "row.json").is_file():
             return {"path": "reference", "label": label, "recipe": recipe.name, "seq": seq, "batch": batch,
                     "fresh_process": True, "error": f"the reference process exited with {done.returncode}"}

@@ -97,7 +97,7 @@ def refuse_zero3(stage: Optional[str]) -> None:
 
 def deepspeed_config_path(stage: str) -> Path:
     refuse_zero3(stage)
-    candidates = [Path(__file__).resolve().parents[1] / "envs" / "distributed" / f"deepspeed-{stage}.json",
+    candidates = [Path(__file__).resolve().parents[2] / "envs" / "distributed" / f"deepspeed-{stage}.json",
                   Path(sys.prefix) / "share" / "reviewgpt" / f"deepspeed-{stage}.json"]
     for path in candidates:
         if path.is_file():

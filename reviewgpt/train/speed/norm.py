@@ -7,7 +7,7 @@ checkpointing. `torch.nn.functional.rms_norm` (torch >= 2.4; a single fused CUDA
 fused backward in recent torch) computes the same `x * rsqrt(mean(x^2) + eps)` with fp32
 accumulation and keeps only the per-row reciprocal. The weight is applied inside the kernel when
 it has the input's dtype (bf16 after `bf16_frozen_weights`); otherwise afterwards, with the same
-dtype promotion as the original. Gemma's norm (`1 + weight`, see reviewgpt.speed.precision) is
+dtype promotion as the original. Gemma's norm (`1 + weight`, see reviewgpt.train.speed.precision) is
 left alone. On a torch without `rms_norm` nothing is patched.
 """
 
@@ -18,7 +18,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from reviewgpt.speed.patching import patch_forward, unpatch_forward
+from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
 log = logging.getLogger(__name__)
 _RMSNORM_TYPES = ("MistralRMSNorm", "LlamaRMSNorm")

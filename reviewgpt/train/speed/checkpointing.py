@@ -13,7 +13,7 @@ so it is an option (`checkpoint_keep_attention`), off by default; `reviewgpt pla
 `auto` lets it choose.
 
 3. `checkpoint_offload`: the layers that are checkpointed keep their inputs in host memory
-(reviewgpt.speed.offload), through the same wrapper.
+(reviewgpt.train.speed.offload), through the same wrapper.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def attention_saving_context_fn():
 # decoder loop calls `self._gradient_checkpointing_func(decoder_layer.__call__, ...)`; wrapping that
 # function lets the chosen layers run plainly (their activations stay until backward), the rest be
 # checkpointed as before and, with `offload`, the checkpointed layers' inputs wait in host memory
-# (reviewgpt.speed.offload). Which layers are kept does not change the compute or the peak; the
+# (reviewgpt.train.speed.offload). Which layers are kept does not change the compute or the peak; the
 # last ones are chosen. The Trainer re-enables checkpointing at train() start (replacing the
 # function), so the model's `gradient_checkpointing_enable` is wrapped too, to wrap again after
 # each enable.

@@ -29,7 +29,10 @@ import yaml
 
 from reviewgpt.data.records import Record, load_records, split_by_paper, write_rejects
 from reviewgpt.data.tokenization import PromptEncoder, ReviewTooLong, pad_batch
-from reviewgpt.distributed import (
+from reviewgpt.env.torch_support import dataloader_prefetch_factor
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import Recipe, save_recipe
+from reviewgpt.train.distributed import (
     accumulation_per_process,
     ddp_skip_constant_buffers,
     floats_in_logs,
@@ -37,10 +40,7 @@ from reviewgpt.distributed import (
     single_gpu_guard,
     world_size,
 )
-from reviewgpt.env.torch_support import dataloader_prefetch_factor
-from reviewgpt.errors import UserError
-from reviewgpt.oom import with_oom_recovery
-from reviewgpt.recipe import Recipe, save_recipe
+from reviewgpt.train.oom import with_oom_recovery
 
 log = logging.getLogger(__name__)
 
@@ -423,8 +423,8 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
 
     from reviewgpt.data.prompt import get_template, make_formatting_func
     from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
-    from reviewgpt.plan import check_fits, with_planned_layers
-    from reviewgpt.speed import apply_speedups
+    from reviewgpt.train.plan import check_fits, with_planned_layers
+    from reviewgpt.train.speed import apply_speedups
 
     if not recipe.model:
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")

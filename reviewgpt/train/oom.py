@@ -27,8 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
-from reviewgpt.distributed import world_size
 from reviewgpt.errors import UserError
+from reviewgpt.train.distributed import world_size
 
 log = logging.getLogger(__name__)
 EVENTS_FILE = "oom_recovery.jsonl"

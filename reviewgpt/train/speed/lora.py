@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reviewgpt.speed.loss import autocast_dtype
-from reviewgpt.speed.patching import patch_forward, unpatch_forward
+from reviewgpt.train.speed.loss import autocast_dtype
+from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
 _LORA_LINEAR_TYPES = ("Linear", "Linear4bit", "Linear8bitLt")
 

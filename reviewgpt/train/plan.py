@@ -6,7 +6,7 @@ The prediction adds up what is known exactly (4-bit weights, bf16/fp32 embedding
 and gradients, one checkpointed hidden state per layer) and what was measured (the working set of
 one layer's recompute + backward, the reference loss's fp32 logits), per token, with coefficients
 calibrated on the GPU device (CALIBRATION, docs/performance.md). It answers for the recipe's
-speed options (reviewgpt.speed) or for the reference path (`reference=True`). bitsandbytes' paged
+speed options (reviewgpt.train.speed) or for the reference path (`reference=True`). bitsandbytes' paged
 optimizer states live in CUDA unified memory, outside PyTorch's allocator, and are not counted.
 
 `train` calls `check_fits` before loading the model and refuses a configuration that will not fit.
@@ -82,7 +82,7 @@ CALIBRATION = {
     # one decoder layer's activations kept for backward (checkpoint_skip_layers), bytes per token
     "kept_per_hidden": 19.0,
     "kept_per_intermediate": 7.3,
-    # lean_mlp (reviewgpt.speed.mlp) keeps 3 instead of 6 sequence x intermediate tensors at the MLP's
+    # lean_mlp (reviewgpt.train.speed.mlp) keeps 3 instead of 6 sequence x intermediate tensors at the MLP's
     # backward (2 instead of 3 in a kept layer): 6 and 7.3 - 2 bytes; counted, not yet measured.
     "lean_work_per_intermediate": 6.0,
     "lean_kept_per_intermediate": 5.3,
@@ -210,7 +210,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
 
 def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
     """`predict` for a recipe's LoRA, optimizer and speed options (`option_changes` override them)."""
-    from reviewgpt.speed import options_of
+    from reviewgpt.train.speed import options_of
 
     return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
                    options={**options_of(recipe), **option_changes}, reference=reference, quantize=recipe.quantize,

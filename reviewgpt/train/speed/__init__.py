@@ -23,15 +23,15 @@ import logging
 
 import torch
 
-from reviewgpt.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
-from reviewgpt.speed.checkpointing import attention_saving_context_fn, checkpoint_layers, recompute_all_layers
-from reviewgpt.speed.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
-from reviewgpt.speed.lora import patch_fused_lora, unpatch_fused_lora
-from reviewgpt.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
-from reviewgpt.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
-from reviewgpt.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
-from reviewgpt.speed.offload import HostOffload, offload_supported
-from reviewgpt.speed.precision import keep_frozen_weights_in
+from reviewgpt.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
+from reviewgpt.train.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
+from reviewgpt.train.speed.checkpointing import attention_saving_context_fn, checkpoint_layers, recompute_all_layers
+from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
+from reviewgpt.train.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
+from reviewgpt.train.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
+from reviewgpt.train.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
+from reviewgpt.train.speed.offload import HostOffload, offload_supported
+from reviewgpt.train.speed.precision import keep_frozen_weights_in
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reviewgpt.speed.patching import patch_forward, unpatch_forward
+from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
 _MLP_TYPES = ("GemmaMLP", "MistralMLP", "LlamaMLP")
 # Rows per backward chunk are chosen so one chunk's temporaries are about this size.
