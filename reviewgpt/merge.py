@@ -102,7 +102,13 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
         except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways
             raise UserError(f"--base-weights nf4 needs bitsandbytes ({exc}); install it or pass --base-weights "
                             "16bit.") from None
-        log.info("NF4 round trip of %d linear weights (the base the adapter was trained on)", nf4_round_trip(model))
+        try:
+            count = nf4_round_trip(model)
+        except Exception as exc:  # noqa: BLE001 - bitsandbytes < 0.44 has no CPU 4-bit kernels, among others
+            raise UserError(f"--base-weights nf4: bitsandbytes could not quantize here ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); run the merge on a GPU or pass "
+                            "--base-weights 16bit.") from None
+        log.info("NF4 round trip of %d linear weights (the base the adapter was trained on)", count)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     merged = model.merge_and_unload()
     output_dir.mkdir(parents=True, exist_ok=True)

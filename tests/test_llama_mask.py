@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reviewgpt.llama_mask import compact_causal_mask, patch_llama_causal_mask, unpatch_llama_causal_mask
+from tests.util import needs_sdpa
 
 
 @pytest.fixture()
@@ -29,6 +30,7 @@ def test_compact_mask_equals_the_rows_4_38_builds():
     assert first_row_of_left_padding.tolist() == [0, 0, 0, 0]  # opened, as 4.38.2 does for SDPA
 
 
+@needs_sdpa
 @pytest.mark.parametrize("padded", [False, True])
 def test_logits_and_gradients_equal_the_unpatched_model(pair, padded):
     plain, patched = pair
@@ -48,6 +50,7 @@ def test_logits_and_gradients_equal_the_unpatched_model(pair, padded):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@needs_sdpa
 def test_batched_left_padded_generation_is_unchanged(pair):
     plain, patched = pair
     ids = torch.tensor([[0, 0, 0, 5, 9, 33, 41], [7, 8, 9, 10, 11, 12, 13]])
@@ -61,6 +64,7 @@ def test_batched_left_padded_generation_is_unchanged(pair):
     assert outs[0].tolist() == outs[1].tolist()
 
 
+@needs_sdpa
 def test_unpatch_restores_the_classes_methods(pair):
     _, patched = pair
     unpatch_llama_causal_mask(patched)
