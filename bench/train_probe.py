@@ -27,7 +27,8 @@ from reviewgpt.data.records import load_records  # noqa: E402
 from reviewgpt.data.tokenization import PromptEncoder  # noqa: E402
 from reviewgpt.models import load_tokenizer  # noqa: E402
 from reviewgpt.recipe import load_recipe  # noqa: E402
-from reviewgpt.train import RECIPE_FILE, tokenize_records  # noqa: E402
+from reviewgpt.run import RECIPE_FILE  # noqa: E402
+from reviewgpt.train.dataset import tokenize_records  # noqa: E402
 
 recipe = load_recipe(str(output / RECIPE_FILE))
 encoder = PromptEncoder(load_tokenizer(recipe.model, recipe.family), get_template(recipe.template))

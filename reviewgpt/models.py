@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-from reviewgpt.env import torch_support
+from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -333,7 +333,7 @@ def test_cli_help_has_an_example(capsys):
     assert "example:\n  reviewgpt doctor" in capsys.readouterr().out
 
 
-# --- what this torch can do (reviewgpt.env.torch_support), and whether the training stack imports
+# --- what this torch can do (reviewgpt.torch_support), and whether the training stack imports
 
 def test_cu117_torch_warns_what_it_lacks_and_what_runs_instead():
     check = doctor.check_torch_features(broken(torch_version="1.13.1+cu117"))

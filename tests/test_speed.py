@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reviewgpt.env import torch_support
+from reviewgpt import torch_support
 from reviewgpt.models import resolve_attention
 from reviewgpt.train.speed import apply_speedups, remove_speedups
 from reviewgpt.train.speed.attention import patch_gemma_causal_sdpa, unpatch_gemma_causal_sdpa

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
-from reviewgpt.env.torch_support import dataloader_prefetch_factor
+from reviewgpt.torch_support import dataloader_prefetch_factor
 from reviewgpt.train.speed.checkpointing import keep_last_layers, recompute_all_layers
 from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.train.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm

@@ -1,4 +1,4 @@
-"""What each image's torch can do (reviewgpt.env.torch_support), and the code paths that ask it.
+"""What each image's torch can do (reviewgpt.torch_support), and the code paths that ask it.
 
 The decisions take the torch version as an argument, so they are tested for the images' torch
 (1.13.1, 2.2.1) on whatever torch runs the suite; `test_the_table_matches_the_installed_torch`
@@ -12,7 +12,7 @@ import logging
 import pytest
 import torch
 
-from reviewgpt.env import torch_support
+from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 from reviewgpt.models import attention_alternatives, load_base_model, resolve_attention
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from reviewgpt.env import torch_support
+from reviewgpt import torch_support
 
-# The images' torch lacks what newer torch has (reviewgpt.env.torch_support): tests of such a feature skip
+# The images' torch lacks what newer torch has (reviewgpt.torch_support): tests of such a feature skip
 # there, and the code's fallback is tested with the torch version injected.
 needs_sdpa = pytest.mark.skipif(not torch_support.has("sdpa"),
                                 reason="transformers 4.38.2 runs no SDPA on torch < 2.1.1 (eager instead)")

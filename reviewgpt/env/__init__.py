@@ -1,7 +1,7 @@
-"""The machine reviewgpt runs on, not the pipeline: what the installed torch can do, the doctor's
-checks, and tiny local models for tests and the quickstart.
+"""The machine reviewgpt runs on, not the pipeline: the doctor's checks, and tiny local models for
+tests and the quickstart. (What the installed torch can do is reviewgpt.torch_support, one level
+up: models and train ask it, and env sits above them.)
 
-    torch_support.py  one table of what a torch release lacks; the code asks it (imported by models, train)
-    doctor.py         `reviewgpt doctor`: versions, CUDA, bitsandbytes, flash-attn, GPU memory (asks train.plan)
+    doctor.py         `reviewgpt doctor`: versions, CUDA, bitsandbytes, flash-attn, GPU memory (asks reviewgpt.memory)
     tiny.py           `reviewgpt tiny-model`: a tiny random Gemma/Mistral/Llama and its tokenizer, built locally
 """

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from reviewgpt.env import torch_support
+from reviewgpt import torch_support
 
 Status = Literal["OK", "WARN", "FAIL"]
 GIB = 1024**3
@@ -470,7 +470,7 @@ def check_hf_offline(env: Environment) -> Check:
 
 
 def check_torch_features(env: Environment) -> Check:
-    """What this torch cannot do for the pinned stack (reviewgpt.env.torch_support) and what runs instead.
+    """What this torch cannot do for the pinned stack (reviewgpt.torch_support) and what runs instead.
     Only a missing SDPA costs much (eager attention at long context), so only it warns."""
     if env.torch_version is None:
         return Check("torch-features", "FAIL", f"torch does not import ({env.torch_error})", LOCK_HINT)
@@ -500,7 +500,7 @@ def check_training_stack(env: Environment) -> Check:
 def estimate_training_bytes(recipe) -> int:
     """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes, with
     the recipe's speed options). A model the planner does not know is taken as its family's 7B."""
-    from reviewgpt.train.plan import architecture_or_family_default, predict_recipe
+    from reviewgpt.memory import architecture_or_family_default, predict_recipe
 
     arch = architecture_or_family_default(recipe.model, recipe.family)
     predicted = predict_recipe(recipe, arch, recipe.max_seq_length, recipe.per_device_train_batch_size)

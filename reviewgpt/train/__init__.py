@@ -1,6 +1,10 @@
 """Train: records -> tokenized examples -> trl SFTTrainer (QLoRA) -> adapter in a run folder.
 
     loop.py         `reviewgpt train`: the orchestration (recipe -> model -> trainer -> run folder)
+    dataset.py      tokenize loop, torch Dataset, pad collator
+    resume.py       checkpoint scan, resume micro-batch and loss, trusted torch.load
+    logs.py         JSONL log callback, loss curve, peak memory
+    arguments.py    recipe -> TrainingArguments
     oom.py          CUDA out-of-memory recovery: retry from the newest checkpoint with less memory
     plan.py         `reviewgpt plan`: predicted peak memory before anything loads
     bench.py        `reviewgpt bench`: tokens/s and peak memory per speed option
@@ -21,23 +25,23 @@ _EXPORTS = {
     "train": "loop",
     "RECIPE_FILE": "loop",
     "LOG_FILE": "loop",
-    "TokenizedSplit": "loop",
-    "tokenize_records": "loop",
-    "ListDataset": "loop",
-    "PadCollator": "loop",
-    "is_complete_checkpoint": "loop",
-    "newest_complete_checkpoint": "loop",
-    "trusted_checkpoint_loading": "loop",
-    "make_log_callback": "loop",
-    "drop_empty_param_groups": "loop",
-    "peak_memory_per_gpu": "loop",
-    "logged_loss_sum": "loop",
-    "run_mean_loss": "loop",
-    "resume_batch": "loop",
     "local_paths_absolute": "loop",
-    "plot_loss_curve": "loop",
-    "check_report_to": "loop",
-    "training_arguments": "loop",
+    "TokenizedSplit": "dataset",
+    "tokenize_records": "dataset",
+    "ListDataset": "dataset",
+    "PadCollator": "dataset",
+    "is_complete_checkpoint": "resume",
+    "newest_complete_checkpoint": "resume",
+    "trusted_checkpoint_loading": "resume",
+    "logged_loss_sum": "resume",
+    "run_mean_loss": "resume",
+    "resume_batch": "resume",
+    "make_log_callback": "logs",
+    "peak_memory_per_gpu": "logs",
+    "plot_loss_curve": "logs",
+    "check_report_to": "arguments",
+    "training_arguments": "arguments",
+    "drop_empty_param_groups": "distributed",
 }
 
 

@@ -204,7 +204,8 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     more under the profiler when `profile` > 0: its N costliest GPU kernels go into the row)."""
     from transformers import Trainer
 
-    from reviewgpt.train import ListDataset, PadCollator, training_arguments
+    from reviewgpt.train.arguments import training_arguments
+    from reviewgpt.train.dataset import ListDataset, PadCollator
     from reviewgpt.train.plan import predict_recipe
 
     cuda = torch.cuda.is_available()

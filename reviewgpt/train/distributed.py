@@ -151,3 +151,22 @@ def relaunch(cmd: List[str]) -> int:
     log.info("launching: %s", " ".join(cmd))
     env = dict(os.environ, REVIEWGPT_LAUNCHED="1")
     return subprocess.call(cmd, env=env)
+
+
+def drop_empty_param_groups(trainer) -> None:
+    """Under DeepSpeed ZeRO, build the optimizer without empty parameter groups.
+
+    transformers 4.38.2 makes a weight-decay and a no-decay group; with LoRA the second is empty.
+    ZeRO drops empty groups after the scheduler was built for both, and torch >= 2.6's scheduler
+    then fails its strict zip ("zip() argument 2 is longer than argument 1") at the first step.
+    """
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return
+    create_optimizer = trainer.create_optimizer
+
+    def create_optimizer_without_empty_groups():
+        optimizer = create_optimizer()
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+
+    trainer.create_optimizer = create_optimizer_without_empty_groups

@@ -14,7 +14,7 @@ one rank cannot change its batch while the others wait in a collective.
 "Halves" means the largest micro-batch at most half the current one that divides the effective
 batch (per process), so the effective batch never changes (5 x 3 -> 1 x 15, not 2 x 8) and a
 resume skips exactly the samples already trained on. transformers 4.38.2 resumes with the
-*checkpoint's* micro-batch; `train` makes it use the new one (see `reviewgpt.train.resume_batch`).
+*checkpoint's* micro-batch; `train` makes it use the new one (see `reviewgpt.train.resume.resume_batch`).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def with_oom_recovery(train_fn):
                 raise UserError(
                     f"out of GPU memory at micro-batch 1 ({message}); nothing left to halve: use a shorter "
                     "--max-seq-length, keep the speed options on (see `reviewgpt plan`), or a larger GPU.")
-            from reviewgpt.train import newest_complete_checkpoint
+            from reviewgpt.train.resume import newest_complete_checkpoint
 
             checkpoint = newest_complete_checkpoint(output_dir)  # `train` resumes it at the new micro-batch
             event = {"time": round(time.time(), 3), "error": message,

@@ -24,6 +24,7 @@ import logging
 import torch
 
 from reviewgpt.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
+from reviewgpt.speed_options import COUNTS, OFF, OPTIONS, SWITCHES, options_of  # noqa: F401
 from reviewgpt.train.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
 from reviewgpt.train.speed.checkpointing import attention_saving_context_fn, checkpoint_layers, recompute_all_layers
 from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
@@ -35,23 +36,7 @@ from reviewgpt.train.speed.precision import keep_frozen_weights_in
 
 log = logging.getLogger(__name__)
 
-SWITCHES = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm",
-            "checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
-COUNTS = ("checkpoint_skip_layers",)  # integer options (or "auto"); 0 = off
-OPTIONS = SWITCHES + COUNTS
-OFF = {**dict.fromkeys(SWITCHES, False), **dict.fromkeys(COUNTS, 0)}
-
 __all__ = ["OFF", "OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "remove_speedups"]
-
-
-def options_of(recipe) -> dict:
-    """The speed options a recipe (or any object with those attributes) asks for."""
-    return {**{name: bool(getattr(recipe, name, False)) for name in SWITCHES},
-            **{name: _count(getattr(recipe, name, 0)) for name in COUNTS}}
-
-
-def _count(value):
-    return value if value == "auto" else int(value or 0)
 
 
 def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:

@@ -1,0 +1,213 @@
+"""Predict a QLoRA training step's peak GPU memory before loading anything: the architectures,
+the calibration and the model of memory that `reviewgpt plan` (reviewgpt.train.plan), `train`'s
+memory check, OOM recovery and `reviewgpt doctor` all ask.
+
+The prediction adds up what is known exactly (4-bit weights, bf16/fp32 embedding, LoRA weights
+and gradients, one checkpointed hidden state per layer) and what was measured (the working set of
+one layer's recompute + backward, the reference loss's fp32 logits), per token, with coefficients
+calibrated on the GPU device (CALIBRATION, docs/performance.md). It answers for the recipe's
+speed options (reviewgpt.speed_options) or for the reference path (`reference=True`). bitsandbytes'
+paged optimizer states live in CUDA unified memory, outside PyTorch's allocator, and are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from reviewgpt.errors import UserError
+from reviewgpt.models import FAMILIES
+from reviewgpt.speed_options import options_of
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    family: str
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+    max_positions: int = 8192
+    rope_theta: float = 10000.0
+
+    @property
+    def linear_params(self) -> int:
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        per_layer = 2 * self.hidden * q + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate
+        return per_layer * self.layers
+
+    def module_shapes(self) -> dict:
+        """(in, out) of each linear module name, as LoRA sees it."""
+        q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+# The real architectures (transformers configs of the hub models; BASELINE.md).
+ARCHITECTURES = {
+    "gemma-7b": Architecture("gemma-7b", "gemma", 256000, 3072, 24576, 28, 16, 16, 256, tied=True),
+    "gemma-2b": Architecture("gemma-2b", "gemma", 256000, 2048, 16384, 18, 8, 1, 256, tied=True),
+    "mistral-7b": Architecture("mistral-7b", "mistral", 32000, 4096, 14336, 32, 32, 8, 128, tied=False,
+                               max_positions=32768, rope_theta=1e6),
+    "llama-2-7b": Architecture("llama-2-7b", "llama", 32000, 4096, 11008, 32, 32, 32, 128, tied=False,
+                               max_positions=4096),
+}
+FAMILY_DEFAULTS = {"gemma": "gemma-7b", "mistral": "mistral-7b", "llama": "llama-2-7b"}
+HUB_IDS = {
+    "google/gemma-7b-it": "gemma-7b", "google/gemma-7b": "gemma-7b",
+    "google/gemma-2b-it": "gemma-2b", "google/gemma-2b": "gemma-2b",
+    "mistralai/Mistral-7B-Instruct-v0.2": "mistral-7b", "mistralai/Mistral-7B-v0.1": "mistral-7b",
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b", "meta-llama/Llama-2-7b-chat-hf": "llama-2-7b",
+}
+
+# Bytes per token per hidden / intermediate unit for one layer's recompute + backward, the
+# reference loss's bytes per logit, and fixed overhead; fitted on the device (docs/performance.md).
+CALIBRATION = {
+    "work_per_hidden": 30.0,
+    "work_per_intermediate": 12.0,
+    "reference_bytes_per_logit": 12.0,
+    "overhead_gib": 0.5,
+    # one decoder layer's activations kept for backward (checkpoint_skip_layers), bytes per token
+    "kept_per_hidden": 19.0,
+    "kept_per_intermediate": 7.3,
+    # lean_mlp (reviewgpt.train.speed.mlp) keeps 3 instead of 6 sequence x intermediate tensors at the MLP's
+    # backward (2 instead of 3 in a kept layer): 6 and 7.3 - 2 bytes; counted, not yet measured.
+    "lean_work_per_intermediate": 6.0,
+    "lean_kept_per_intermediate": 5.3,
+    # Reserved = allocated x slope + slack with the chunked loss (fitted on the 14 rows of issue 4's
+    # calls 4-5 and issue 13's 32K/64K rows: within -6%..+7%); full fp32 logits (the reference
+    # path) fragment more: x 1.22 (1.21-1.30 measured).
+    "reserved_slope": 1.05,
+    "reserved_slack_gib": 1.5,
+    "reserved_over_allocated": 1.22,
+    "cuda_context_gib": 0.6,
+    "calibrated_on": "NVIDIA H100 80GB HBM3, bench/device_grid.sh (docs/performance.md): gemma-7b 8K/12K, "
+                     "mistral-7b 12K b1/b3, reference and reviewgpt paths; kept layers fitted on H200 "
+                     "(bench/device_speed.sh); 30 later device rows on H100 and H200 all within -3.4%..+5.1%",
+}
+
+
+def architecture_from_config(config: dict, name: str = "custom") -> Architecture:
+    family = {"gemma": "gemma", "mistral": "mistral", "llama": "llama"}.get(config.get("model_type"), "llama")
+    heads = config["num_attention_heads"]
+    return Architecture(
+        name=name, family=family, vocab=config["vocab_size"], hidden=config["hidden_size"],
+        intermediate=config["intermediate_size"], layers=config["num_hidden_layers"], heads=heads,
+        kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        tied=bool(config.get("tie_word_embeddings", family == "gemma")),
+        max_positions=config.get("max_position_embeddings", 8192),
+        rope_theta=config.get("rope_theta", 10000.0),
+    )
+
+
+def architecture_of(model: Optional[str]) -> Architecture:
+    """From a local model directory's config.json, a known hub id, or an ARCHITECTURES name."""
+    if model and (Path(model) / "config.json").is_file():
+        config = json.loads((Path(model) / "config.json").read_text())
+        return architecture_from_config(config, Path(model).name)
+    if model in HUB_IDS:
+        return ARCHITECTURES[HUB_IDS[model]]
+    if model in ARCHITECTURES:
+        return ARCHITECTURES[model]
+    raise UserError(f"no architecture known for model {model!r}: pass a local model directory (with "
+                    f"config.json) or one of {', '.join(sorted(HUB_IDS))}.")
+
+
+def architecture_or_family_default(model: Optional[str], family: str) -> Architecture:
+    """`architecture_of(model)`, or the family's 7B architecture when the model is not known (a rough
+    answer for `doctor`, which must say something before the weights are downloaded)."""
+    try:
+        return architecture_of(model)
+    except UserError:
+        return ARCHITECTURES[FAMILY_DEFAULTS[family]]
+
+
+def lora_params(arch: Architecture, r: int, targets) -> int:
+    shapes = arch.module_shapes()
+    return sum(r * sum(shapes[t]) for t in targets if t in shapes) * arch.layers
+
+
+def _gemma_mask_side(arch: Architecture, seq: int) -> int:
+    side = arch.max_positions
+    while side < seq:  # 4.38.2 doubles its causal-mask buffer when a sequence is longer
+        side *= 2
+    return side
+
+
+def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_targets=None,
+            options: Optional[dict] = None, reference: bool = False, quantize: bool = True,
+            gradient_checkpointing: bool = True, paged_optimizer: bool = True, labelled_fraction: float = 1.0,
+            calibration: Optional[dict] = None) -> dict:
+    """Predicted peak allocated bytes of one training step, with its parts (all in GiB)."""
+    cal = {**CALIBRATION, **(calibration or {})}
+    opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
+            "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0, "checkpoint_offload": False,
+            "lean_mlp": False}
+    if not reference:
+        opts.update({k: v for k, v in (options or {}).items() if k in opts})
+    kept = opts["checkpoint_skip_layers"]
+    kept = 0 if kept == "auto" else kept  # auto is resolved by the caller (layers_that_fit); 0 is its floor
+    kept = min(int(kept or 0), arch.layers) if gradient_checkpointing else 0
+    offload = bool(opts["checkpoint_offload"]) and gradient_checkpointing
+    per_intermediate = cal["lean_work_per_intermediate"] if opts["lean_mlp"] else cal["work_per_intermediate"]
+    kept_per_intermediate = cal["lean_kept_per_intermediate"] if opts["lean_mlp"] else cal["kept_per_intermediate"]
+    targets = lora_targets or FAMILIES[arch.family].lora_targets
+    tokens = batch * seq
+    act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
+    parts = {
+        "weights": arch.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256) if quantize else 2),
+        "embedding": arch.vocab * arch.hidden * act * (1 if arch.tied else 2),
+        "lora": lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
+        "checkpoints": (arch.layers - kept) * tokens * arch.hidden * act if gradient_checkpointing else 0,
+        "layer_work": tokens * (cal["work_per_hidden"] * arch.hidden * act / 2 + per_intermediate * arch.intermediate),
+    }
+    host = 0
+    if offload and kept < arch.layers:  # the inputs wait on the host; the one being recomputed comes back
+        host = parts["checkpoints"]
+        parts["checkpoints"] = tokens * arch.hidden * act
+    if not gradient_checkpointing:
+        parts["layer_work"] *= arch.layers
+    if kept:
+        parts["kept_layers"] = kept * tokens * (cal["kept_per_hidden"] * arch.hidden * act / 2
+                                                + kept_per_intermediate * arch.intermediate)
+    if opts["checkpoint_keep_attention"]:
+        parts["checkpoints"] += (arch.layers - kept) * tokens * arch.heads * (arch.head_dim * 2 + 4)
+    if arch.family == "gemma" and not opts["causal_sdpa"]:
+        side = _gemma_mask_side(arch, seq)
+        parts["attention_mask"] = 2 * batch * side * side * act
+    labelled = tokens * labelled_fraction
+    if opts["chunked_loss"]:
+        rows = min(8192, max(128, GIB // (4 * arch.vocab)), labelled)  # one chunk of fp32 logits at most
+        loss = 2 * labelled * arch.hidden * act + rows * arch.vocab * 6
+        if act == 4:  # fp32 frozen LM head: a bf16 copy of it shows in the peak (measured, H100)
+            parts["lm_head_bf16_copy"] = arch.vocab * arch.hidden * 2
+    else:
+        loss = tokens * arch.vocab * cal["reference_bytes_per_logit"]
+    parts["loss_or_layer"] = max(loss, parts.pop("layer_work"))
+    parts["overhead"] = cal["overhead_gib"] * GIB
+    total = sum(parts.values()) / GIB
+    if opts["chunked_loss"]:
+        reserved = total * cal["reserved_slope"] + cal["reserved_slack_gib"]
+    else:  # full fp32 logits: the allocator's cache fragments more
+        reserved = total * cal["reserved_over_allocated"]
+    return {"allocated_gib": round(total, 2), "reserved_gib": round(reserved, 2),
+            "host_pinned_gib": round(host / GIB, 2),
+            "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
+
+
+def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
+    """`predict` for a recipe's LoRA, optimizer and speed options (`option_changes` override them)."""
+    return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
+                   options={**options_of(recipe), **option_changes}, reference=reference, quantize=recipe.quantize,
+                   gradient_checkpointing=recipe.gradient_checkpointing,
+                   paged_optimizer="paged" in recipe.optim, calibration=calibration)

@@ -1,0 +1,84 @@
+"""What a run writes about itself while and after it trains: the JSONL log callback, the loss
+curve and the peak GPU memory of every process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from reviewgpt import run
+from reviewgpt.train.distributed import floats_in_logs
+
+
+def make_log_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class JsonlLogCallback(TrainerCallback):
+        """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # Log at every checkpoint, so a checkpoint's log history holds every step's loss up to it
+            # and a resumed run can report the mean over all its steps (`run_mean_loss`).
+            if control.should_save:
+                control.should_log = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            # Tensors (deepspeed >= 0.13.2's grad_norm) -> floats, here and in the copy the Trainer
+            # keeps in its state, which transformers 4.38.x dumps to JSON (transformers#29207).
+            floats_in_logs(logs)
+            if state.log_history:
+                floats_in_logs(state.log_history[-1])
+            if not state.is_world_process_zero:
+                return
+            row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
+            run.append_log(path, row)
+
+    return JsonlLogCallback()
+
+
+def peak_memory_per_gpu() -> Optional[List[float]]:
+    """Peak allocated GiB of each process's GPU (gathered from every rank under DDP)."""
+    if not torch.cuda.is_available():
+        return None
+    mine = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+        return everyone
+    return [mine]
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> Optional[Path]:
+    if not log_path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = {}, {}
+    for row in run.read_log(log_path):
+        if "loss" in row:
+            train[row["step"]] = row["loss"]
+        if "eval_loss" in row:
+            evals[row["step"]] = row["eval_loss"]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train loss")
+    if evals:
+        ax.plot(sorted(evals), [evals[s] for s in sorted(evals)], "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,128 @@
+"""The package's layout (issue 14): imports flow one way, read from the source with ast.
+
+    data <- train, data <- eval, models <- both; eval imports nothing from train; no cycles.
+
+A unit is a sub-package (reviewgpt/data, train, eval, env, commands) or a top-level module
+(reviewgpt/models.py, run.py, recipe.py, ...). Imports inside functions count too: a lazy import
+is still a dependency. `reviewgpt/__init__.py` (the public facade, re-exports only) and
+`reviewgpt/moved.py` (old module names as strings) are not units.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "reviewgpt"
+FACADE = {"reviewgpt", "reviewgpt.moved"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported(name: str, path: Path, known: dict) -> set:
+    """The reviewgpt modules `name` imports (a `from X import y` of a sub-module counts as X.y)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t == "reviewgpt" or t.startswith("reviewgpt."))
+    return found
+
+
+def unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def unit_graph() -> dict:
+    known = modules()
+    graph = {}
+    for name, path in known.items():
+        if name in FACADE:
+            continue
+        for target in imported(name, path, known):
+            if target in FACADE:
+                continue
+            graph.setdefault(unit(name), {}).setdefault(unit(target), set()).add(f"{name} -> {target}")
+    return graph
+
+
+def edges_from(graph: dict, source: str, forbidden: set) -> list:
+    return sorted(e for target, why in graph.get(source, {}).items() if target in forbidden for e in why)
+
+
+def test_data_imports_nothing_above_it():
+    graph = unit_graph()
+    assert set(graph.get("data", {})) <= {"data", "errors"}, graph["data"]
+
+
+def test_eval_imports_nothing_from_train():
+    assert edges_from(unit_graph(), "eval", {"train", "commands", "cli", "merge"}) == []
+
+
+def test_models_import_nothing_from_the_pipeline():
+    graph = unit_graph()
+    for low in ("models", "run", "recipe", "memory", "speed_options", "torch_support", "llama_mask"):
+        assert edges_from(graph, low, {"train", "eval", "commands", "cli", "env"}) == [], low
+
+
+def test_train_and_eval_use_data_and_models():
+    graph = unit_graph()
+    assert {"data", "models"} <= set(graph["train"]) and {"data", "models"} <= set(graph["eval"])
+
+
+def test_no_cycles_between_units():
+    graph = {source: set(targets) - {source} for source, targets in unit_graph().items()}
+    done, path = set(), []
+
+    def visit(node):
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if node in done:
+            return
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt)
+        path.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node)
+
+
+def test_no_cycles_between_modules():
+    known = modules()
+    graph = {name: imported(name, path, known) - FACADE for name, path in known.items() if name not in FACADE}
+    # a package's own __init__ re-exporting its modules is not a cycle with them
+    graph = {n: {t for t in ts if not (n.startswith(t + ".") and known[t].name == "__init__.py")} for n, ts in graph.items()}
+    state = {}
+
+    def visit(node, path):
+        if state.get(node) == "open":
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(node):] + [node]))
+        if state.get(node) == "done":
+            return
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, path + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        visit(node, [])
+
