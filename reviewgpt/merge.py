@@ -21,11 +21,12 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from reviewgpt import run
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "reviewgpt.json"
+METADATA_FILE = run.MERGE_METADATA_FILE
 QUANTIZED_MERGE = (
     "a 4-bit (or 8-bit) quantized model cannot be merged with its adapter: merge into the 16-bit base "
     "(the default here) and quantize the merged model afterwards if you need to"
@@ -33,19 +34,12 @@ QUANTIZED_MERGE = (
 
 
 def read_adapter_recipe(adapter_dir: Path) -> dict:
-    import yaml
-
-    path = adapter_dir / "reviewgpt_recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return run.read_recipe(adapter_dir)
 
 
 def base_of(adapter_dir: Path, base: Optional[str]) -> str:
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json; pass the folder `reviewgpt train --output` wrote.")
-    if base:
-        return base
-    return json.loads(config_path.read_text())["base_model_name_or_path"]
+    adapter = run.adapter_base(adapter_dir)  # also checks that this is a run folder
+    return base or adapter
 
 
 BASE_WEIGHTS = ("auto", "16bit", "nf4")
@@ -75,9 +69,8 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
           base_weights: str = "auto") -> Path:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reviewgpt.models import FAMILIES, load_config
+    from reviewgpt.models import FAMILIES, load_model, load_tokenizer
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     base_path = base_of(adapter_dir, base)
@@ -89,9 +82,9 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
     recipe = read_adapter_recipe(adapter_dir)
     family = recipe.get("family") or base_config.get("model_type", "llama")
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    config = load_config(base_path, family) if family in FAMILIES else None
     log.info("loading %s in %s", base_path, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base_path, config=config, torch_dtype=torch_dtype)
+    model, _, _ = load_model(base_path, family if family in FAMILIES else None, dtype=torch_dtype, attention=None,
+                             what="base model", fix="pass --base DIR")
     if base_weights not in BASE_WEIGHTS:
         raise UserError(f"--base-weights must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}.")
     if base_weights == "auto":
@@ -114,12 +107,12 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
     output_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(output_dir), safe_serialization=True)
     tokenizer_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
-    AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(str(output_dir))
+    load_tokenizer(str(tokenizer_src), family if family in FAMILIES else "llama").save_pretrained(str(output_dir))
     metadata = {
         "base": str(base_path),
         "adapter": str(adapter_dir),
         "family": family,
-        "template": recipe.get("template", "alpaca-reference"),
+        "template": recipe.get("template", run.DEFAULT_TEMPLATE),
         "recipe": recipe.get("name"),
         "dtype": dtype,
         "base_weights": base_weights,
@@ -127,5 +120,5 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
         "review_max_input_tokens": recipe.get("review_max_input_tokens"),
         "max_new_tokens": recipe.get("max_new_tokens"),
     }
-    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    run.write_merge_metadata(output_dir, metadata)
     return output_dir

@@ -1,13 +1,23 @@
-"""Model facts per family, QLoRA configs, and loading a base model and tokenizer.
+"""The one model loader (`load_model`): base models for training, run folders, merged models,
+judge and needle models all load here, with one set of family fixes and one pad policy.
+
+Over 300 lines: the loader and the facts it applies (families, QLoRA config, attention choice,
+tokenizer policy) are read together, and each part is used only by the loader and its callers.
+
+    load_model          any causal LM folder or hub id -> (model, family, attention)
+    load_base_model     the base for training (4-bit NF4 when asked, no KV cache)
+    load_for_inference  a run folder (adapter on its base), a merged model or a plain model, eval mode
+    load_tokenizer      the one pad policy
 
 Pinned-stack fixes applied here (REFERENCE.md section 2):
 - Gemma on transformers 4.38.2 reads `hidden_act="gelu"` (exact GELU) but was trained with the
   tanh approximation: set `gelu_pytorch_tanh` (transformers 4.39 made the same change).
 - Gemma needs `<bos>` first (the tokenizer adds it; our templates keep it) and right padding.
 - Mistral's tokenizer has no pad token: use `unk` (not `eos`, which would mask the EOS label
-  in collators that pad with -100 by id).
+  in collators that pad with -100 by id); a tokenizer with neither pad nor unk pads with `eos`.
 - 4-bit loading without CUDA fails in transformers with a misleading "requires Accelerate ...
   pip install bitsandbytes" message: check first and say what to do.
+- Llama under SDPA gets a causal mask the size of the batch (reviewgpt.llama_mask) at inference.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-from reviewgpt import torch_support
+from reviewgpt import run, torch_support
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -202,6 +212,46 @@ def load_config(path: str, family: str, attn_implementation: Optional[str] = Non
     return config
 
 
+def load_model(path: str, family: Optional[str] = None, *, quantize: bool = False, dtype=None,
+               device: Optional[str] = None, attention: Optional[str] = "auto", device_map=None,
+               what: str = "model", fix: str = "pass --model DIR"):
+    """The one way reviewgpt loads a causal LM (train, review, eval, merge, judge, needle): the hub
+    check, the family's fixes (Gemma's tanh GELU), the attention kind written into the config,
+    4-bit NF4 when `quantize` (one GPU per process), every load failure as one UserError ending
+    in `fix`. `family` None: read from the config (`family_of`). `attention` None: the config's
+    own (merge). `device` moves a model that is not quantized. Returns (model, family, attention)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    require_local_or_cached(path, what, "--model")
+    if quantize:
+        check_quantization_possible()
+    attention = resolve_attention(attention) if attention else None
+    try:
+        family = family or family_of(load_config(path, "llama"))
+        config = load_config(path, family, attention)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load the {what} from {path!r} ({exc}); {fix}.") from None
+    kwargs = dict(config=config, torch_dtype=dtype or torch.float32)
+    if quantize:
+        kwargs["quantization_config"] = qlora_config(family, quantize=True)[0]
+        # One GPU per process (under accelerate/torchrun LOCAL_RANK picks it): never let a single
+        # process spread over several GPUs.
+        kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load the {what} from {path!r} ({exc}); {fix}.") from None
+    except ImportError as exc:  # an attention kind this stack cannot run (flash-attn not installed, ...)
+        raise UserError(f"could not load {path!r} with {attention} attention ({str(exc).splitlines()[0]}); "
+                        f"pass --attn-implementation {attention_alternatives(attention)}.") from None
+    if device and not quantize:
+        model.to(device)
+    return model, family, attention
+
+
 def load_base_model(
     path: str,
     family: str,
@@ -212,41 +262,16 @@ def load_base_model(
 ):
     """The base model for training: 4-bit NF4 when `quantize`, else 16/32-bit."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    require_local_or_cached(path, "model", "--model")
-    if quantize:
-        check_quantization_possible()
-    attention = resolve_attention(attn_implementation)
-    config = load_config(path, family, attention)
-    window = getattr(config, "sliding_window", None)
+    model, _, attention = load_model(path, family, quantize=quantize, device_map=device_map,
+                                     dtype=torch.bfloat16 if bf16 else torch.float32, attention=attn_implementation)
+    window = getattr(model.config, "sliding_window", None)
     if window and attention == "sdpa":
         log.warning("%s has a %d-token sliding window, which transformers 4.38.2's SDPA path ignores (it attends "
                     "to the whole context); --attn-implementation flash_attention_2 (or eager) honours it",
                     path, window)
-    bnb, _ = qlora_config(family, quantize=quantize)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    kwargs = dict(config=config, torch_dtype=dtype)
-    if bnb is not None:
-        kwargs["quantization_config"] = bnb
-        # One GPU per process (under accelerate/torchrun LOCAL_RANK picks it): never let a single
-        # process spread over several GPUs.
-        kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    elif device_map is not None:
-        kwargs["device_map"] = device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise UserError(f"could not load the model from {path!r} ({exc}); pass --model DIR.") from None
-    except ImportError as exc:  # an attention kind this stack cannot run (flash-attn not installed, ...)
-        raise UserError(f"could not load {path!r} with {attention} attention ({str(exc).splitlines()[0]}); "
-                        f"pass --attn-implementation {attention_alternatives(attention)}.") from None
     model.config.use_cache = False  # incompatible with gradient checkpointing; generation turns it on
     return model
-
-
-RUN_RECIPE_FILE = "reviewgpt_recipe.yaml"  # written by `train` into its run folder
-MERGE_METADATA_FILE = "reviewgpt.json"  # written by `merge` into the merged folder
 
 
 @dataclass
@@ -268,13 +293,6 @@ def family_of(config) -> str:
     return model_type if model_type in FAMILIES else "llama"
 
 
-def _read_run(model_dir: Path) -> dict:
-    import yaml
-
-    path = model_dir / RUN_RECIPE_FILE
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
-
-
 def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implementation: str = "auto"
                        ) -> InferenceModel:
     """A `train` run folder (its adapter on its base), a `merge` output or a plain model folder,
@@ -283,27 +301,21 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
     `quantize` None follows the run: its base is loaded in 4-bit when it was trained in 4-bit and
     a GPU is here (on a CPU it is loaded in 16/32-bit and a warning says so); True asks for 4-bit.
     """
-    import json
-
     import torch
-    from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder; pass a `reviewgpt train` run folder, a merged "
                         "model or a model folder.")
     cuda = cuda_available()
-    is_run = (model_dir / "adapter_config.json").is_file()
+    is_run = run.is_run(model_dir)
     if not is_run and not (model_dir / "config.json").is_file():
         raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a `reviewgpt train` run "
                         "folder, a merged model or a model folder.")
-    metadata = _read_run(model_dir) if is_run else {}
-    merged_meta = model_dir / MERGE_METADATA_FILE
-    if not is_run and merged_meta.is_file():
-        metadata = json.loads(merged_meta.read_text(encoding="utf-8"))
+    metadata = run.read_metadata(model_dir)
     base = str(model_dir)
     if is_run:
-        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = run.adapter_base(model_dir)
         require_local_or_cached(base, "the adapter's base model", "`reviewgpt merge RUN --base DIR` and --model")
     trained_4bit = bool(metadata.get("quantize", False)) and is_run
     if quantize is None:
@@ -311,19 +323,9 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
         if trained_4bit and not cuda:
             log.warning("%s was trained on a 4-bit base; without a GPU it is evaluated on the 16/32-bit base",
                         model_dir)
-    if quantize:
-        check_quantization_possible()
-    attention = resolve_attention(attn_implementation)
-    family = metadata.get("family") or family_of(load_config(base, "llama"))
-    config = load_config(base, family, attention)
-    kwargs = dict(config=config, torch_dtype=torch.bfloat16 if cuda else torch.float32)
-    if quantize:
-        kwargs["quantization_config"] = qlora_config(family, quantize=True)[0]
-        kwargs["device_map"] = {"": 0}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except OSError as exc:
-        raise UserError(f"could not load the model from {base!r} ({exc}); pass --model DIR.") from None
+    model, family, attention = load_model(base, metadata.get("family"), quantize=bool(quantize),
+                                          dtype=torch.bfloat16 if cuda else torch.float32,
+                                          attention=attn_implementation, device_map={"": 0} if quantize else None)
     if is_run:
         from peft import PeftModel
 

@@ -16,6 +16,7 @@ from typing import Literal, Optional, Tuple, Union
 
 import yaml
 
+from reviewgpt import run
 from reviewgpt.data.prompt import TEMPLATES
 from reviewgpt.errors import UserError
 
@@ -71,7 +72,7 @@ class Recipe:
                                                          default="gemma")
     model: Optional[str] = _help("hub id or local directory of the base model", default=None)
     tokenizer: Optional[str] = _help("tokenizer directory (default: the model's)", default=None)
-    template: str = _help(f"prompt template: {', '.join(TEMPLATES)}", default="alpaca-reference")
+    template: str = _help(f"prompt template: {', '.join(TEMPLATES)}", default=run.DEFAULT_TEMPLATE)
     max_seq_length: int = _help("tokens per training example; the paper is trimmed to fit, never the review",
                                 AT_LEAST_1, default=8192)
     loss_on: Literal["review", "all"] = _help("'review': loss on review tokens only; 'all': reference",
@@ -110,7 +111,7 @@ class Recipe:
     review_max_input_tokens: Optional[int] = _help(
         "prompt budget at generation; the paper is trimmed to fit (default: max_seq_length - max_new_tokens, "
         "7168 for an 8192 recipe, as the reference)", AT_LEAST_1, default=None)
-    max_new_tokens: int = _help("longest generated review", AT_LEAST_1, default=1024)
+    max_new_tokens: int = _help("longest generated review", AT_LEAST_1, default=run.DEFAULT_MAX_NEW_TOKENS)
     # Speed and memory (issue 4; reviewgpt.train.speed, reviewgpt.train.plan, reviewgpt.train.oom; docs/performance.md).
     chunked_loss: bool = _help("loss over labelled positions only, in chunks: never T x vocab fp32 logits "
                                "(same loss and gradients)", default=True)

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from reviewgpt import run
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 1024
+DEFAULT_MAX_NEW_TOKENS = run.DEFAULT_MAX_NEW_TOKENS
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,7 @@ def done_ids(output_path: Path) -> set:
 
 
 def prompt_budget(settings: GenerationSettings, meta: dict, max_new: int) -> int:
-    if settings.max_input_tokens:
-        return settings.max_input_tokens
-    if meta.get("review_max_input_tokens"):
-        return int(meta["review_max_input_tokens"])
-    if meta.get("max_seq_length"):
-        return max(int(meta["max_seq_length"]) - max_new, 1)
-    return 7168  # the reference truncated its inputs to 7168 tokens
+    return run.prompt_budget(meta, max_new, settings.max_input_tokens)
 
 
 def stop_token_ids(tokenizer, template) -> List[int]:

@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from reviewgpt import run
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CSV_FILE = "needle.csv"
-PNG_FILE = "needle_heatmap.png"
-CONFIG_FILE = "needle_config.json"
+CSV_FILE, PNG_FILE, CONFIG_FILE = run.NEEDLE_CSV, run.NEEDLE_PNG, run.NEEDLE_CONFIG  # the run folder's format
 CSV_FIELDS = [
     "length",
     "depth_percent",
@@ -204,29 +203,21 @@ def load_filler(path=None) -> str:
 
 def load_needle_model(model_dir: str, attention: str, device: str = "auto"):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from reviewgpt.models import FAMILIES, attention_alternatives, resolve_attention
+    from reviewgpt.models import attention_alternatives, load_model, load_tokenizer, resolve_attention
 
     if not Path(model_dir).is_dir():
         raise UserError(f"--model {model_dir!r} is not a directory; pass a transformers model directory.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    attention = resolve_attention(attention)  # sdpa is eager on a torch without it (torch < 2.1.1)
-    # The attention choice goes into the config: transformers 4.38.2's AutoModel*.from_pretrained drops
-    # an `attn_implementation=` keyword when a `config=` is passed too (the model silently gets sdpa).
-    config = AutoConfig.from_pretrained(model_dir, attn_implementation=attention)
-    fix = getattr(FAMILIES.get(config.model_type), "hidden_act", None)
-    if fix:  # transformers 4.38.2 reads Gemma's exact gelu; the model was trained with tanh
-        config.hidden_act = fix
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # sdpa is eager on a torch without it (torch < 2.1.1); the choice goes into the config (load_model)
+    resolved = resolve_attention(attention)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=dtype).to(device)
-    except (OSError, ValueError, ImportError) as exc:
-        raise UserError(
-            f"could not load {model_dir!r} with {attention} attention ({exc}); "
-            f"pass --attention {attention_alternatives(attention)}."
-        ) from None
+        model, family, attention = load_model(model_dir, device=device, attention=resolved,
+                                              dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                                              fix=f"pass --attention {attention_alternatives(resolved)}")
+    except UserError as exc:
+        raise UserError(str(exc).replace("--attn-implementation", "--attention")) from None
     model.eval()
     log.info(
         "needle model %s: %s attention, sliding window %s",
@@ -234,7 +225,7 @@ def load_needle_model(model_dir: str, attention: str, device: str = "auto"):
         model.config._attn_implementation,
         getattr(model.config, "sliding_window", None),
     )
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return model, load_tokenizer(model_dir, family)
 
 
 def _set_aside(output_dir: Path) -> Path:

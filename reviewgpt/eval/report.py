@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from reviewgpt import run
 from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,7 @@ def _rel(path: Path, start: Path) -> str:
 
 def read_train_log(path: Path) -> Dict:
     train, evals = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s:%d: skipping a line that is not JSON", path, number)
-            continue
+    for row in run.read_log(path):
         if "loss" in row:
             train.append((row.get("step"), row["loss"]))
         if "eval_loss" in row:
@@ -47,7 +41,7 @@ def read_train_log(path: Path) -> Dict:
 
 
 def training_section(run_dir: Path, report_dir: Path) -> List[str]:
-    log_path = run_dir / "train_log.jsonl"
+    log_path = run_dir / run.LOG_FILE
     lines = ["## Training", ""]
     if not log_path.is_file():
         return lines + [f"No training log (`{_rel(log_path, report_dir)}` not found).", ""]
@@ -95,9 +89,9 @@ def score_section(score_dirs: Sequence[Path]) -> List[str]:
 
 
 def needle_section(needle_dir: Path, report_dir: Path) -> List[str]:
-    from reviewgpt.eval.needle import CSV_FILE, PNG_FILE, read_rows
+    from reviewgpt.eval.needle import read_rows
 
-    rows = read_rows(needle_dir / CSV_FILE)
+    rows = read_rows(needle_dir / run.NEEDLE_CSV)
     lines = ["## Needle in a haystack", ""]
     if not rows:
         return lines + ["No cells measured yet.", ""]
@@ -108,7 +102,7 @@ def needle_section(needle_dir: Path, report_dir: Path) -> List[str]:
             f"| {length} | {sum(r['retrieved'] for r in cells)}/{len(cells)} | "
             f"{sum(r['answer_loss'] for r in cells) / len(cells):.3f} |"
         )
-    png = needle_dir / PNG_FILE
+    png = needle_dir / run.NEEDLE_PNG
     if png.is_file():
         lines += ["", f"![needle heatmap]({_rel(png, report_dir)})"]
     return lines + [""]
@@ -125,10 +119,10 @@ def discover(run_dir: Path, judge_dirs=None, needle_dir=None):
         judges = sorted(p.parent for p in run_dir.glob("judge*/summary.json"))
     if needle_dir:
         needle = Path(needle_dir)
-        if not (needle / "needle.csv").is_file():
+        if not (needle / run.NEEDLE_CSV).is_file():
             raise UserError(f"--needle {needle}: no needle.csv there; pass the --output folder of `reviewgpt needle`.")
     else:
-        needle = run_dir / "needle" if (run_dir / "needle" / "needle.csv").is_file() else None
+        needle = run_dir / run.NEEDLE_DIR if (run_dir / run.NEEDLE_DIR / run.NEEDLE_CSV).is_file() else None
     return judges, needle
 
 
@@ -147,7 +141,7 @@ def build_report(run_dir, judge_dirs=None, needle_dir=None, output=None, score_d
         raise UserError(f"{run_dir}: no such run folder; pass the --output folder of `reviewgpt train`.")
     judges, needle = discover(run_dir, judge_dirs, needle_dir)
     scores = discover_scores(run_dir, score_dirs)
-    if not (run_dir / "train_log.jsonl").is_file() and not judges and not needle and not scores:
+    if not (run_dir / run.LOG_FILE).is_file() and not judges and not needle and not scores:
         raise UserError(
             f"{run_dir} has no train_log.jsonl, judge*/summary.json, score*/score.json or needle/needle.csv; pass "
             "--judge DIR, --score DIR or --needle DIR, or run train/judge/score/needle first."

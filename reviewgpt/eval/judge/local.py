@@ -76,9 +76,8 @@ def _common_prefix_length(sequences: List[List[int]]) -> int:
 
 def load_judge_model(model_dir: str, device: str = "auto"):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from reviewgpt.models import FAMILIES
+    from reviewgpt.models import load_model, load_tokenizer
 
     if not Path(model_dir).is_dir():
         raise UserError(
@@ -87,20 +86,10 @@ def load_judge_model(model_dir: str, device: str = "auto"):
         )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        config = AutoConfig.from_pretrained(model_dir)
-        fix = getattr(FAMILIES.get(config.model_type), "hidden_act", None)
-        if fix:  # transformers 4.38.2 reads Gemma's exact gelu; the model was trained with tanh
-            config.hidden_act = fix
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=dtype).to(device)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"could not load a judge model from {model_dir!r} ({exc}); pass --judge hf:DIR."
-        ) from None
+    model, family, _ = load_model(model_dir, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                                  what="judge model", fix="pass --judge hf:DIR")
     model.eval()
-    return model, tokenizer
+    return model, load_tokenizer(model_dir, family)
 
 
 class LocalJudge:
