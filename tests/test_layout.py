@@ -36,7 +36,8 @@ def imported(name: str, path: Path, known: dict) -> set:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         else:
             continue
@@ -110,7 +111,8 @@ def test_no_cycles_between_modules():
     known = modules()
     graph = {name: imported(name, path, known) - FACADE for name, path in known.items() if name not in FACADE}
     # a package's own __init__ re-exporting its modules is not a cycle with them
-    graph = {n: {t for t in ts if not (n.startswith(t + ".") and known[t].name == "__init__.py")} for n, ts in graph.items()}
+    graph = {n: {t for t in ts if not (n.startswith(t + ".") and known[t].name == "__init__.py")}
+             for n, ts in graph.items()}
     state = {}
 
     def visit(node, path):
