@@ -154,3 +154,61 @@ def test_apply_speedups_on_a_peft_trainer_changes_nothing_but_speed(tiny_gemma, 
     assert abs(loss.item() - ref_loss.item()) <= REL * abs(ref_loss.item())
     for name in ref_grads:
         assert_close(grads[name], ref_grads[name])
+
+
+def _patched(model) -> list:
+    """Modules that carry an instance-level attribute a speed option sets (a patched forward, ...)."""
+    return [f"{name}.{attr}" for name, module in model.named_modules()
+            for attr in ("forward", "_update_causal_mask", "loss_function") if attr in vars(module)]
+
+
+def test_speedups_undoes_every_patch_and_the_sdpa_order_after_the_block(tiny_gemma, tmp_path):
+    """Gemma's RMSNorm forward (bf16_frozen_weights) and the process-wide SDPA order included."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from reviewgpt.recipe import load_recipe
+    from reviewgpt.train.speed import speedups
+    from reviewgpt.train.speed.attention import sdpa_order, set_sdpa_order
+
+    model = get_peft_model(load(tiny_gemma), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+    before = sdpa_order()
+    custom = list(reversed(before)) if before else None
+    set_sdpa_order(custom)  # an order someone else chose: put back as it was, not as torch's default
+    recipe = load_recipe("tiny", {"model": str(tiny_gemma), "bf16_frozen_weights": True, "sdpa_cudnn": True,
+                                  "chunked_loss": True, "causal_sdpa": True})
+    try:
+        with speedups(trainer, recipe, bf16=True) as done:
+            assert done["bf16_frozen_weights"] and done["chunked_loss"]
+            assert any(type(m).__name__ == "GemmaRMSNorm" and "forward" in vars(m) for m in model.modules())
+            if custom is not None:
+                assert done["sdpa_cudnn"] and sdpa_order() != custom
+        assert _patched(model) == []
+        assert sdpa_order() == custom
+    finally:
+        set_sdpa_order(before)
+
+
+def test_train_leaves_no_patch_and_the_sdpa_order_as_it_found_them(tiny_gemma, sample_file, tmp_path):
+    from transformers import TrainerCallback
+
+    from reviewgpt.recipe import load_recipe
+    from reviewgpt.train import train
+    from reviewgpt.train.speed.attention import sdpa_order
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.model, self.order, self.patched = model, sdpa_order(), _patched(model)
+
+    watch = Watch()
+    before = sdpa_order()
+    recipe = load_recipe("tiny", {"model": str(tiny_gemma), "max_steps": 1, "save_steps": 10,
+                                  "attn_implementation": "sdpa" if torch_support.has("sdpa") else "eager",
+                                  "sdpa_cudnn": True, "chunked_loss": True, "causal_sdpa": True})
+    train(recipe, sample_file, tmp_path / "run", callbacks=[watch])
+    assert watch.patched, "the options were in force while training"
+    if before is not None:
+        assert watch.order != before  # cuDNN first during the run
+    assert sdpa_order() == before
+    assert _patched(watch.model) == []

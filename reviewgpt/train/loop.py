@@ -69,7 +69,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     from reviewgpt.data.prompt import get_template, make_formatting_func
     from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
     from reviewgpt.train.plan import check_fits, with_planned_layers
-    from reviewgpt.train.speed import apply_speedups
+    from reviewgpt.train.speed import speedups
 
     if not recipe.model:
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
@@ -143,9 +143,9 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     drop_empty_param_groups(trainer)
     if world_size() > 1:
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
-    apply_speedups(trainer, step_recipe, bf16=args.bf16)  # issue 4: the recipe's speed options
     started = time.time()
-    with trusted_checkpoint_loading(checkpoint):
+    # issue 4's speed options, in force for this run only: undone when it ends (or fails)
+    with speedups(trainer, step_recipe, bf16=args.bf16), trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model); rank 0 only
     png = None

@@ -13,30 +13,40 @@
     checkpoint_offload        checkpointed layers' inputs wait in pinned host memory (less GPU memory)
     lean_mlp                  GeGLU/SwiGLU keeping gate and up only, gradients written over them
 
-`apply_speedups(trainer, recipe)` applies them to a built trainer (after trl/peft have wrapped
-the model) and returns what is in force.
+`with speedups(trainer, recipe) as in_force:` applies them to a built trainer (after trl/peft have
+wrapped the model) for the duration of the block and undoes every one when it ends, an exception
+included: the instance patches, the kept layers, Gemma's RMSNorm forward and the process-wide SDPA
+backend order, which is put back as it was before (generation later in the same process, as in the
+quickstart, runs the stack's own code). `apply_speedups` / `remove_speedups` are the two halves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
 from reviewgpt.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
 from reviewgpt.speed_options import COUNTS, OFF, OPTIONS, SWITCHES, options_of  # noqa: F401
-from reviewgpt.train.speed.attention import patch_gemma_causal_sdpa, prefer_cudnn_attention, unpatch_gemma_causal_sdpa
+from reviewgpt.train.speed.attention import (
+    patch_gemma_causal_sdpa,
+    prefer_cudnn_attention,
+    sdpa_order,
+    set_sdpa_order,
+    unpatch_gemma_causal_sdpa,
+)
 from reviewgpt.train.speed.checkpointing import attention_saving_context_fn, checkpoint_layers, recompute_all_layers
 from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.train.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
 from reviewgpt.train.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
 from reviewgpt.train.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
 from reviewgpt.train.speed.offload import HostOffload, offload_supported
-from reviewgpt.train.speed.precision import keep_frozen_weights_in
+from reviewgpt.train.speed.precision import keep_frozen_weights_in, unpatch_gemma_rmsnorm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OFF", "OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "remove_speedups"]
+__all__ = ["OFF", "OPTIONS", "apply_speedups", "causal_lm_loss", "options_of", "remove_speedups", "speedups"]
 
 
 def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
@@ -96,9 +106,22 @@ def _keep_attention_in_checkpoints(trainer) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def speedups(trainer, recipe, bf16: bool = True):
+    """The recipe's speed options in force for the block (yields {option: in force}); every patch
+    removed and the SDPA backend order put back as it was when the block ends."""
+    order = sdpa_order()
+    try:
+        yield apply_speedups(trainer, recipe, bf16=bf16)
+    finally:
+        remove_speedups(trainer)
+        set_sdpa_order(order)
+
+
 def remove_speedups(trainer) -> None:
     """Undo the patches (not the bf16 cast, which loses nothing: the weights were loaded in bf16)."""
     unpatch_chunked_loss(trainer.model)
+    unpatch_gemma_rmsnorm(trainer.model)
     unpatch_gemma_causal_sdpa(trainer.model)
     unpatch_llama_causal_mask(trainer.model)
     unpatch_fused_lora(trainer.model)

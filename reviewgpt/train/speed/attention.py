@@ -79,16 +79,38 @@ def unpatch_gemma_causal_sdpa(model) -> None:
 _DEFAULT_ORDER = None
 
 
-def prefer_cudnn_attention(enable: bool = True) -> bool:
-    """Put cuDNN attention first in SDPA's backend order (or restore torch's order); False if
-    this torch has no such switch."""
-    global _DEFAULT_ORDER
+def _sdp_order_switch():
     getter = getattr(torch._C, "_get_sdp_priority_order", None)
     setter = getattr(torch._C, "_set_sdp_priority_order", None)
     backend = getattr(getattr(torch.nn, "attention", None), "SDPBackend", None)
     if getter is None or setter is None or not hasattr(backend, "CUDNN_ATTENTION"):
+        return None
+    return getter, setter, backend
+
+
+def sdpa_order():
+    """SDPA's process-wide backend order now (None on a torch without the switch)."""
+    switch = _sdp_order_switch()
+    return list(switch[0]()) if switch else None
+
+
+def set_sdpa_order(order) -> None:
+    """Put back an order `sdpa_order` returned (None: nothing to do)."""
+    switch = _sdp_order_switch()
+    if switch and order is not None:
+        switch[1](list(order))
+
+
+def prefer_cudnn_attention(enable: bool = True) -> bool:
+    """Put cuDNN attention first in SDPA's backend order (or restore torch's order); False if
+    this torch has no such switch. Process-wide: `reviewgpt.train.speed.speedups` saves the
+    order before and puts it back after the run."""
+    global _DEFAULT_ORDER
+    switch = _sdp_order_switch()
+    if switch is None:
         log.info("torch %s cannot reorder SDPA backends; keeping its default", torch.__version__)
         return False
+    getter, setter, backend = switch
     if _DEFAULT_ORDER is None:
         _DEFAULT_ORDER = list(getter())
     cudnn = backend.CUDNN_ATTENTION.value

@@ -14,9 +14,9 @@ transformers >= 4.40 does.
 
 from __future__ import annotations
 
-import types
-
 import torch
+
+from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
 
 def _gemma_rmsnorm_forward(self, x):
@@ -32,10 +32,13 @@ def keep_frozen_weights_in(model, dtype=torch.bfloat16) -> int:
             param.data = param.data.to(dtype)
             cast += param.numel()
     if dtype != torch.float32:
-        for module in model.modules():
-            if type(module).__name__ == "GemmaRMSNorm":
-                module.forward = types.MethodType(_gemma_rmsnorm_forward, module)
+        patch_forward((m for m in model.modules() if type(m).__name__ == "GemmaRMSNorm"), _gemma_rmsnorm_forward)
     return cast
+
+
+def unpatch_gemma_rmsnorm(model) -> None:
+    """Give Gemma's RMSNorm modules their own forward back (the bf16 cast itself stays: it loses nothing)."""
+    unpatch_forward(model, _gemma_rmsnorm_forward)
 
 
 def float_parameter_bytes(model) -> dict:
