@@ -8,61 +8,31 @@ template quirks, the transformers 4.38.2 Gemma fixes) live in `reviewgpt.models`
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Tuple, Union
+from typing import Literal, Optional, Tuple
 
 import yaml
 
 from reviewgpt import run
 from reviewgpt.data.prompt import TEMPLATES
 from reviewgpt.errors import UserError
+from reviewgpt.fields import (  # noqa: F401 - Range and describe are read from here too
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    POSITIVE,
+    Range,
+    coerce,
+    describe,
+    range_problem,
+)
+from reviewgpt.fields import help_field as _help
+from reviewgpt.speed_options import OPTIONS as SPEED_FIELDS
+from reviewgpt.speed_options import LayerCount, SpeedOptions  # noqa: F401 - LayerCount: read from here too
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-# A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.train.plan).
-LayerCount = Union[int, Literal["auto"]]
-
-
-@dataclass(frozen=True)
-class Range:
-    """The numbers a field accepts: bounds inclusive unless `*_open`; `also` lists single values
-    allowed outside them (max_steps' -1)."""
-
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False
-    high_open: bool = False
-    also: Tuple[float, ...] = ()
-
-    def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            text = f"{'>' if self.low_open else '>='} {self.low}"
-        else:
-            text = f"{'<' if self.high_open else '<='} {self.high}"
-        return " or ".join([*(str(v) for v in self.also), text])
-
-    def contains(self, value) -> bool:
-        if value in self.also:
-            return True
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
-
-
-AT_LEAST_1 = Range(1)
-AT_LEAST_0 = Range(0)
-POSITIVE = Range(0, low_open=True)
-FRACTION = Range(0, 1, high_open=True)  # [0, 1)
-
-
-def _help(text: str, range: Optional[Range] = None, **kwargs):
-    return field(metadata={"help": text, **({"range": range} if range else {})}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -112,29 +82,9 @@ class Recipe:
         "prompt budget at generation; the paper is trimmed to fit (default: max_seq_length - max_new_tokens, "
         "7168 for an 8192 recipe, as the reference)", AT_LEAST_1, default=None)
     max_new_tokens: int = _help("longest generated review", AT_LEAST_1, default=run.DEFAULT_MAX_NEW_TOKENS)
-    # Speed and memory (issue 4; reviewgpt.train.speed, reviewgpt.train.plan, reviewgpt.train.oom; docs/performance.md).
-    chunked_loss: bool = _help("loss over labelled positions only, in chunks: never T x vocab fp32 logits "
-                               "(same loss and gradients)", default=True)
-    bf16_frozen_weights: bool = _help("keep frozen norms/embedding in bf16 after peft's fp32 upcast, so "
-                                      "activations stay bf16 (with --bf16)", default=True)
-    causal_sdpa: bool = _help("Gemma/Llama + sdpa: is_causal instead of a 4-D mask when a batch has no padding "
-                              "(flash kernel); Llama: batch-sized masks", default=True)
-    sdpa_cudnn: bool = _help("cuDNN fused attention first in SDPA's backend order (torch >= 2.5; "
-                             "no-op before)", default=True)
-    fused_lora: bool = _help("LoRA up-projection, scaling and residual add in one GEMM (peft's math, fewer "
-                             "passes over the activations)", default=True)
-    fused_rmsnorm: bool = _help("Mistral/Llama RMSNorm through torch's fused rms_norm kernel (torch >= 2.4; "
-                                "no-op before)", default=True)
-    checkpoint_keep_attention: bool = _help("save attention outputs in gradient checkpointing instead of "
-                                            "recomputing them (faster, more memory; torch >= 2.4)", default=False)
-    checkpoint_skip_layers: LayerCount = _help(
-        "the last N decoder layers keep their activations instead of being recomputed (faster, more memory); "
-        "auto = as many as fit the GPU's free memory at the run's longest sequence (`reviewgpt plan`)",
-        AT_LEAST_0, default=0)
-    checkpoint_offload: bool = _help("gradient checkpointing keeps each layer's input in pinned host memory "
-                                     "instead of on the GPU (less GPU memory for long sequences)", default=False)
-    lean_mlp: bool = _help("GeGLU/SwiGLU as one autograd step that keeps only gate and up and writes its "
-                           "gradients over them: 3 fewer sequence x intermediate tensors in backward", default=False)
+    # Speed and memory (issue 4; docs/performance.md): one frozen dataclass, flags and flat YAML keys as before.
+    speed: SpeedOptions = field(default_factory=SpeedOptions, metadata={
+        "help": "speed and memory options (reviewgpt.speed_options; flags --chunked-loss, ...)"})
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
@@ -143,10 +93,19 @@ class Recipe:
                                        "wandb, mlflow, ...", default=("none",))
 
     def __post_init__(self):
+        if isinstance(self.speed, dict):  # Recipe(speed={...}) as YAML gives it
+            object.__setattr__(self, "speed", SpeedOptions(**self.speed))
         for f in dataclasses.fields(self):
-            problem = field_problem(f.name, getattr(self, f.name))
+            problem = None if f.name == "speed" else field_problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} {problem}")
+
+    def __getattr__(self, name):
+        """`recipe.chunked_loss` reads `recipe.speed.chunked_loss` (code written before the speed
+        options moved into one dataclass)."""
+        if name in SPEED_FIELDS:
+            return getattr(self.speed, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def prompt_budget(self) -> int:
@@ -158,7 +117,11 @@ class Recipe:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def replace(self, **changes) -> Recipe:
+        """A copy with `changes`; speed options may be named flat (`lean_mlp=True`)."""
         try:
+            flat = {k: changes.pop(k) for k in list(changes) if k in SPEED_FIELDS}
+            if flat:
+                changes["speed"] = dataclasses.replace(changes.get("speed", self.speed), **flat)
             return dataclasses.replace(self, **changes)
         except ValueError as exc:
             raise UserError(f"recipe {self.name!r}: {exc}.") from None
@@ -172,7 +135,17 @@ class Recipe:
 
 
 def field_types() -> dict:
-    return typing.get_type_hints(Recipe)
+    """Type of every recipe field, the speed options' too (by their flat names)."""
+    return {**typing.get_type_hints(Recipe), **typing.get_type_hints(SpeedOptions)}
+
+
+def flat_fields() -> list:
+    """Recipe's fields in order, `speed` replaced by its options in place: the `train` flags and
+    YAML keys, as they were before the options moved into one dataclass."""
+    out = []
+    for f in dataclasses.fields(Recipe):
+        out.extend(dataclasses.fields(SpeedOptions) if f.name == "speed" else [f])
+    return out
 
 
 _CHOICES = {"template": tuple(TEMPLATES)}
@@ -183,18 +156,12 @@ REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "n
 
 def field_problem(name: str, value) -> Optional[str]:
     """What is wrong with `value` for field `name` ("must be >= 1, got 0"), or None."""
-    f = next(f for f in dataclasses.fields(Recipe) if f.name == name)
-    choices = _CHOICES.get(name) or typing.get_args(field_types()[name])
-    if (name in _CHOICES or typing.get_origin(field_types()[name]) is Literal) and value not in choices:
-        return f"must be one of {list(choices)}, got {value!r}"
+    f = next(f for f in flat_fields() if f.name == name)
     if name == "report_to":
         unknown = [v for v in value if v not in REPORT_TO]
         if unknown or not value or ("none" in value and len(value) > 1):
             return f"must be none or some of {list(REPORT_TO[1:])}, got {','.join(value)!r}"
-    allowed = f.metadata.get("range")
-    if allowed is not None and isinstance(value, (int, float)) and not allowed.contains(value):
-        return f"must be {allowed.describe()}, got {value!r}"
-    return None
+    return range_problem(f, field_types()[name], value, _CHOICES.get(name))
 
 
 def flag_name(field_name: str) -> str:
@@ -205,63 +172,6 @@ def flag_name(field_name: str) -> str:
 def builtin_recipes() -> dict:
     """name -> path of every YAML recipe shipped in the package."""
     return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
-
-
-def describe(hint) -> str:
-    """'an integer or 'auto'' for LayerCount, and so on: for error messages."""
-    if typing.get_origin(hint) is typing.Union:
-        return " or ".join(describe(member) for member in typing.get_args(hint))
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(repr(v) for v in typing.get_args(hint))
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-def _coerce(value, hint, where: str):
-    """Check a YAML or flag value against the field's type (`where` names it: 'FILE: field' or '--flag');
-    YAML '2e-4' (a string!) is caught here."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # e.g. LayerCount: an integer or "auto"
-        for member in args:
-            try:
-                return _coerce(value, member, where)
-            except UserError:
-                continue
-        raise UserError(f"{where} must be {describe(hint)}, got {value!r}.")
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"{where} must be one of {list(args)}, got {value!r}.")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise UserError(f"{where} must be a list of strings, got {value!r}.")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}.")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}.")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(
-                f"{where} must be a number, got {value!r} (write YAML floats with a dot, e.g. 2.0e-4)."
-            )
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {value!r}.")
-        return value
-    return value
 
 
 def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
@@ -284,18 +194,22 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of field: value.")
     hints = field_types()
-    unknown = sorted(set(data) - set(hints))
+    nested = data.pop("speed", None) or {}  # the speed options under `speed:` (as run folders write them)
+    if not isinstance(nested, dict):
+        raise UserError(f"{path}: speed must be a mapping of option: value (e.g. chunked_loss: true).")
+    unknown = sorted(set(data) - set(hints)) + sorted(f"speed.{k}" for k in set(nested) - set(SPEED_FIELDS))
     if unknown:
         raise UserError(f"{path}: unknown recipe field(s) {unknown}; see `reviewgpt train --help` for the fields.")
     values = {}
-    for key, value in data.items():
-        values[key] = _checked(key, _coerce(value, hints[key], f"{path}: {key}"), f"{path}: {key}")
+    for key, value in [*data.items(), *nested.items()]:  # flat speed keys (older recipes) load the same
+        values[key] = _checked(key, coerce(value, hints[key], f"{path}: {key}"), f"{path}: {key}")
     values.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         if value is not None:  # a flag names itself, so a bad value is not blamed on the YAML file
-            values[key] = _checked(key, _coerce(value, hints[key], flag_name(key)), flag_name(key))
+            values[key] = _checked(key, coerce(value, hints[key], flag_name(key)), flag_name(key))
+    speed = {k: values.pop(k) for k in list(values) if k in SPEED_FIELDS}
     try:
-        return Recipe(**values)
+        return Recipe(**values, speed=SpeedOptions(**speed))
     except ValueError as exc:
         raise UserError(f"{path}: {exc}.") from None
 

@@ -1,14 +1,61 @@
-"""The recipe's speed options, by name: what `reviewgpt.train.speed` applies, `plan` and
-`reviewgpt.memory` predict with, `bench` varies and OOM recovery gives up first.
+"""The recipe's speed and memory options (issue 4): one frozen dataclass, `Recipe.speed`.
 
-Imports nothing from reviewgpt, so the recipe, the memory model and train all read it.
+`reviewgpt.train.speed` applies them, `reviewgpt.memory` / `reviewgpt plan` predict with them,
+`reviewgpt bench` varies them and OOM recovery gives the kept layers up first. Their `train` flags
+(`--chunked-loss`, ...) and YAML keys keep the names they had as top-level recipe fields: a recipe
+may write them flat (as before) or under `speed:`; both load the same.
+
+Imports nothing from reviewgpt but the field machinery, so recipe, memory and train all read it.
 """
 
 from __future__ import annotations
 
-SWITCHES = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm",
-            "checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from reviewgpt.fields import AT_LEAST_0, help_field, range_problem
+
+# A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.train.plan).
+LayerCount = Union[int, Literal["auto"]]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    chunked_loss: bool = help_field("loss over labelled positions only, in chunks: never T x vocab fp32 logits "
+                               "(same loss and gradients)", default=True)
+    bf16_frozen_weights: bool = help_field("keep frozen norms/embedding in bf16 after peft's fp32 upcast, so "
+                                      "activations stay bf16 (with --bf16)", default=True)
+    causal_sdpa: bool = help_field("Gemma/Llama + sdpa: is_causal instead of a 4-D mask when a batch has no padding "
+                              "(flash kernel); Llama: batch-sized masks", default=True)
+    sdpa_cudnn: bool = help_field("cuDNN fused attention first in SDPA's backend order (torch >= 2.5; "
+                             "no-op before)", default=True)
+    fused_lora: bool = help_field("LoRA up-projection, scaling and residual add in one GEMM (peft's math, fewer "
+                             "passes over the activations)", default=True)
+    fused_rmsnorm: bool = help_field("Mistral/Llama RMSNorm through torch's fused rms_norm kernel (torch >= 2.4; "
+                                "no-op before)", default=True)
+    checkpoint_keep_attention: bool = help_field("save attention outputs in gradient checkpointing instead of "
+                                            "recomputing them (faster, more memory; torch >= 2.4)", default=False)
+    checkpoint_skip_layers: LayerCount = help_field(
+        "the last N decoder layers keep their activations instead of being recomputed (faster, more memory); "
+        "auto = as many as fit the GPU's free memory at the run's longest sequence (`reviewgpt plan`)",
+        AT_LEAST_0, default=0)
+    checkpoint_offload: bool = help_field("gradient checkpointing keeps each layer's input in pinned host memory "
+                                     "instead of on the GPU (less GPU memory for long sequences)", default=False)
+    lean_mlp: bool = help_field("GeGLU/SwiGLU as one autograd step that keeps only gate and up and writes its "
+                           "gradients over them: 3 fewer sequence x intermediate tensors in backward", default=False)
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(SpeedOptions)
+        for f in dataclasses.fields(self):
+            problem = range_problem(f, hints[f.name], getattr(self, f.name))
+            if problem:
+                raise ValueError(f"{f.name} {problem}")
+
+
 COUNTS = ("checkpoint_skip_layers",)  # integer options (or "auto"); 0 = off
+SWITCHES = tuple(f.name for f in dataclasses.fields(SpeedOptions) if f.name not in COUNTS)
 OPTIONS = SWITCHES + COUNTS
 OFF = {**dict.fromkeys(SWITCHES, False), **dict.fromkeys(COUNTS, 0)}
 
@@ -18,6 +65,8 @@ def _count(value):
 
 
 def options_of(recipe) -> dict:
-    """The speed options a recipe (or any object with those attributes) asks for."""
-    return {**{name: bool(getattr(recipe, name, False)) for name in SWITCHES},
-            **{name: _count(getattr(recipe, name, 0)) for name in COUNTS}}
+    """{option: value} of a recipe's speed options (`recipe.speed`), or of any object with those
+    attributes (a SpeedOptions, a namespace)."""
+    source = getattr(recipe, "speed", recipe)
+    return {**{name: bool(getattr(source, name, False)) for name in SWITCHES},
+            **{name: _count(getattr(source, name, 0)) for name in COUNTS}}

@@ -106,3 +106,31 @@ def test_unknown_recipe_lists_the_known_ones():
 def test_recipe_validation_in_post_init():
     with pytest.raises(ValueError, match="lora_dropout must be in"):
         Recipe(lora_dropout=1.5)
+
+
+def test_speed_options_are_one_frozen_dataclass_and_flat_yaml_still_loads(tmp_path):
+    from reviewgpt.speed_options import SpeedOptions
+
+    nested = load_recipe("gemma-7b-it")
+    assert isinstance(nested.speed, SpeedOptions) and nested.speed.chunked_loss
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        nested.speed.lean_mlp = True
+    flat = tmp_path / "flat.yaml"  # a recipe written before the options moved under `speed:`
+    flat.write_text("family: gemma\nchunked_loss: false\ncheckpoint_skip_layers: auto\nlean_mlp: true\n")
+    old = load_recipe(str(flat))
+    assert (old.speed.chunked_loss, old.speed.checkpoint_skip_layers, old.speed.lean_mlp) == (False, "auto", True)
+    assert old.lean_mlp is True  # read-through for code written before
+    assert old.replace(lean_mlp=False).speed.lean_mlp is False  # flat names in replace and overrides
+    assert load_recipe(str(flat), {"lean_mlp": False}).speed.lean_mlp is False
+    saved = tmp_path / "saved.yaml"  # what a run folder holds: the options under `speed:`
+    from reviewgpt.recipe import save_recipe
+
+    save_recipe(old, saved)
+    assert yaml.safe_load(saved.read_text())["speed"]["checkpoint_skip_layers"] == "auto"
+    assert load_recipe(str(saved)) == old  # the saved name wins over the file name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("speed:\n  chunked_los: true\n")
+    with pytest.raises(UserError, match=r"unknown recipe field\(s\) \['speed.chunked_los'\]"):
+        load_recipe(str(bad))
+    with pytest.raises(UserError, match="--checkpoint-skip-layers must be >= 0"):
+        load_recipe("tiny", {"checkpoint_skip_layers": -1})

@@ -7,11 +7,10 @@ user passes the flag.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import typing
 from typing import Literal
 
-from reviewgpt.recipe import Recipe, describe, field_types
+from reviewgpt.recipe import describe, field_types, flat_fields
 
 
 def _flag(name: str) -> str:
@@ -21,7 +20,7 @@ def _flag(name: str) -> str:
 def add_recipe_flags(parser: argparse.ArgumentParser, skip=("name",)) -> None:
     group = parser.add_argument_group("recipe fields (override the YAML recipe)")
     hints = field_types()
-    for f in dataclasses.fields(Recipe):
+    for f in flat_fields():  # the speed options (Recipe.speed) keep their flat flags
         if f.name in skip:
             continue
         hint = hints[f.name]
@@ -63,4 +62,4 @@ def _one_of(hint):
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
-    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Recipe) if f.name != "name"}
+    return {f.name: getattr(args, f.name, None) for f in flat_fields() if f.name != "name"}

@@ -325,7 +325,7 @@ class Bench:
             warmup: Optional[int] = None, profile: int = 0) -> dict:
         if options.get("checkpoint_skip_layers") == "auto":
             planned = with_planned_layers(self.recipe.replace(**options), seq, batch, self.free_gib, arch=self.arch)
-            kept = planned.checkpoint_skip_layers
+            kept = planned.speed.checkpoint_skip_layers
             options = {**options, "checkpoint_skip_layers": kept}
             label = label.replace("=auto", f"=auto({kept})") if "=auto" in label else f"{label}, auto({kept})"
         try:

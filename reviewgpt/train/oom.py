@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from reviewgpt.errors import UserError
+from reviewgpt.speed_options import options_of
 from reviewgpt.train.distributed import world_size
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def smaller_batch(recipe, processes: int = 1):
 
 def smaller_footprint(recipe, processes: int = 1):
     """The next configuration to try after an OOM, and what changed (None at the end of the road)."""
-    if getattr(recipe, "checkpoint_skip_layers", 0) not in (0, None):  # a number or auto
+    if options_of(recipe)["checkpoint_skip_layers"]:  # a number or auto (recipe.speed)
         return recipe.replace(checkpoint_skip_layers=0), "every layer recomputed (checkpoint_skip_layers 0)"
     smaller = smaller_batch(recipe, processes)
     if smaller is not None:
@@ -100,8 +101,8 @@ def with_oom_recovery(train_fn):
                 smaller = smaller or recipe
                 flags = (f"--per-device-train-batch-size {smaller.per_device_train_batch_size} "
                          f"--gradient-accumulation-steps {smaller.gradient_accumulation_steps}")
-                if getattr(recipe, "checkpoint_skip_layers", 0):
-                    flags += f" --checkpoint-skip-layers {smaller.checkpoint_skip_layers}"
+                if options_of(recipe)["checkpoint_skip_layers"]:
+                    flags += f" --checkpoint-skip-layers {options_of(smaller)['checkpoint_skip_layers']}"
                 raise UserError(
                     f"out of GPU memory under {processes} processes ({message}); rerun the same command with "
                     f"{flags}: it resumes from the newest complete checkpoint.")
@@ -115,7 +116,7 @@ def with_oom_recovery(train_fn):
             event = {"time": round(time.time(), 3), "error": message,
                      "from": [recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps],
                      "to": [smaller.per_device_train_batch_size, smaller.gradient_accumulation_steps],
-                     "checkpoint_skip_layers": [getattr(r, "checkpoint_skip_layers", 0) for r in (recipe, smaller)],
+                     "checkpoint_skip_layers": [options_of(r)["checkpoint_skip_layers"] for r in (recipe, smaller)],
                      "resume_from": str(checkpoint) if checkpoint else None}
             log.warning("CUDA out of memory at micro-batch %d x %d; retrying with %s from %s",
                         *event["from"], change, event["resume_from"] or "the start")

@@ -54,7 +54,7 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
     rows, best = _batches(recipe, arch, seq, max_batch, usable, reference)
     memory_options = {}  # the rows stay the recipe's own; the recommendation may add memory options
     for lean in MEMORY_OPTIONS if best is None and not reference and recipe.gradient_checkpointing else ():
-        if all(getattr(recipe, k) for k in lean):
+        if all(getattr(recipe.speed, k) for k in lean):
             continue
         _, best = _batches(recipe.replace(**lean), arch, seq, max_batch, usable, reference)
         if best is not None:
@@ -75,7 +75,7 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
                 "allocated": peak["allocated_gib"], "reserved": peak["reserved_gib"]})
     return {"recipe": recipe.name, "architecture": arch.name, "seq": seq, "gpu_mem_gib": gpu_mem_gib,
             "usable_gib": round(usable, 2), "path": "reference" if reference else "reviewgpt",
-            "checkpoint_skip_layers": getattr(recipe, "checkpoint_skip_layers", 0),
+            "checkpoint_skip_layers": recipe.speed.checkpoint_skip_layers,
             "batches": rows, "recommendation": recommendation, "calibrated_on": CALIBRATION["calibrated_on"],
             "architecture_facts": asdict(arch)}
 
@@ -119,7 +119,7 @@ def with_planned_layers(recipe, seq: int, batch: Optional[int] = None, gpu_free_
                         headroom: float = 0.05, arch: Optional[Architecture] = None):
     """`recipe` with `checkpoint_skip_layers: auto` replaced by the most layers that fit the GPU's
     free memory (with `headroom`) at `seq` tokens x `batch` (the micro-batch); other recipes as given."""
-    if getattr(recipe, "checkpoint_skip_layers", 0) != "auto":
+    if recipe.speed.checkpoint_skip_layers != "auto":
         return recipe
     batch = batch or recipe.per_device_train_batch_size
     free = gpu_free_gib if gpu_free_gib is not None else free_gpu_gib()
@@ -163,13 +163,13 @@ def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optiona
         log.info("memory plan: %.1f GiB predicted of %.1f GiB usable", row["reserved_gib"], result["usable_gib"])
         return result
     micro = recipe.per_device_train_batch_size
-    if recipe.checkpoint_skip_layers not in (0, "auto"):  # first see whether keeping fewer layers is the fix
+    if recipe.speed.checkpoint_skip_layers not in (0, "auto"):  # first see whether keeping fewer layers is the fix
         without = plan(recipe.replace(checkpoint_skip_layers=0), seq, gpu_mem_gib, max_batch=micro)
         if without["batches"][-1]["fits"]:
             kept = layers_that_fit(recipe, architecture_of(recipe.model), seq, micro, result["usable_gib"])
             raise UserError(
                 f"recipe {recipe.name!r} at {seq} tokens x micro-batch {micro} keeps "
-                f"{recipe.checkpoint_skip_layers} layers' activations (checkpoint_skip_layers) and needs "
+                f"{recipe.speed.checkpoint_skip_layers} layers' activations (checkpoint_skip_layers) and needs "
                 f"~{row['reserved_gib']:.1f} GiB, more than the {result['usable_gib']:.1f} GiB usable on this "
                 f"{gpu_mem_gib:.0f} GiB GPU; pass --checkpoint-skip-layers {kept}. See `reviewgpt plan`; "
                 "--no-memory-check skips this check.")
