@@ -89,8 +89,9 @@ def show_example(path, tokenizer, template_name: str, max_length: int, loss_on: 
                  index: int = 0) -> dict:
     """One record as a training example: its ids, labels, decoded parts with and without loss, and
     whether an untrimmed example equals the ids of the model's own tooling."""
+    from reviewgpt.data.chat_templates import reference_ids
     from reviewgpt.data.prompt import get_template
-    from reviewgpt.data.tokenization import IGNORE_INDEX, ReviewTooLong, reference_ids
+    from reviewgpt.data.tokenization import IGNORE_INDEX, ReviewTooLong
 
     records = load_records(path).records
     if not 0 <= index < len(records):

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from reviewgpt.data.chat_templates import chat_template_of, reference_ids  # noqa: F401 - read here too
 from reviewgpt.data.prompt import Template
 from reviewgpt.errors import UserError
 
@@ -271,23 +272,6 @@ class PromptEncoder:
                        review_tokens=review_tokens)
 
 
-def reference_ids(tokenizer, template: Template, paper: str, review: Optional[str] = None) -> List[int]:
-    """The ids the model's own tooling makes of this text: `apply_chat_template` of the two-turn
-    conversation for a chat format (the tokenizer must carry that format's chat template), trl
-    0.7.11's `tokenizer(text)` for an Alpaca text (review None: the generation prompt)."""
-    from reviewgpt.data.prompt import INSTRUCTION
-
-    if template.chat:
-        conversation = [{"role": "user", "content": f"{INSTRUCTION}\n\n{template.content(paper)}"}]
-        if review is not None:
-            conversation.append({"role": "assistant", "content": template.content(review)})
-        return list(tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=review is None))
-    if review is None:
-        return list(tokenizer(template.prompt(paper))["input_ids"])
-    text = template.text(paper, review) + (tokenizer.eos_token if template.append_eos else "")
-    return list(tokenizer(text)["input_ids"])
-
-
 def pad_batch(features: Sequence[dict], pad_token_id: int, pad_to_multiple_of: Optional[int] = None,
               side: str = "right") -> dict:
     """Pad input_ids (pad id), labels (-100) and build attention_mask, as torch tensors."""
@@ -314,22 +298,3 @@ def pad_batch(features: Sequence[dict], pad_token_id: int, pad_to_multiple_of: O
         "labels": torch.tensor(labels, dtype=torch.long),
         "attention_mask": torch.tensor(mask, dtype=torch.long),
     }
-
-
-def chat_template_of(tokenizer) -> Optional[str]:
-    """The name of the built-in chat format that the tokenizer's own chat template writes, if any."""
-    from reviewgpt.data.prompt import INSTRUCTION, TEMPLATES
-
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    paper, review = "PAPER-TEXT", "REVIEW-TEXT"
-    try:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{INSTRUCTION}\n\n{paper}"}, {"role": "assistant", "content": review}],
-            tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that refuses this conversation matches none of ours
-        return None
-    for template in TEMPLATES.values():
-        if template.chat and template.text(paper, review) == rendered:
-            return template.name
-    return None

@@ -39,8 +39,8 @@ class EvalSettings:
 
 
 def choose_template(loaded, requested: Optional[str]) -> str:
+    from reviewgpt.data.chat_templates import chat_template_of
     from reviewgpt.data.prompt import get_template
-    from reviewgpt.data.tokenization import chat_template_of
 
     name = requested or loaded.template or chat_template_of(loaded.tokenizer)
     if not name:

@@ -89,7 +89,7 @@ def score_section(score_dirs: Sequence[Path]) -> List[str]:
 
 
 def needle_section(needle_dir: Path, report_dir: Path) -> List[str]:
-    from reviewgpt.eval.needle import read_rows
+    from reviewgpt.eval.needle_results import read_rows
 
     rows = read_rows(needle_dir / run.NEEDLE_CSV)
     lines = ["## Needle in a haystack", ""]

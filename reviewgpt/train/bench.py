@@ -24,22 +24,27 @@ and `profile=N` adds the N costliest GPU operations of one step of the recipe's 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterable, List, Optional
 
 import torch
 
-from reviewgpt.train.plan import ARCHITECTURES, Architecture, architecture_of, free_gpu_gib, with_planned_layers
-from reviewgpt.train.speed import OFF, apply_speedups, options_of, remove_speedups
+from reviewgpt.train.bench_models import (  # noqa: F401 - scripts import random_weights from here
+    _free,
+    load_prepared,
+    model_for_bench,
+    random_weights,
+    transformers_config,
+)
+from reviewgpt.train.bench_timing import StepProfiler, StepTimer, versions
+from reviewgpt.train.plan import Architecture, architecture_of, free_gpu_gib, with_planned_layers
+from reviewgpt.train.speed import OFF, options_of, speedups
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -48,154 +53,6 @@ CHAIN = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fu
 # ... and measured on top of the recipe's own options (memory for speed, or the other way round).
 EXTRAS = ("checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
 ONLY_FOR = {"causal_sdpa": ("gemma",), "fused_rmsnorm": ("mistral", "llama")}
-
-
-def transformers_config(arch: Architecture, tokenizer=None):
-    ids = {}
-    if tokenizer is not None:
-        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id}
-    common = dict(vocab_size=arch.vocab, hidden_size=arch.hidden, intermediate_size=arch.intermediate,
-                  num_hidden_layers=arch.layers, num_attention_heads=arch.heads,
-                  num_key_value_heads=arch.kv_heads, max_position_embeddings=arch.max_positions,
-                  rope_theta=arch.rope_theta, torch_dtype="bfloat16", **ids)
-    if arch.family == "gemma":
-        from transformers import GemmaConfig
-
-        return GemmaConfig(head_dim=arch.head_dim, hidden_act="gelu_pytorch_tanh", **common)
-    from transformers import MistralConfig
-
-    return MistralConfig(sliding_window=None, **common)
-
-
-def random_weights(arch: Architecture, directory) -> Path:
-    """A bf16 safetensors checkpoint of `arch` with random weights (+ a local tokenizer), made once."""
-    from transformers import AutoModelForCausalLM
-
-    from reviewgpt.env.tiny import build_tokenizer
-
-    directory = Path(directory)
-    if (directory / "config.json").is_file():
-        return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(arch.family)
-    config = transformers_config(arch, tokenizer)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    started = time.time()
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
-    model.save_pretrained(directory, safe_serialization=True, max_shard_size="4GB")
-    tokenizer.save_pretrained(directory)
-    log.info("random %s weights written to %s in %.0f s", arch.name, directory, time.time() - started)
-    del model
-    _free()
-    return directory
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def load_prepared(model_dir: str, recipe):
-    """4-bit base + peft kbit preparation + LoRA: what SFTTrainer trains."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from reviewgpt.models import load_base_model, qlora_config
-
-    cuda = torch.cuda.is_available()
-    model = load_base_model(model_dir, recipe.family, recipe.quantize and cuda, recipe.bf16 and cuda,
-                            recipe.attn_implementation)
-    if recipe.quantize and cuda:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
-                           recipe.lora_target_modules, quantize=recipe.quantize)
-    return get_peft_model(model, lora)
-
-
-class StepTimer:
-    def __init__(self):
-        self.times: List[float] = []
-        self._start = 0.0
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Timer(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                timer._start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                timer.times.append(time.perf_counter() - timer._start)
-
-        return _Timer()
-
-
-class StepProfiler:
-    """torch.profiler over one optimizer step (after `skip` steps): where the GPU time goes."""
-
-    def __init__(self, skip: int):
-        from torch.profiler import ProfilerActivity, profile, schedule
-
-        self.prof = profile(activities=[ProfilerActivity.CUDA],
-                            schedule=schedule(wait=skip, warmup=0, active=1, repeat=1))
-
-    def __enter__(self):
-        self.prof.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.prof.__exit__(*exc)
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        prof = self.prof
-
-        class _Step(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                prof.step()
-
-        return _Step()
-
-    def top(self, n: int) -> List[dict]:
-        def self_us(event):
-            return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
-
-        try:
-            events = sorted(self.prof.key_averages(), key=self_us, reverse=True)
-        except Exception as exc:  # noqa: BLE001 - a profiler problem must not lose the measurement
-            log.warning("no profile: %s", exc)
-            return []
-        total = sum(self_us(e) for e in events) or 1
-        return [{"kernel": e.key[:100], "ms": round(self_us(e) / 1000, 2), "share": round(self_us(e) / total, 4),
-                 "calls": e.count} for e in events[:n]]
-
-
-def versions() -> dict:
-    import accelerate
-    import peft
-    import transformers
-    import trl
-
-    out = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-           "peft": peft.__version__, "accelerate": accelerate.__version__}
-    try:
-        import bitsandbytes
-
-        out["bitsandbytes"] = bitsandbytes.__version__
-    except Exception:  # noqa: BLE001 - absent or broken on CPU machines
-        out["bitsandbytes"] = None
-    return out
 
 
 def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, options: dict, output_dir,
@@ -224,21 +81,22 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     timer = StepTimer()
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset(examples), data_collator=PadCollator(0),
                       callbacks=[timer.callback()])
-    remove_speedups(trainer)
-    in_force = apply_speedups(trainer, run, bf16=run.bf16 and cuda)
-    _free()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     row = {"path": "reference" if not any(options.values()) else "reviewgpt", "label": label,
            "recipe": recipe.name, "architecture": arch.name if arch else None, "seq": seq, "batch": batch}
     profiler = StepProfiler(warmup + steps) if profile else None
     if profiler:
         trainer.add_callback(profiler.callback())
-    try:
-        with profiler or contextlib.nullcontext():
-            trainer.train()
-    except torch.cuda.OutOfMemoryError as exc:
-        row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+    # the row's options are in force for its steps only: patches and the SDPA order end with the row
+    with speedups(trainer, run, bf16=run.bf16 and cuda) as in_force:
+        _free()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            with profiler or contextlib.nullcontext():
+                trainer.train()
+        except torch.cuda.OutOfMemoryError as exc:
+            row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+        trainer.model.zero_grad(set_to_none=True)
     timed = timer.times[warmup:warmup + steps]
     if timed:
         step = statistics.median(timed)
@@ -255,8 +113,6 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     if profiler:
         row["profile_top_kernels"] = profiler.top(profile)
     row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())
-    trainer.model.zero_grad(set_to_none=True)
-    remove_speedups(trainer)  # patches and the process-wide SDPA order end with the row
     del trainer
     _free()
     return row
@@ -401,21 +257,6 @@ def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 
         if opts != ours:
             bench.row(*first, opts, label)
     return rows + bench.rows
-
-
-def model_for_bench(recipe, model_dir: Optional[str] = None, random_init: bool = False,
-                    weights_dir: Optional[str] = None):
-    """(model directory, architecture): the given directory, random weights of the recipe's
-    architecture made once (no hub), or the recipe's model."""
-    arch = ARCHITECTURES.get(recipe.model) or architecture_of(model_dir or recipe.model)
-    if model_dir is None:
-        if not random_init:
-            model_dir = recipe.model
-        else:
-            base = weights_dir or os.environ.get("REVIEWGPT_RANDOM_WEIGHTS") or tempfile.gettempdir()
-            model_dir = str(random_weights(arch, Path(base) / f"reviewgpt-random-{arch.name}"))
-    arch = architecture_of(model_dir) if Path(model_dir, "config.json").is_file() else arch
-    return model_dir, arch
 
 
 if __name__ == "__main__":  # the fresh process of `reference_in_fresh_process`

@@ -8,35 +8,32 @@ each one is cached by the worker that got it. Output files in `output_dir`:
 - `verdicts.jsonl`        one line per pair: both orders' winners and reasons, scores, coverage
 - `summary.json`, `summary.md`  win rates, intervals, position consistency, coverage
 - `judge_prompt.txt`      the judge prompt and its version
+
+(verdicts.jsonl and the summaries are written by `outputs.py`.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
-from reviewgpt.data.prompt import CRITERIA
-from reviewgpt.eval.coverage import covered_criteria
 from reviewgpt.eval.judge.cache import CACHE_FILE, VerdictCache, cache_key
 from reviewgpt.eval.judge.client import JudgeRequestError
 from reviewgpt.eval.judge.data import Pair, load_paper_texts, load_reviews, make_pairs
+from reviewgpt.eval.judge.outputs import _finite, _write_outputs  # noqa: F401 - _finite: read here too
 from reviewgpt.eval.judge.prompt import (
     JUDGE_PROMPT_VERSION,
-    QUESTIONS,
     UnparsableVerdict,
-    Verdict,
     build_messages,
     parse_verdict,
     prompt_text,
     trim_paper,
 )
-from reviewgpt.eval.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
+from reviewgpt.eval.judge.stats import CANDIDATE_POSITION
 
 log = logging.getLogger(__name__)
 
@@ -189,31 +186,6 @@ def _run_pending(backend, pending: List[Task], pairs: List[Pair], cache, config,
     return results
 
 
-def _finite(value):
-    """`value` with every NaN or infinity replaced by None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _verdict_or_none(entry: dict | None):
-    if entry and entry.get("status") == "ok":
-        return Verdict.from_dict(entry["verdict"])
-    return None
-
-
-def _coverage_rates(reviews) -> Dict[str, float]:
-    unique = {r.review_id: r.review for r in reviews}
-    if not unique:
-        return dict.fromkeys(CRITERIA, 0.0)
-    covered = [covered_criteria(text) for text in unique.values()]
-    return {c: sum(cov[c] for cov in covered) / len(covered) for c in CRITERIA}
-
-
 def run_judge(
     candidate_path, reference_path, backend, config: JudgeRunConfig, papers_path=None, progress: bool = True
 ) -> dict:
@@ -265,77 +237,4 @@ def run_judge(
     )
     summary["asked"] = len(pending)
     summary["judge_gone"] = getattr(backend, "gave_up", None)  # why the client stopped asking, if it did
-    return summary
-
-
-def _write_outputs(
-    output_dir: Path,
-    pairs,
-    per_pair,
-    candidates,
-    references,
-    identity,
-    config,
-    candidate_path,
-    reference_path,
-    papers_trimmed: int = 0,
-) -> dict:
-    from reviewgpt.eval.judge.report import summary_markdown
-
-    stats_input = []
-    with open(output_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:
-        for pair, orders in zip(pairs, per_pair):
-            verdicts = {o: _verdict_or_none(e) for o, e in orders.items()}
-            stats_input.append(
-                {o: {"status": e.get("status"), "verdict": verdicts[o]} for o, e in orders.items()}
-            )
-            line = {
-                "paper_id": pair.paper_id,
-                "candidate_id": pair.candidate.review_id,
-                "reference_id": pair.reference.review_id,
-                "judge": identity,
-                "prompt_version": JUDGE_PROMPT_VERSION,
-                "score": pair_score(verdicts),
-                "criteria_scores": {q: pair_score(verdicts, q) for q in QUESTIONS},
-                "position_consistent": is_position_consistent(verdicts),
-                "orders": {
-                    o: {
-                        "candidate_position": CANDIDATE_POSITION[o],
-                        "status": e.get("status"),
-                        "verdict": e.get("verdict"),
-                        "error": e.get("error"),
-                        **({"raw": e.get("raw")} if e.get("status") == "unparsable" else {}),
-                    }
-                    for o, e in orders.items()
-                },
-                "coverage": {
-                    "candidate": covered_criteria(pair.candidate.review),
-                    "reference": covered_criteria(pair.reference.review),
-                },
-            }
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    stats = summarize(stats_input)
-    paired_candidates = [p.candidate for p in pairs]
-    paired_references = [p.reference for p in pairs]
-    summary = {
-        "judge": identity,
-        "prompt_version": JUDGE_PROMPT_VERSION,
-        "candidate": str(candidate_path),
-        "reference": str(reference_path),
-        "pairing": config.pairing,
-        "paper_chars": config.paper_chars,
-        "candidate_papers": len({c.paper_id for c in candidates}),
-        "reference_papers": len({r.paper_id for r in references}),
-        "papers_judged": len({p.paper_id for p in pairs}),
-        "papers_trimmed_to_judge_context": papers_trimmed,
-        **stats.to_dict(),
-        "coverage": {
-            "candidate": _coverage_rates(paired_candidates),
-            "reference": _coverage_rates(paired_references),
-        },
-    }
-    # Strict JSON (null, never NaN): Node's JSON.parse and other strict readers refuse a bare NaN.
-    (output_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n",
-                                             encoding="utf-8")
-    (output_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     return summary
