@@ -6,8 +6,9 @@
     logs.py         JSONL log callback, loss curve, peak memory
     arguments.py    recipe -> TrainingArguments
     oom.py          CUDA out-of-memory recovery: retry from the newest checkpoint with less memory
-    plan.py         `reviewgpt plan`: predicted peak memory before anything loads
+    plan.py         `reviewgpt plan`: which micro-batch and kept layers fit (reviewgpt.memory predicts)
     bench.py        `reviewgpt bench`: tokens/s and peak memory per speed option
+                    (bench_models.py: the models it measures; bench_timing.py: step timer, profiler)
     distributed.py  several GPUs: accelerate launch, DeepSpeed ZeRO-2 config
     speed/          the recipe's speed options as scoped patches of transformers/peft
 
