@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--lora-target-modules", default="q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--logging-steps", type=int, default=5)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=16,
+                   help="the reference's 16; fewer for short speed runs")
     args = p.parse_args(argv)
 
     import torch
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
     lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.1, bias="none", task_type="CAUSAL_LM",
                       target_modules=args.lora_target_modules.split(","))
     training = TrainingArguments(
-        output_dir=args.output, per_device_train_batch_size=1, gradient_accumulation_steps=16,
+        output_dir=args.output, per_device_train_batch_size=1,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         optim="paged_adamw_32bit" if cuda else "adamw_torch", save_strategy="no", logging_steps=args.logging_steps,
         learning_rate=2e-4,
         weight_decay=0.001, fp16=False, bf16=cuda, max_grad_norm=0.3, max_steps=args.max_steps, warmup_ratio=0.03,

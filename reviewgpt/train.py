@@ -502,6 +502,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     started = time.time()
     with trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s
     trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model); rank 0 only
     png = None
     if main_process:
@@ -520,10 +521,10 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "resumed_from": str(checkpoint) if checkpoint else None,
         "global_step": trainer.state.global_step,
         "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, checkpoint),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(trained_s, 1),
         # Tokens this process trained on (eval batches included when --eval) over the wall time.
         "train_tokens": collator.tokens,
-        "tokens_per_s": round(collator.tokens / max(time.time() - started, 1e-9), 1),
+        "tokens_per_s": round(collator.tokens / trained_s, 1),
         "loss_curve": str(png) if png else None,
         "world_size": world_size(),
         "peak_allocated_gib_per_gpu": peak_memory_per_gpu(),
