@@ -6,9 +6,11 @@
 #     its defaults) and `reviewgpt train --recipe gemma-7b-it`, same records, 3 steps x 4 records;
 #   SmolLM2-135M-Instruct (the real model, /tmp/smol from scripts/device/smollm2_setup.sh) at 8,192:
 #     the plain pinned path (bench/plain_loop.py) and the smollm2-135m recipe, with the variants that
-#     keep a 135M model's GPU busy (bf16 LoRA instead of 4-bit, no recompute, micro-batch 8).
+#     keep a 135M model's GPU busy (bf16 LoRA instead of 4-bit, no recompute, micro-batch 8); `smol`
+#     runs the plain path, the recipe and its former defaults (1 x 16, no layer kept), `smol-variants`
+#     the variants too.
 # Each row writes its JSON summary to $OUT/realdata/NAME.json; $OUT/realdata.md is the table.
-#   OUT=/some/dir bash bench/device_realdata.sh [gemma|smol|all]
+#   OUT=/some/dir bash bench/device_realdata.sh [gemma|smol|smol-variants|all]
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/realdata"
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -28,14 +30,14 @@ ours() {  # NAME ARGS...: one `reviewgpt train` row; its train_summary.json is t
   else grep -E "Error|error:" "$OUT/realdata/$name.log" | tail -n 3; fi
 }
 
-if [ "$WHAT" != smol ]; then
+if [ "$WHAT" = gemma ] || [ "$WHAT" = all ]; then
   stamp "gemma-reference"
   python bench/reference_sft.py --model "$GEMMA" --data "$DATA" --output "$RUNS/gemma-reference" --max-steps 3 \
     --gradient-accumulation-steps 4 --logging-steps 1 2> "$OUT/realdata/gemma-reference.log" \
     | tail -n 1 > "$OUT/realdata/gemma-reference.json"
   ours gemma-recipe --recipe gemma-7b-it --model "$GEMMA" --max-steps 3 --gradient-accumulation-steps 4
-  ours gemma-recipe-auto --recipe gemma-7b-it --model "$GEMMA" --max-steps 3 --gradient-accumulation-steps 4 \
-    --checkpoint-skip-layers auto
+  ours gemma-recipe-kept0 --recipe gemma-7b-it --model "$GEMMA" --max-steps 3 --gradient-accumulation-steps 4 \
+    --checkpoint-skip-layers 0
 fi
 
 if [ "$WHAT" != gemma ]; then
@@ -44,7 +46,11 @@ if [ "$WHAT" != gemma ]; then
   python bench/plain_loop.py --model "$SMOL" --data "$DATA" --steps 16 2> "$OUT/realdata/smol-plain.log" \
     | tail -n 1 > "$OUT/realdata/smol-plain.json"
   smol="--recipe smollm2-135m --model $SMOL"
-  ours smol-recipe $smol --max-steps 2
+  ours smol-recipe $smol --max-steps 4
+  ours smol-recipe-1x16-kept0 $smol --max-steps 2 --per-device-train-batch-size 1 --gradient-accumulation-steps 16 \
+    --checkpoint-skip-layers 0
+fi
+if [ "$WHAT" = smol-variants ] || [ "$WHAT" = all ]; then
   ours smol-bf16-norecompute-b8 $smol --max-steps 2 --no-quantize --no-gradient-checkpointing \
     --per-device-train-batch-size 8 --gradient-accumulation-steps 2
   ours smol-4bit-norecompute-b8 $smol --max-steps 2 --no-gradient-checkpointing \
