@@ -6,9 +6,9 @@ What the reference ran (REFERENCE.md 1a, after Google's example_sft_qlora.py): t
 default collator (loss on every token); QLoRA NF4 + double quant, LoRA r 64 / alpha 16 / dropout
 0.1, paged AdamW 32-bit, lr 2e-4 constant with 3% warm-up, max_grad_norm 0.3, weight decay 0.001,
 batch 1 x accumulation 16, bf16, gradient checkpointing; SDPA attention (flash-attn is not on the
-GPU image). Two changes, both needed on today's torch and neither changes the math: checkpointing
-with `use_reentrant=False` (transformers 4.38.2 passes none), and the default collator wrapped to
-count the tokens it hands out.
+GPU image). Two changes, neither changes the math: checkpointing with `use_reentrant=False` (needed
+on today's torch; transformers 4.38.2 passes none), and the model's forward wrapped to count the
+tokens it trains on (reviewgpt.train.TrainedTokens, as `reviewgpt train` counts them).
 
 It writes the adapter like `reviewgpt train` (plus `reviewgpt_recipe.yaml` naming the template
 and length it was trained with, so `reviewgpt eval` and `review` read the folder like a run) and
@@ -31,21 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-class CountingCollator:
-    """trl 0.7.11's default collator (DataCollatorForLanguageModeling, mlm=False), counting tokens."""
-
-    def __init__(self, tokenizer):
-        from transformers import DataCollatorForLanguageModeling
-
-        self.inner = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-        self.tokens = 0
-
-    def __call__(self, features):
-        batch = self.inner(features)
-        self.tokens += int(batch["attention_mask"].sum())
-        return batch
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -56,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--lora-target-modules", default="q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--logging-steps", type=int, default=5)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=16,
+                   help="the reference's 16; fewer for short speed runs")
     args = p.parse_args(argv)
 
     import torch
@@ -67,6 +54,7 @@ def main(argv=None) -> int:
     import reviewgpt
     from reviewgpt.data.records import load_records
     from reviewgpt.models import load_config
+    from reviewgpt.train import TrainedTokens
 
     records = load_records(args.data).records
     data = Dataset.from_dict({"input": [r.paper for r in records], "output": [r.review for r in records]})
@@ -85,7 +73,8 @@ def main(argv=None) -> int:
     lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.1, bias="none", task_type="CAUSAL_LM",
                       target_modules=args.lora_target_modules.split(","))
     training = TrainingArguments(
-        output_dir=args.output, per_device_train_batch_size=1, gradient_accumulation_steps=16,
+        output_dir=args.output, per_device_train_batch_size=1,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         optim="paged_adamw_32bit" if cuda else "adamw_torch", save_strategy="no", logging_steps=args.logging_steps,
         learning_rate=2e-4,
         weight_decay=0.001, fp16=False, bf16=cuda, max_grad_norm=0.3, max_steps=args.max_steps, warmup_ratio=0.03,
@@ -93,10 +82,10 @@ def main(argv=None) -> int:
         gradient_checkpointing_kwargs={"use_reentrant": False}, report_to=[], seed=args.seed, data_seed=args.seed,
     )
     set_seed(args.seed)
-    collator = CountingCollator(tokenizer)
     trainer = SFTTrainer(model=model, args=training, train_dataset=data, peft_config=lora, tokenizer=tokenizer,
                          formatting_func=reviewgpt.formatting_func, max_seq_length=args.max_seq_length,
-                         packing=False, data_collator=collator)
+                         packing=False)
+    trained = TrainedTokens(trainer.model)  # counted as `reviewgpt train` counts them
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
@@ -112,8 +101,8 @@ def main(argv=None) -> int:
     summary = {"path": "reference (trl 0.7.11 SFTTrainer, formatting_func, tail truncation, loss on all)",
                "records": len(records), "global_step": trainer.state.global_step,
                "train_loss": result.training_loss, "losses": [(r["step"], r["loss"]) for r in logs],
-               "train_tokens": collator.tokens, "seconds": round(seconds, 1),
-               "tokens_per_s": round(collator.tokens / seconds, 1),
+               "train_tokens": trained.tokens, "seconds": round(seconds, 1),
+               "tokens_per_s": round(trained.tokens / seconds, 1),
                "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
                "gpu": torch.cuda.get_device_name(0) if cuda else "cpu"}

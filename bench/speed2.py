@@ -103,10 +103,11 @@ def probe_causal_mask(bench, repeats: int = 3) -> Optional[dict]:
 
 
 def run(family: str, output: Path, budget_end: float, hard_end: float = float("inf"), tiny: Optional[str] = None,
-        fresh_references=()) -> int:
+        fresh_references=(), seqs=()) -> int:
     """Load the model, measure the reference, time the causal-mask probe, then our rows (a row
     that would end after `hard_end` is skipped, an optional one after `budget_end`), then
-    `fresh_references` (sequence lengths) in a child process each, if the budget allows."""
+    `fresh_references` (sequence lengths) in a child process each, if the budget allows. `seqs`: only
+    the core rows at these sequence lengths (a confirmation call), no probe, no optional row."""
     from reviewgpt.recipe import load_recipe
     from reviewgpt.train.bench import Bench, model_for_bench, reference_in_fresh_process
     from reviewgpt.train.oom import free_gpu
@@ -131,7 +132,7 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     bench = Bench(recipe, model_dir, arch, emit=emit)
     log.info("%s loaded in %.0f s", model_dir, time.time() - started)
     bench.row(reference_seq // scale, 1, dict(OFF), "reference", warmup=2, steps=3)
-    probe = probe_causal_mask(bench)
+    probe = None if seqs else probe_causal_mask(bench)
     if probe:
         emit(probe)
     ours = options_of(recipe)
@@ -148,6 +149,8 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
                   "seq": row.seq // scale, "batch": 1, "error": f"{type(exc).__name__}: {exc}"[:300]})
             free_gpu(exc)
 
+    if seqs:
+        rows = [r for r in rows if r.seq in seqs and not r.optional]
     for row in (r for r in rows if not r.optional):
         measure(row, hard_end)
     for seq in fresh_references:  # first of the optional: a child loads the model again (~40 s), then 5 steps
@@ -232,13 +235,15 @@ def main(argv=None) -> int:
     r.add_argument("--fresh-reference", type=int, action="append", default=[], metavar="SEQ",
                    help="at the end, if the budget allows: the reference at SEQ in a fresh process")
     r.add_argument("--tiny", help="a tiny local model directory: the same plan on the CPU, sequences / 256")
+    r.add_argument("--seq", type=int, action="append", default=[], dest="seqs",
+                   help="only the core rows at this sequence length (repeatable): a confirmation call")
     t = sub.add_parser("table", help="print the rows and the target table")
     t.add_argument("jsonl", type=Path)
     t.add_argument("--scale", type=int, default=1, help="256 for the rows of `run --tiny`")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "run":
-        return run(args.family, args.output, args.budget_end, args.hard_end, args.tiny, args.fresh_reference)
+        return run(args.family, args.output, args.budget_end, args.hard_end, args.tiny, args.fresh_reference, args.seqs)
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     print(table([r for r in rows if "probe" not in r], args.scale))
     for probe in (r for r in rows if "probe" in r):

@@ -25,7 +25,7 @@ case "$TARGET" in
 esac
 # The test tools for the suite in the cu117 image (Python 3.9): the cpu lock's releases need 3.10+.
 # Installed in a layer on top of the image, used only for this check, under the image lock's pins.
-PY39_TEST_TOOLS="pytest==8.4.2 pytest-socket==0.7.0 hypothesis==6.141.1 mistral-common==1.8.5 tomli==2.5.0"
+PY39_TEST_TOOLS="pytest==8.4.2 pytest-socket==0.7.0 hypothesis==6.141.1 mistral-common==1.8.5 tomli==2.5.0 tensorboard==2.20.0"
 
 WORK="$(mktemp -d /var/tmp/reviewgpt-ci-image.XXXXXX)"
 PODMAN=(podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs --runtime runc)

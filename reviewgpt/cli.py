@@ -87,6 +87,9 @@ def _offline_by_default() -> None:
     # save that it "will assume that the vocabulary was not modified": true here (LoRA on
     # projections only), and local base folders do have their config.
     warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
+    # deepspeed 0.13.1 (in the GPU images; trl imports it) warns at import that pynvml is deprecated:
+    # not the user's to fix, and it would be a second line beside a one-line error.
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

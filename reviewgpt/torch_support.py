@@ -32,6 +32,10 @@ FEATURES = {
     "sdpa": Feature("scaled_dot_product_attention for transformers 4.38.2", "2.1.1",
                     "attention 'auto' and 'sdpa' load as eager (more memory at long context)"),
     "rms_norm": Feature("torch.nn.functional.rms_norm", "2.4", "fused_rmsnorm stays off"),
+    # torch 1.13's non-reentrant checkpoint keeps its inputs under its own saved-tensor hooks, so
+    # reviewgpt's hooks around it see nothing (the cu117 stand-in: 0 tensors moved).
+    "checkpoint_saved_inputs": Feature("non-reentrant checkpoint saving its inputs through outer saved-tensor hooks",
+                                       "2.1", "checkpoint_offload stays off"),
     # bitsandbytes 0.50.2 registers its ops with torch.library.register_fake when imported (and declares
     # torch >= 2.4); on torch 2.2.1 training failed at that import.
     "register_fake": Feature("torch.library.register_fake", "2.4",

@@ -38,6 +38,7 @@ _EXPORTS = {
     "run_mean_loss": "resume",
     "resume_batch": "resume",
     "make_log_callback": "logs",
+    "TrainedTokens": "logs",
     "peak_memory_per_gpu": "logs",
     "plot_loss_curve": "logs",
     "check_report_to": "arguments",

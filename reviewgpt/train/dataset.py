@@ -67,14 +67,11 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 class PadCollator:
-    """Right-pads a micro-batch; counts the real (non-pad) tokens it hands to training."""
+    """Right-pads a micro-batch (tokens are counted at the model: logs.TrainedTokens)."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.tokens = 0
 
     def __call__(self, features: List[dict]) -> dict:
-        batch = pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
-        self.tokens += int(batch["attention_mask"].sum())
-        return batch
+        return pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)

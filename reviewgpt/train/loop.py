@@ -33,7 +33,7 @@ from reviewgpt.train.distributed import (
     is_main_process,
     world_size,
 )
-from reviewgpt.train.logs import make_log_callback, peak_memory_per_gpu, plot_loss_curve
+from reviewgpt.train.logs import TrainedTokens, make_log_callback, peak_memory_per_gpu, plot_loss_curve
 from reviewgpt.train.oom import with_oom_recovery
 from reviewgpt.train.resume import (
     is_complete_checkpoint,
@@ -143,10 +143,12 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     drop_empty_param_groups(trainer)
     if world_size() > 1:
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
+    trained = TrainedTokens(trainer.model)
     started = time.time()
     # issue 4's speed options, in force for this run only: undone when it ends (or fails)
     with speedups(trainer, step_recipe, bf16=args.bf16), trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s
     trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model); rank 0 only
     png = None
     if main_process:
@@ -165,10 +167,10 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "resumed_from": str(checkpoint) if checkpoint else None,
         "global_step": trainer.state.global_step,
         "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, checkpoint),
-        "seconds": round(time.time() - started, 1),
-        # Tokens this process trained on (eval batches included when --eval) over the wall time.
-        "train_tokens": collator.tokens,
-        "tokens_per_s": round(collator.tokens / max(time.time() - started, 1e-9), 1),
+        "seconds": round(trained_s, 1),
+        # Tokens this process trained on (not eval batches) over the training's wall time.
+        "train_tokens": trained.tokens,
+        "tokens_per_s": round(trained.tokens / trained_s, 1),
         "loss_curve": str(png) if png else None,
         "world_size": world_size(),
         "peak_allocated_gib_per_gpu": peak_memory_per_gpu(),

@@ -24,8 +24,11 @@ stamp "start (b) reference, (c) and (c2) recipe x $STEPS steps, [(d) recipe 1 ep
 python bench/reference_sft.py --model "$M" --data "$train" --output "$Q/b" --max-steps "$STEPS" \
   --lora-target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj > "$Q/b.log" 2>&1 &
 pb=$!
+# (c) and (c2) as measured for issue 10: micro-batch 1 x 16, every layer recomputed (the recipe took
+# 8 x 2 with kept layers for speed afterwards, issue 13; same effective batch of 16).
+AS_MEASURED="--per-device-train-batch-size 1 --gradient-accumulation-steps 16 --checkpoint-skip-layers 0"
 rg train --recipe smollm2-135m --model "$M" --data "$train" --output "$Q/c" --max-steps "$STEPS" \
-  --save-steps 1000 > "$Q/c.log" 2>&1 &
+  --save-steps 1000 $AS_MEASURED > "$Q/c.log" 2>&1 &
 pc=$!
 pd=
 if [ "${WITH_D:-0}" = 1 ]; then
@@ -34,7 +37,7 @@ if [ "${WITH_D:-0}" = 1 ]; then
 fi
 # (c2): (c) with the reference's optimizer settings: what the layout alone buys.
 rg train --recipe smollm2-135m --model "$M" --data "$train" --output "$Q/c2" --max-steps "$STEPS" --save-steps 1000 \
-  --learning-rate 2.0e-4 --lr-scheduler-type constant --warmup-ratio 0.03 > "$Q/c2.log" 2>&1 &
+  --learning-rate 2.0e-4 --lr-scheduler-type constant --warmup-ratio 0.03 $AS_MEASURED > "$Q/c2.log" 2>&1 &
 pc2=$!
 ( rg eval --model "$M" --data "$dev" --max-length 8192 --batch-tokens 65536 --output "$Q/a_nll.jsonl" \
     > "$Q/a_eval.log" 2>&1

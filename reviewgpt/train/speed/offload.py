@@ -79,6 +79,7 @@ class HostOffload:
 
 
 def offload_supported() -> bool:
-    """saved-tensor hooks (torch >= 1.10) and a checkpoint that saves its inputs through them (>= 2.1)."""
-    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
-    return hasattr(torch.autograd.graph, "saved_tensors_hooks") and version >= (2, 1)
+    """saved-tensor hooks and a checkpoint that saves its inputs through them (reviewgpt.torch_support)."""
+    from reviewgpt.torch_support import has
+
+    return hasattr(torch.autograd.graph, "saved_tensors_hooks") and has("checkpoint_saved_inputs")
