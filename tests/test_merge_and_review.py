@@ -104,20 +104,19 @@ def test_review_input_budget_trims_the_paper(merged_model, sample_file, tmp_path
 
 def test_review_budget_follows_the_length_the_run_was_trained_at(tmp_path):
     # issue 11 item 6: a tiny run trained with --max-seq-length 1024 reviews with 1024 - max_new_tokens of paper.
-    import yaml
+    from reviewgpt import run
+    from reviewgpt.eval.generate import prompt_budget
+    from reviewgpt.recipe import load_recipe
 
-    from reviewgpt.generate import prompt_budget
-    from reviewgpt.recipe import load_recipe, save_recipe
-
-    save_recipe(load_recipe("tiny", {"max_seq_length": 1024}), tmp_path / "reviewgpt_recipe.yaml")
-    meta = yaml.safe_load((tmp_path / "reviewgpt_recipe.yaml").read_text())
+    run.write_recipe(load_recipe("tiny", {"max_seq_length": 1024}), tmp_path)
+    meta = run.read_recipe(tmp_path)
     assert prompt_budget(GenerationSettings(), meta, 96) == 1024 - 96
     assert prompt_budget(GenerationSettings(max_input_tokens=300), meta, 96) == 300  # an explicit budget wins
 
 
 def test_review_never_rewrites_lines_it_did_not_write(tmp_path):
     # issue 11 item 17: only a torn last line is dropped; any other bad line stops the run, file untouched.
-    from reviewgpt.generate import done_ids
+    from reviewgpt.eval.generate import done_ids
 
     out = tmp_path / "reviews.jsonl"
     text = '{"id": "a", "review": "x"}\nnotes I added by hand\n{"id": "b", "review": "y"}\n'
