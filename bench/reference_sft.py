@@ -85,11 +85,11 @@ def main(argv=None) -> int:
     trainer = SFTTrainer(model=model, args=training, train_dataset=data, peft_config=lora, tokenizer=tokenizer,
                          formatting_func=reviewgpt.formatting_func, max_seq_length=args.max_seq_length,
                          packing=False)
-    trained = TrainedTokens(trainer.model)  # counted as `reviewgpt train` counts them
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    result = trainer.train()
+    with TrainedTokens(trainer.model) as trained:  # counted as `reviewgpt train` counts them
+        result = trainer.train()
     seconds = time.time() - started
     out = Path(args.output)
     trainer.save_model(str(out))

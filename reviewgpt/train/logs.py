@@ -14,16 +14,24 @@ from reviewgpt.train.distributed import floats_in_logs
 
 
 class TrainedTokens:
-    """Counts the real (non-pad) tokens of the micro-batches the model trains on, for tokens/s.
+    """Counts the real (non-pad) tokens of the micro-batches the model trains on, for tokens/s:
+    `with TrainedTokens(model) as trained: ...; trained.tokens`.
 
     Counted at the model's forward in training mode, not in the collator: accelerate's DataLoader
     fetches one micro-batch ahead, so a run that stops mid-epoch collated a micro-batch it never
     trained on (+25% tokens at micro-batch 8 over 2 steps of 2, seen on the device). Eval batches
-    (model in eval mode) are not counted."""
+    (model in eval mode) are not counted. The counting forward is an instance attribute (DDP,
+    DeepSpeed and accelerate call it) and is removed on exit, like the run's other patches."""
 
     def __init__(self, model):
+        self.model = model
         self.tokens = 0
-        forward = model.forward
+        self._counting = None
+        self._previous = None
+
+    def __enter__(self) -> TrainedTokens:
+        model, forward = self.model, self.model.forward
+        self._previous = vars(model).get("forward")
 
         def counting_forward(*args, **kwargs):
             if model.training:
@@ -31,7 +39,16 @@ class TrainedTokens:
                 self.tokens += int(mask.sum()) if mask is not None else (ids.numel() if ids is not None else 0)
             return forward(*args, **kwargs)
 
-        model.forward = counting_forward  # an instance attribute: DDP, DeepSpeed and accelerate call it
+        self._counting = model.forward = counting_forward
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if vars(self.model).get("forward") is not self._counting:
+            return  # wrapped again on top (accelerate's autocast): that wrapper owns it now
+        if self._previous is None:
+            del self.model.forward
+        else:
+            self.model.forward = self._previous
 
 
 def make_log_callback(path: Path):

@@ -143,10 +143,10 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     drop_empty_param_groups(trainer)
     if world_size() > 1:
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
-    trained = TrainedTokens(trainer.model)
     started = time.time()
     # issue 4's speed options, in force for this run only: undone when it ends (or fails)
-    with speedups(trainer, step_recipe, bf16=args.bf16), trusted_checkpoint_loading(checkpoint):
+    with TrainedTokens(trainer.model) as trained, speedups(trainer, step_recipe, bf16=args.bf16), \
+            trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s
     trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model); rank 0 only
