@@ -25,7 +25,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SMOLLM2_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the smollm2-135m recipe's
 
 
 def main(argv=None) -> int:
@@ -35,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--max-seq-length", type=int, default=8192)
-    p.add_argument("--lora-target-modules", default=SMOLLM2_TARGETS)
+    p.add_argument("--lora-target-modules", help="default: the smollm2-135m recipe's")
     args = p.parse_args(argv)
 
     import torch
@@ -44,6 +43,10 @@ def main(argv=None) -> int:
 
     import reviewgpt
     from reviewgpt.data.records import load_records
+    from reviewgpt.recipe import load_recipe
+
+    targets = args.lora_target_modules.split(",") if args.lora_target_modules else list(
+        load_recipe("smollm2-135m").lora_target_modules)
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=64, lora_alpha=16, lora_dropout=0.1, bias="none",
                                              task_type="CAUSAL_LM",
-                                             target_modules=args.lora_target_modules.split(",")))
+                                             target_modules=targets))
     model.train()
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=2e-4)
     if cuda:

@@ -82,22 +82,33 @@ def _sdpa_forward(self, hidden_states, attention_mask=None, position_ids=None, p
     return self.o_proj(out), None, past_key_value
 
 
-def patch_llama_causal_mask(model) -> bool:
-    """Instance-level patches on a Llama model loaded with attn_implementation='sdpa'."""
+def patch_causal_sdpa(model, stack: str, attention: str, update_causal_mask, sdpa_forward) -> bool:
+    """Instance-level patches of a decoder stack's causal mask and its SDPA attention modules (class
+    names `stack`, `attention`) for a model loaded with attn_implementation='sdpa'; Gemma's
+    (train.speed.attention) and Llama's go through here. True when a stack was patched."""
     patched = False
     for module in model.modules():
         name = type(module).__name__
-        if name == "LlamaModel" and module.config._attn_implementation == "sdpa":
-            module._update_causal_mask = types.MethodType(_update_causal_mask, module)
+        if name == stack and module.config._attn_implementation == "sdpa":
+            module._update_causal_mask = types.MethodType(update_causal_mask, module)
             patched = True
-        elif name == "LlamaSdpaAttention":
-            module.forward = types.MethodType(_sdpa_forward, module)
+        elif name == attention:
+            module.forward = types.MethodType(sdpa_forward, module)
     return patched
 
 
-def unpatch_llama_causal_mask(model) -> None:
+def unpatch_causal_sdpa(model, stack: str, attention: str) -> None:
+    """Undo `patch_causal_sdpa`: the classes' own methods are back."""
     for module in model.modules():
-        if type(module).__name__ in ("LlamaModel", "LlamaSdpaAttention"):
+        if type(module).__name__ in (stack, attention):
             for attr in ("_update_causal_mask", "forward"):
                 if attr in vars(module):
                     delattr(module, attr)
+
+
+def patch_llama_causal_mask(model) -> bool:
+    return patch_causal_sdpa(model, "LlamaModel", "LlamaSdpaAttention", _update_causal_mask, _sdpa_forward)
+
+
+def unpatch_llama_causal_mask(model) -> None:
+    unpatch_causal_sdpa(model, "LlamaModel", "LlamaSdpaAttention")

@@ -15,9 +15,10 @@ has that switch (torch >= 2.5; a no-op before).
 from __future__ import annotations
 
 import logging
-import types
 
 import torch
+
+from reviewgpt.llama_mask import patch_causal_sdpa, unpatch_causal_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,12 @@ def _gemma_sdpa_forward(self, hidden_states, attention_mask=None, position_ids=N
 
 def patch_gemma_causal_sdpa(model) -> bool:
     """Instance-level patches on a Gemma model loaded with attn_implementation='sdpa'."""
-    patched = False
-    for module in model.modules():
-        name = type(module).__name__
-        if name == "GemmaModel" and module.config._attn_implementation == "sdpa":
-            module._update_causal_mask = types.MethodType(_gemma_update_causal_mask, module)
-            patched = True
-        elif name == "GemmaSdpaAttention":
-            module.forward = types.MethodType(_gemma_sdpa_forward, module)
-    return patched
+    return patch_causal_sdpa(model, "GemmaModel", "GemmaSdpaAttention", _gemma_update_causal_mask,
+                             _gemma_sdpa_forward)
 
 
 def unpatch_gemma_causal_sdpa(model) -> None:
-    for module in model.modules():
-        for attr in ("_update_causal_mask", "forward"):
-            if type(module).__name__ in ("GemmaModel", "GemmaSdpaAttention") and attr in vars(module):
-                delattr(module, attr)
+    unpatch_causal_sdpa(model, "GemmaModel", "GemmaSdpaAttention")
 
 
 _DEFAULT_ORDER = None

@@ -79,7 +79,7 @@ class HostOffload:
 
 
 def offload_supported() -> bool:
-    """saved-tensor hooks and a checkpoint that saves its inputs through them (reviewgpt.torch_support)."""
+    """A checkpoint that saves its inputs through saved-tensor hooks (reviewgpt.torch_support)."""
     from reviewgpt.torch_support import has
 
-    return hasattr(torch.autograd.graph, "saved_tensors_hooks") and has("checkpoint_saved_inputs")
+    return has("checkpoint_saved_inputs")
