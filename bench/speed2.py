@@ -63,6 +63,24 @@ PLANS = {
             optional=True, warmup=1, steps=2, seconds=55),
     ]),
 }
+TRITON_OFF = {"triton_mlp": False, "triton_rope": False, "triton_rmsnorm": False}  # the defaults before them
+PLANS["gemma-triton"] = ("gemma-7b-it", 8192, [
+    Row("defaults+checkpoint_skip_layers=auto", 8192, AUTO_KEPT, seconds=10),
+    Row("defaults-triton+checkpoint_skip_layers=auto", 8192, {**AUTO_KEPT, **TRITON_OFF}, seconds=10),
+    Row("defaults+checkpoint_skip_layers=0", 8192, NONE_KEPT, seconds=10),
+    *(Row(f"defaults-{name}+checkpoint_skip_layers=auto", 8192, {**AUTO_KEPT, name: False}, seconds=10)
+      for name in TRITON_OFF),
+    Row("defaults+checkpoint_skip_layers=0+checkpoint_offload", 32768, {**NONE_KEPT, "checkpoint_offload": True},
+        seconds=35),
+    Row("defaults+checkpoint_skip_layers=0+checkpoint_offload", 65536, {**NONE_KEPT, "checkpoint_offload": True},
+        warmup=1, steps=2, seconds=55),
+    Row("defaults+checkpoint_skip_layers=0", 32768, NONE_KEPT, optional=True, seconds=35),
+])
+PLANS["mistral-triton"] = ("mistral-7b-instruct-v0.2", 12288, [
+    Row("defaults+checkpoint_skip_layers=auto", 12288, AUTO_KEPT, seconds=12),
+    Row("defaults-triton+checkpoint_skip_layers=auto", 12288, {**AUTO_KEPT, **TRITON_OFF}, seconds=12),
+    Row("defaults+checkpoint_skip_layers=0", 12288, NONE_KEPT, seconds=12),
+])
 TARGETS = {  # (recipe, seq): what issue 13 asks of micro-batch 1
     ("gemma-7b-it", 8192): {"ratio": 2.4},
     ("mistral-7b-instruct-v0.2", 12288): {"ratio": 1.6},

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 from reviewgpt.models import FAMILIES
 from reviewgpt.speed_options import options_of
@@ -154,15 +155,16 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     cal = {**CALIBRATION, **(calibration or {})}
     opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
             "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0, "checkpoint_offload": False,
-            "lean_mlp": False}
+            "lean_mlp": False, "triton_mlp": False, "triton_rmsnorm": False}
     if not reference:
         opts.update({k: v for k, v in (options or {}).items() if k in opts})
     kept = opts["checkpoint_skip_layers"]
     kept = 0 if kept == "auto" else kept  # auto is resolved by the caller (layers_that_fit); 0 is its floor
     kept = min(int(kept or 0), arch.layers) if gradient_checkpointing else 0
     offload = bool(opts["checkpoint_offload"]) and gradient_checkpointing
-    per_intermediate = cal["lean_work_per_intermediate"] if opts["lean_mlp"] else cal["work_per_intermediate"]
-    kept_per_intermediate = cal["lean_kept_per_intermediate"] if opts["lean_mlp"] else cal["kept_per_intermediate"]
+    lean = opts["lean_mlp"] or opts["triton_mlp"]  # triton_mlp keeps what lean_mlp keeps
+    per_intermediate = cal["lean_work_per_intermediate"] if lean else cal["work_per_intermediate"]
+    kept_per_intermediate = cal["lean_kept_per_intermediate"] if lean else cal["kept_per_intermediate"]
     targets = lora_targets or FAMILIES[arch.family].lora_targets
     tokens = batch * seq
     act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
@@ -208,8 +210,12 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
 
 
 def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
-    """`predict` for a recipe's LoRA, optimizer and speed options (`option_changes` override them)."""
+    """`predict` for a recipe's LoRA, optimizer and speed options (`option_changes` override them).
+    The triton_* options count only where the installed triton can run them (else they stay off)."""
+    options = {**options_of(recipe), **option_changes}
+    if torch_support.triton_problem():
+        options.update(triton_mlp=False, triton_rope=False, triton_rmsnorm=False)
     return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
-                   options={**options_of(recipe), **option_changes}, reference=reference, quantize=recipe.quantize,
+                   options=options, reference=reference, quantize=recipe.quantize,
                    gradient_checkpointing=recipe.gradient_checkpointing,
                    paged_optimizer="paged" in recipe.optim, calibration=calibration)

@@ -45,6 +45,13 @@ class SpeedOptions:
                                      "instead of on the GPU (less GPU memory for long sequences)", default=False)
     lean_mlp: bool = help_field("GeGLU/SwiGLU as one autograd step that keeps only gate and up and writes its "
                            "gradients over them: 3 fewer sequence x intermediate tensors in backward", default=False)
+    triton_mlp: bool = help_field("GeGLU/SwiGLU as one Triton kernel each way, keeping only gate and up (lean_mlp's "
+                             "memory, faster; CUDA + triton >= 3.0, off otherwise)", default=True)
+    triton_rope: bool = help_field("rotary position embedding as one Triton kernel per tensor each way "
+                              "(CUDA + triton >= 3.0, off otherwise)", default=True)
+    triton_rmsnorm: bool = help_field("Gemma/Mistral/Llama RMSNorm as one Triton kernel each way, keeping the "
+                                 "bf16 input instead of fp32 copies (CUDA + triton >= 3.0, off otherwise)",
+                                 default=True)
 
     def __post_init__(self):
         hints = typing.get_type_hints(SpeedOptions)

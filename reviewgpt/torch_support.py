@@ -63,3 +63,18 @@ def missing(torch_version: Optional[str] = None) -> List[Feature]:
 def dataloader_prefetch_factor(torch_version: Optional[str] = None) -> Optional[int]:
     """The prefetch_factor a DataLoader without worker processes accepts: None, or 2 on torch 1.x."""
     return None if has("dataloader_prefetch_none", torch_version) else 2
+
+
+MIN_TRITON = "3.0"
+
+
+def triton_problem() -> str:
+    """Why the triton_* speed options cannot run with the installed triton ('' when they can): they
+    need triton >= 3.0 (torch >= 2.4 ships it; torch 2.2's triton 2.2 lacks what the kernels use)."""
+    try:
+        import triton
+    except ImportError:
+        return "triton is not installed"
+    if Version(triton.__version__).release < Version(MIN_TRITON).release:
+        return f"triton {triton.__version__} is older than {MIN_TRITON}"
+    return ""

@@ -49,7 +49,8 @@ from reviewgpt.train.speed import OFF, options_of, speedups
 log = logging.getLogger(__name__)
 GIB = 1 << 30
 # Switched on one after another by --ablate (each row keeps the ones before it) ...
-CHAIN = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm")
+CHAIN = ("chunked_loss", "bf16_frozen_weights", "causal_sdpa", "sdpa_cudnn", "fused_lora", "fused_rmsnorm",
+         "triton_rmsnorm", "triton_rope", "triton_mlp")
 # ... and measured on top of the recipe's own options (memory for speed, or the other way round).
 EXTRAS = ("checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
 ONLY_FOR = {"causal_sdpa": ("gemma",), "fused_rmsnorm": ("mistral", "llama")}

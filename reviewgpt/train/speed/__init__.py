@@ -12,6 +12,10 @@
                               auto: the planner's choice for the GPU (resolved by the caller)
     checkpoint_offload        checkpointed layers' inputs wait in pinned host memory (less GPU memory)
     lean_mlp                  GeGLU/SwiGLU keeping gate and up only, gradients written over them
+    triton_mlp                the same as a Triton kernel each way (replaces lean_mlp where it runs)
+    triton_rope               rotary embedding as one Triton kernel per tensor each way
+    triton_rmsnorm            Gemma/Mistral/Llama RMSNorm as one Triton kernel each way
+                              (the triton_* options: CUDA + triton >= 3.0, reviewgpt.train.speed.kernels)
 
 `with speedups(trainer, recipe) as in_force:` applies them to a built trainer (after trl/peft have
 wrapped the model) for the duration of the block and undoes every one when it ends, an exception
@@ -37,6 +41,7 @@ from reviewgpt.train.speed.attention import (
     unpatch_gemma_causal_sdpa,
 )
 from reviewgpt.train.speed.checkpointing import attention_saving_context_fn, checkpoint_layers, recompute_all_layers
+from reviewgpt.train.speed.kernels import apply_triton_kernels, remove_triton_kernels
 from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.train.speed.loss import causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
 from reviewgpt.train.speed.mlp import patch_lean_mlp, unpatch_lean_mlp
@@ -69,6 +74,11 @@ def apply_speedups(trainer, recipe, bf16: bool = True) -> dict:
         done["fused_rmsnorm"] = patch_fused_rmsnorm(model) > 0
     if wanted["lean_mlp"]:
         done["lean_mlp"] = patch_lean_mlp(model) > 0
+    done.update(apply_triton_kernels(model, wanted))  # after the torch patches it replaces
+    if done["triton_mlp"] and done["lean_mlp"]:
+        done["lean_mlp"] = False  # triton_mlp's forward replaced lean_mlp's (same memory, one kernel)
+    if done["triton_rmsnorm"] and done["fused_rmsnorm"]:
+        done["fused_rmsnorm"] = False  # likewise for torch's rms_norm
     if wanted["checkpoint_keep_attention"]:
         done["checkpoint_keep_attention"] = _keep_attention_in_checkpoints(trainer)
     kept, offload = wanted["checkpoint_skip_layers"], None
@@ -127,5 +137,6 @@ def remove_speedups(trainer) -> None:
     unpatch_fused_lora(trainer.model)
     unpatch_fused_rmsnorm(trainer.model)
     unpatch_lean_mlp(trainer.model)
+    remove_triton_kernels(trainer.model)
     recompute_all_layers(trainer.model)
     prefer_cudnn_attention(False)
