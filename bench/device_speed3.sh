@@ -28,7 +28,7 @@ for family in ${FAMILIES:-gemma-triton mistral-triton}; do
   python bench/speed2.py run "$family" --output "$OUT/speed3.jsonl" $ends 2> "$OUT/$family.log" \
     | grep -v -E "^\{'train_runtime'" | cut -c1-200
   grep -E "Traceback|Error|WARNING speed2|auto:|triton" "$OUT/$family.log" | cut -c1-300 | tail -n 8
-  rm -rf /tmp/weights/reviewgpt-random-gemma-7b  # disk and page cache for the next model
+  rm -rf /tmp/weights/reviewgpt-random-mistral-7b  # disk and page cache; gemma's stay for device_realdata.sh
 done
 stamp "table"
 python bench/speed2.py table "$OUT/speed3.jsonl" | tee "$OUT/table.md"

@@ -86,6 +86,16 @@ CALIBRATION = {
     # counted 2-byte saving is scaled alike: 7.3 - 1.1.
     "lean_work_per_intermediate": 8.7,
     "lean_kept_per_intermediate": 6.2,
+    # The Triton kernels (reviewgpt.train.speed.kernels) in a kept layer, measured (H200, issue 13's third call:
+    # gemma-7b 8K, 28 layers kept, each kernel off in turn; mistral-7b 12K, 32 kept): triton_mlp keeps no
+    # act(gate): 2 bytes less per intermediate unit (10.5 GiB on both); triton_rmsnorm keeps bf16 x and a
+    # per-row rstd instead of Gemma's fp32 copies: 4 bytes less per hidden unit (2.63 GiB); Mistral/Llama's
+    # norms already ran torch's fused kernel (fused_rmsnorm): no change there. In the recompute working
+    # set triton_mlp counts as lean_mlp, and Gemma's Triton norm holds ~6 bytes per hidden unit less
+    # (gemma-7b 0 kept at 8K / 32K offloaded / 64K offloaded: 5.3-7.3).
+    "triton_mlp_kept_saving": 2.0,
+    "triton_rmsnorm_kept_saving": 4.0,
+    "triton_rmsnorm_work_saving": 6.0,
     # Reserved = allocated x slope + slack with the chunked loss (fitted on the 14 rows of issue 4's
     # calls 4-5 and issue 13's 32K/64K rows: within -6%..+7%); full fp32 logits (the reference
     # path) fragment more: x 1.22 (1.21-1.30 measured).
@@ -165,6 +175,12 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     lean = opts["lean_mlp"] or opts["triton_mlp"]  # triton_mlp keeps what lean_mlp keeps
     per_intermediate = cal["lean_work_per_intermediate"] if lean else cal["work_per_intermediate"]
     kept_per_intermediate = cal["lean_kept_per_intermediate"] if lean else cal["kept_per_intermediate"]
+    if opts["triton_mlp"]:
+        kept_per_intermediate = cal["kept_per_intermediate"] - cal["triton_mlp_kept_saving"]
+    kept_per_hidden, work_per_hidden = cal["kept_per_hidden"], cal["work_per_hidden"]
+    if opts["triton_rmsnorm"] and arch.family == "gemma":
+        kept_per_hidden -= cal["triton_rmsnorm_kept_saving"]
+        work_per_hidden -= cal["triton_rmsnorm_work_saving"]
     targets = lora_targets or FAMILIES[arch.family].lora_targets
     tokens = batch * seq
     act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
@@ -173,7 +189,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         "embedding": arch.vocab * arch.hidden * act * (1 if arch.tied else 2),
         "lora": lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
         "checkpoints": (arch.layers - kept) * tokens * arch.hidden * act if gradient_checkpointing else 0,
-        "layer_work": tokens * (cal["work_per_hidden"] * arch.hidden * act / 2 + per_intermediate * arch.intermediate),
+        "layer_work": tokens * (work_per_hidden * arch.hidden * act / 2 + per_intermediate * arch.intermediate),
     }
     host = 0
     if offload and kept < arch.layers:  # the inputs wait on the host; the one being recomputed comes back
@@ -182,7 +198,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     if not gradient_checkpointing:
         parts["layer_work"] *= arch.layers
     if kept:
-        parts["kept_layers"] = kept * tokens * (cal["kept_per_hidden"] * arch.hidden * act / 2
+        parts["kept_layers"] = kept * tokens * (kept_per_hidden * arch.hidden * act / 2
                                                 + kept_per_intermediate * arch.intermediate)
     if opts["checkpoint_keep_attention"]:
         parts["checkpoints"] += (arch.layers - kept) * tokens * arch.heads * (arch.head_dim * 2 + 4)
