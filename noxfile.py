@@ -104,22 +104,32 @@ def _locked_version(target: str, name: str) -> str:
     return re.search(rf"^{re.escape(name)}==(\S+)", text, re.M).group(1)
 
 
+# Not taken from the cpu lock by tests_torch22: torch 2.2.1 pins its own triton (2.2.0), bitsandbytes
+# comes from the cu118 lock.
+TORCH22_OWN_PINS = ("torch", "bitsandbytes", "triton")
+
+
+def torch22_pins() -> list:
+    """The cpu lock's `name==version` pins but TORCH22_OWN_PINS; without hashes, since torch 2.2.1
+    brings packages (its nvidia-* libraries, triton 2.2.0) that no lock here holds."""
+    own = tuple(f"{name}==" for name in TORCH22_OWN_PINS)
+    return [line.split(" ")[0] for line in Path("envs/cpu/requirements.lock").read_text().splitlines()
+            if re.match(r"[a-z0-9]", line) and not line.startswith(own)]
+
+
 @nox.session(python=PYTHON)
 def tests_torch22(session: nox.Session) -> None:
     """The CPU suite on torch 2.2.1, the cu118 image's torch: the nearest stand-in reachable here.
 
     The image's build (2.2.1+cu118) lives only on PyTorch's index; this takes PyPI's 2.2.1 (a CUDA 12.1
     build, ~3 GB with its nvidia-* libraries, run on the CPU) on this session's Python 3.11 (the image
-    has 3.10), with the cpu lock's other pins as constraints and the cu118 lock's bitsandbytes.
+    has 3.10), with the cpu lock's other pins as constraints and the cu118 lock's bitsandbytes. torch
+    2.2.1 brings triton 2.2.0 (the cpu lock's triton 3 is left out): the triton_* kernels stay off there.
     """
     torch = IMAGES["cu118"]["torch"].split("+")[0]
     bitsandbytes = _locked_version("cu118", "bitsandbytes")
-    # The cpu lock's pins but torch and bitsandbytes; without hashes, since torch 2.2.1 brings packages
-    # (its nvidia-* libraries, triton) that no lock here holds.
-    pins = [line.split(" ")[0] for line in Path("envs/cpu/requirements.lock").read_text().splitlines()
-            if re.match(r"[a-z0-9]", line) and not line.startswith(("torch==", "bitsandbytes=="))]
     requirements = Path(session.create_tmp(), "cpu-pins-but-torch.txt")
-    requirements.write_text("\n".join(pins) + "\n")
+    requirements.write_text("\n".join(torch22_pins()) + "\n")
     session.install("-r", str(requirements), f"torch=={torch}", f"bitsandbytes=={bitsandbytes}")
     session.install("--no-deps", "-e", ".")
     session.run("python", "-c", "import torch; assert torch.__version__.startswith('2.2.1'), torch.__version__")

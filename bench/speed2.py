@@ -74,6 +74,7 @@ PLANS["gemma-triton"] = ("gemma-7b-it", 8192, [
         seconds=35),
     Row("defaults+checkpoint_skip_layers=0+checkpoint_offload", 65536, {**NONE_KEPT, "checkpoint_offload": True},
         warmup=1, steps=2, seconds=55),
+    Row("defaults+checkpoint_skip_layers=0", 65536, NONE_KEPT, warmup=1, steps=2, seconds=55),
     Row("defaults+checkpoint_skip_layers=0", 32768, NONE_KEPT, optional=True, seconds=35),
 ])
 PLANS["mistral-triton"] = ("mistral-7b-instruct-v0.2", 12288, [

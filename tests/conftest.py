@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+
+# Without a CUDA GPU the Triton kernels (reviewgpt.train.speed.triton_kernels) run in triton's
+# interpreter. Triton reads TRITON_INTERPRET when it defines a kernel, and defines its own library
+# (tl.sum) when first imported, which trl and bitsandbytes do: so it is set here, before anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,6 +31,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def triton_kernels_only_where_marked(request, monkeypatch):
+    """Tests not marked `triton` run as on a CPU without the interpreter: the triton_* options off
+    (reviewgpt.train.speed.kernels asks for TRITON_INTERPRET=1 on CPU), in this process and in the
+    `reviewgpt` processes they start. Interpreted kernels take minutes at the tiny recipe's length."""
+    if request.node.get_closest_marker("triton") is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -140,6 +140,14 @@ def test_cu118_torch_names_its_index_where_the_lock_lacks_it():
         assert "--index-url https://download.pytorch.org/whl/cu118" in torch_txt.read_text()
 
 
+def test_torch22_session_takes_every_cpu_pin_but_torch_bitsandbytes_and_triton(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    pins = NOXFILE.torch22_pins()
+    assert {canonicalize_name(pin.split("==")[0]) for pin in pins} == set(locked("cpu")) - {
+        "torch", "bitsandbytes", "triton"}  # torch 2.2.1 requires triton==2.2.0: pip would refuse the lock's 3.x
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==\S+", pin) for pin in pins)
+
+
 def test_flash_attn_wheels_match_the_images():
     spec = next(r for r in requirements("gpu") if r.name == "flash-attn").specifier
     assert spec.contains(NOXFILE.FLASH_ATTN)
@@ -218,8 +226,10 @@ INDIRECT_IMPORTS = {
     "jinja2": "peft 0.9.0's adapter save writes a model card with huggingface_hub's RepoCard.from_template",
 }
 # Imported only where installed (each import is guarded) and locked per image: the `gpu` and `test`
-# extras, which test_lock_satisfies_every_pyproject_pin checks.
-OPTIONAL_IMPORTS = {"bitsandbytes", "deepspeed", "flash-attn", "mistral-common"}
+# extras, which test_lock_satisfies_every_pyproject_pin checks. triton (the triton_* speed options)
+# comes with torch where CUDA is (torch.txt's cu118 build brings 2.2, which they do without); the cpu
+# lock holds it for the tests, which run the kernels in triton's interpreter.
+OPTIONAL_IMPORTS = {"bitsandbytes", "deepspeed", "flash-attn", "mistral-common", "triton"}
 
 
 def runtime_distributions() -> dict:
