@@ -23,6 +23,7 @@ from reviewgpt.env.gpu_checks import (  # noqa: F401 - the GPU checks are read f
     check_gpu_memory,
     check_gpus,
     check_torch_cuda,
+    check_triton,
     estimate_training_bytes,
 )
 from reviewgpt.env.probe import (  # noqa: F401 - Environment, Gpu, Check, ... are read from here too
@@ -166,6 +167,7 @@ CHECKS: List[Callable[[Environment], Check]] = [
     check_gpus,
     check_bitsandbytes,
     check_flash_attn,
+    check_triton,
     check_deepspeed_transformers,
     check_deepspeed_torch,
     check_datasets_stack,

@@ -84,7 +84,7 @@ class Environment:
 
 _PACKAGES = ("reviewgpt", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "pandas",
              "pyarrow", "tokenizers", "safetensors", "huggingface-hub", "bitsandbytes", "flash-attn",
-             "deepspeed")
+             "deepspeed", "triton")
 _ENV_VARS = ("HF_HUB_OFFLINE", "HF_HOME", "BNB_CUDA_VERSION", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
              "REVIEWGPT_IMAGE")
 

@@ -103,10 +103,10 @@ def _fused_rope(original):
         full_cos, full_sin = cos, sin
         if cos.dim() == 2 and position_ids is not None:  # Mistral 4.38.2: caches indexed by position
             full_cos, full_sin = cos[position_ids], sin[position_ids]
-        if (unsqueeze_dim != 1 or full_cos.dtype != q.dtype
+        if (unsqueeze_dim != 1 or full_cos.dtype != q.dtype or full_sin.shape != full_cos.shape
+                or full_sin.stride() != full_cos.stride()  # the kernel reads both with cos's strides
                 or not (ops.rope_supported(q, full_cos) and ops.rope_supported(k, full_cos))):
             return original(q, k, cos, sin, position_ids, unsqueeze_dim)
-        full_sin = full_sin.contiguous() if full_sin.stride(-1) != 1 else full_sin
         return ops.Rope.apply(q, full_cos, full_sin), ops.Rope.apply(k, full_cos, full_sin)
 
     apply_rotary_pos_emb.reviewgpt_original = original
