@@ -9,9 +9,11 @@ import torch
 
 # Without a CUDA GPU the Triton kernels (reviewgpt.train.speed.triton_kernels) run in triton's
 # interpreter. Triton reads TRITON_INTERPRET when it defines a kernel, and defines its own library
-# (tl.sum) when first imported, which trl and bitsandbytes do: so it is set here, before anything.
+# (tl.sum) when first imported, which trl and bitsandbytes do: so it is set here, before anything,
+# and stays set while the test modules are imported (tests/test_triton_kernels.py imports the kernels).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -33,13 +35,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_triton_interpreter_once_collected():
+    """Tests run as on a CPU without the interpreter, the triton_* options off (reviewgpt.train.speed.kernels
+    wants TRITON_INTERPRET=1 on a CPU), in this process and in the `reviewgpt` processes they start:
+    interpreted kernels take minutes at the tiny recipe's length. Tests marked `triton` get it back.
+    Session-scoped and autouse, so it comes before the fixtures that train runs for a module."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    yield
+    if TRITON_INTERPRET is not None:
+        os.environ["TRITON_INTERPRET"] = TRITON_INTERPRET
+
+
 @pytest.fixture(autouse=True)
-def triton_kernels_only_where_marked(request, monkeypatch):
-    """Tests not marked `triton` run as on a CPU without the interpreter: the triton_* options off
-    (reviewgpt.train.speed.kernels asks for TRITON_INTERPRET=1 on CPU), in this process and in the
-    `reviewgpt` processes they start. Interpreted kernels take minutes at the tiny recipe's length."""
-    if request.node.get_closest_marker("triton") is None:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def triton_interpreter_where_marked(request, monkeypatch):
+    if TRITON_INTERPRET is not None and request.node.get_closest_marker("triton") is not None:
+        monkeypatch.setenv("TRITON_INTERPRET", TRITON_INTERPRET)
 
 
 @pytest.fixture(scope="session")

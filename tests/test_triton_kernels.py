@@ -3,7 +3,7 @@ the torch ops it replaces (fp32 to rounding, bf16 within a bf16 step), tiny mode
 checkpointing and LoRA, the fallbacks, and where the options stay off (with one log line).
 
 Without a CUDA GPU the kernels run in triton's interpreter: tests/conftest.py sets TRITON_INTERPRET=1
-before triton is imported and tests marked `triton` keep it. The interpreter is slow: shapes are tiny.
+before triton is imported, and tests marked `triton` run with it. The interpreter is slow: shapes are tiny.
 """
 
 import collections
@@ -35,7 +35,7 @@ FAMILIES = ["gemma", "mistral", "llama"]
 MODELING = {"gemma": modeling_gemma, "mistral": modeling_mistral, "llama": modeling_llama}
 ALL_ON = dict.fromkeys(TRITON_OPTIONS, True)
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda g: F.gelu(g, approximate="tanh"), "silu": F.silu}
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 ORIGINAL_ROPE = {name: module.apply_rotary_pos_emb for name, module in MODELING.items()}
 
 
@@ -184,6 +184,9 @@ def test_fused_rope_runs_the_original_where_the_kernel_does_not_fit(launches):
     cos16, sin16 = rope_tables(torch.arange(t).repeat(b, 1), 16, torch.float32)  # fp32 tables, bf16 heads
     for g, r in zip(fused(q16, k16, cos16, sin16), modeling_gemma.apply_rotary_pos_emb(q16, k16, cos16, sin16)):
         assert torch.equal(g, r)
+    q16, k16, expanded = q16.float(), k16.float(), sin16[:1].expand_as(sin16)  # sin laid out unlike cos
+    for g, r in zip(fused(q16, k16, cos16, expanded), modeling_gemma.apply_rotary_pos_emb(q16, k16, cos16, expanded)):
+        assert torch.equal(g, r)  # the kernel reads sin with cos's strides
     assert not launches
 
 
@@ -371,7 +374,7 @@ def test_triton_problem_says_why_the_kernels_cannot_run(tiny_gemma, monkeypatch)
     monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.0.0"))
     assert torch_support.triton_problem() == ""
     model = load(tiny_gemma)
-    # CPU: tests/conftest.py unsets TRITON_INTERPRET for tests not marked `triton`, as a user's shell has it
+    # on the CPU without TRITON_INTERPRET (tests/conftest.py unsets it for tests not marked `triton`)
     assert kernels.triton_problem(model) == "the model is on cpu, not a CUDA GPU"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert kernels.triton_problem(model) == ""
