@@ -232,6 +232,42 @@ def test_llama_rmsnorm_keeps_the_modules_dtype_promotion(launches):
     assert launches == {"_rmsnorm_forward_kernel": 1}
 
 
+@needs_triton
+def test_llama_rmsnorm_rounds_before_the_weight_as_the_module_does(launches):
+    norm = frozen_norm("llama", 64, torch.float32)  # bf16 input, fp32 weight: the rounding shows in the output
+    x = randn(8, 64, dtype=torch.bfloat16, seed=3)
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    nearest = norm(x)  # the module: weight * normed.to(bf16), rounded to nearest
+    # triton's interpreter casts to bf16 by truncation (the GPU rounds to nearest): either rounding counts
+    truncated = norm.weight * (normed.view(torch.int32) & ~0xFFFF).view(torch.float32)
+    kernels.patch_triton_rmsnorm(norm)
+    got = norm(x)
+    assert launches == {"_rmsnorm_forward_kernel": 1}
+
+    def share_equal(a, b):
+        return torch.isclose(a, b, rtol=1e-6, atol=0).float().mean().item()
+
+    rounded_first = torch.isclose(got, nearest, rtol=1e-6, atol=0) | torch.isclose(got, truncated, rtol=1e-6, atol=0)
+    assert rounded_first.float().mean() > 0.95  # a rare rsqrt last-bit flip aside
+    assert share_equal(norm.weight * normed, nearest) < 0.5 and share_equal(norm.weight * normed, truncated) < 0.5
+
+
+@needs_triton
+def test_a_norm_whose_weight_trains_keeps_the_forward_patched_before(launches):
+    from reviewgpt.train.speed.patching import patch_forward
+    from reviewgpt.train.speed.precision import _gemma_rmsnorm_forward
+
+    norm = frozen_norm("gemma", 32, torch.bfloat16)
+    patch_forward([norm], _gemma_rmsnorm_forward)  # bf16_frozen_weights' round-once forward
+    norm.weight.requires_grad_(True)
+    x = randn(3, 32, dtype=torch.bfloat16, seed=5)
+    before = norm(x)
+    kernels.patch_triton_rmsnorm(norm)
+    assert torch.equal(norm(x), before) and not launches  # not 4.38.2's class forward (it rounds 1 + w in bf16)
+    kernels.unpatch_triton_rmsnorm(norm)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny models: gradient checkpointing, LoRA, the Trainer
 

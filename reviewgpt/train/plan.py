@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict
 from typing import Optional
 
+from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 from reviewgpt.memory import (  # noqa: F401 - ARCHITECTURES, predict, ... are read here by scripts and tests
     ARCHITECTURES,
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 MEMORY_OPTIONS = ({"lean_mlp": True}, {"lean_mlp": True, "checkpoint_offload": True})
 
 
+def memory_options_to_try(recipe) -> tuple:
+    """MEMORY_OPTIONS, less lean_mlp where triton_mlp runs: it keeps what lean_mlp keeps and replaces it."""
+    if recipe.speed.triton_mlp and not torch_support.triton_problem():
+        return ({"checkpoint_offload": True},)
+    return MEMORY_OPTIONS
+
+
 def usable_gib(gpu_mem_gib: float, headroom: float = 0.05, context_gib: Optional[float] = None) -> float:
     """What a step may use of `gpu_mem_gib`: minus the headroom share and the CUDA context (pass
     context_gib=0 for free memory measured after the context exists)."""
@@ -53,7 +61,8 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
     usable = usable_gib(gpu_mem_gib, headroom)
     rows, best = _batches(recipe, arch, seq, max_batch, usable, reference)
     memory_options = {}  # the rows stay the recipe's own; the recommendation may add memory options
-    for lean in MEMORY_OPTIONS if best is None and not reference and recipe.gradient_checkpointing else ():
+    tried = memory_options_to_try(recipe) if best is None and not reference and recipe.gradient_checkpointing else ()
+    for lean in tried:
         if all(getattr(recipe.speed, k) for k in lean):
             continue
         _, best = _batches(recipe.replace(**lean), arch, seq, max_batch, usable, reference)

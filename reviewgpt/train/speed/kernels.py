@@ -80,8 +80,9 @@ def unpatch_triton_mlp(model) -> None:
 
 
 def _triton_rmsnorm_forward(self, x):
-    if self.weight.requires_grad and torch.is_grad_enabled():
-        return type(self).forward(self, x)
+    if self.weight.requires_grad and torch.is_grad_enabled():  # a trained weight: the forward patched before
+        prior = self._reviewgpt_prior_forward  # (Gemma's round-once, fused_rmsnorm) or the class's
+        return prior(x) if prior is not None else type(self).forward(self, x)
     gemma = type(self).__name__ in _GEMMA_NORMS
     eps = self.eps if gemma else self.variance_epsilon
     return _ops().RMSNorm.apply(x, self.weight, eps, gemma)
@@ -89,7 +90,9 @@ def _triton_rmsnorm_forward(self, x):
 
 def patch_triton_rmsnorm(model) -> int:
     """Instance-level patch of Gemma/Mistral/Llama RMSNorm modules; returns how many."""
-    norms = (m for m in model.modules() if type(m).__name__ in _GEMMA_NORMS + _LLAMA_NORMS)
+    norms = [m for m in model.modules() if type(m).__name__ in _GEMMA_NORMS + _LLAMA_NORMS]
+    for norm in norms:
+        norm._reviewgpt_prior_forward = vars(norm).get("forward")
     return patch_forward(norms, _triton_rmsnorm_forward)
 
 

@@ -12,7 +12,8 @@ The math is the modules' own; the rounding differs by at most a bf16 step where 
 rounded between ops (tests/test_triton_kernels.py compares loss and gradients with the unpatched
 modules). Imported only where triton >= 3.0 is installed (reviewgpt.train.speed.kernels decides). With
 TRITON_INTERPRET=1 set before triton is imported, they run on CPU tensors in triton's interpreter:
-slow, for the tests only.
+slow, for the tests only (the interpreter casts fp32 to bf16 by truncation where the GPU rounds to
+nearest, so the CPU tests' bf16 tolerances allow a step of either).
 """
 
 from __future__ import annotations
