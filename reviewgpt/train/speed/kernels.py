@@ -29,7 +29,7 @@ import sys
 import torch
 
 from reviewgpt import torch_support
-from reviewgpt.train.speed.mlp import _MLP_TYPES, activation_kind
+from reviewgpt.train.speed.mlp import gated_mlps
 from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,7 @@ def _triton_mlp_forward(self, x):
 
 def patch_triton_mlp(model) -> int:
     """Instance-level patch of the gated MLPs with a supported activation; returns how many."""
-    mlps = [m for m in model.modules()
-            if type(m).__name__ in _MLP_TYPES and activation_kind(getattr(m, "act_fn", None))]
-    for mlp in mlps:
-        mlp._reviewgpt_activation = activation_kind(mlp.act_fn)
-    return patch_forward(mlps, _triton_mlp_forward)
+    return patch_forward(gated_mlps(model), _triton_mlp_forward)
 
 
 def unpatch_triton_mlp(model) -> None:

@@ -101,13 +101,19 @@ def _lean_mlp_forward(self, x):
     return self.down_proj(GatedActivation.apply(gate, up, kind))
 
 
-def patch_lean_mlp(model) -> int:
-    """Instance-level patch of the gated MLPs with a supported activation; returns how many."""
+def gated_mlps(model) -> list:
+    """The gated MLP modules of `model` whose activation is supported, each told its kind (lean_mlp's
+    forward here and triton_mlp's in reviewgpt.train.speed.kernels read it)."""
     mlps = [m for m in model.modules()
             if type(m).__name__ in _MLP_TYPES and activation_kind(getattr(m, "act_fn", None))]
     for mlp in mlps:
         mlp._reviewgpt_activation = activation_kind(mlp.act_fn)
-    return patch_forward(mlps, _lean_mlp_forward)
+    return mlps
+
+
+def patch_lean_mlp(model) -> int:
+    """Instance-level patch of the gated MLPs with a supported activation; returns how many."""
+    return patch_forward(gated_mlps(model), _lean_mlp_forward)
 
 
 def unpatch_lean_mlp(model) -> None:
