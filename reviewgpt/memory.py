@@ -20,7 +20,7 @@ from typing import Optional
 from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 from reviewgpt.models import FAMILIES
-from reviewgpt.speed_options import options_of
+from reviewgpt.speed_options import TRITON_OPTIONS, options_of
 
 GIB = 1 << 30
 
@@ -183,11 +183,14 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     kept = 0 if kept == "auto" else kept  # auto is resolved by the caller (layers_that_fit); 0 is its floor
     kept = min(int(kept or 0), arch.layers) if gradient_checkpointing else 0
     offload = bool(opts["checkpoint_offload"]) and gradient_checkpointing
-    lean = opts["lean_mlp"] or opts["triton_mlp"]  # triton_mlp keeps what lean_mlp keeps
+    lean = opts["lean_mlp"] or opts["triton_mlp"]  # in the recompute working set triton_mlp is lean_mlp
     per_intermediate = cal["lean_work_per_intermediate"] if lean else cal["work_per_intermediate"]
-    kept_per_intermediate = cal["lean_kept_per_intermediate"] if lean else cal["kept_per_intermediate"]
-    if opts["triton_mlp"]:
+    if opts["triton_mlp"]:  # in a kept layer it was measured on its own
         kept_per_intermediate = cal["kept_per_intermediate"] - cal["triton_mlp_kept_saving"]
+    elif opts["lean_mlp"]:
+        kept_per_intermediate = cal["lean_kept_per_intermediate"]
+    else:
+        kept_per_intermediate = cal["kept_per_intermediate"]
     kept_per_hidden, work_per_hidden = cal["kept_per_hidden"], cal["work_per_hidden"]
     if opts["triton_rmsnorm"] and arch.family == "gemma":
         kept_per_hidden -= cal["triton_rmsnorm_kept_saving"]
@@ -242,7 +245,7 @@ def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, 
     The triton_* options count only where the installed triton can run them (else they stay off)."""
     options = {**options_of(recipe), **option_changes}
     if torch_support.triton_problem():
-        options.update(triton_mlp=False, triton_rope=False, triton_rmsnorm=False)
+        options.update(dict.fromkeys(TRITON_OPTIONS, False))
     return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
                    options=options, reference=reference, quantize=recipe.quantize,
                    gradient_checkpointing=recipe.gradient_checkpointing,

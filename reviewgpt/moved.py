@@ -38,7 +38,6 @@ MOVED = {
     "reviewgpt.judge": "reviewgpt.eval.judge",
     "reviewgpt.doctor": "reviewgpt.env.doctor",
     "reviewgpt.tiny": "reviewgpt.env.tiny",
-    "reviewgpt.torch_support": "reviewgpt.torch_support",
 }
 
 

@@ -61,6 +61,7 @@ class SpeedOptions:
                 raise ValueError(f"{f.name} {problem}")
 
 
+TRITON_OPTIONS = ("triton_mlp", "triton_rope", "triton_rmsnorm")  # off where triton >= 3.0 cannot run them
 COUNTS = ("checkpoint_skip_layers",)  # integer options (or "auto"); 0 = off
 SWITCHES = tuple(f.name for f in dataclasses.fields(SpeedOptions) if f.name not in COUNTS)
 OPTIONS = SWITCHES + COUNTS

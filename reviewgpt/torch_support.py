@@ -68,13 +68,20 @@ def dataloader_prefetch_factor(torch_version: Optional[str] = None) -> Optional[
 MIN_TRITON = "3.0"
 
 
+def triton_version_problem(version: Optional[str]) -> str:
+    """Why triton `version` (None: not installed) cannot run the triton_* speed options ('' when it can):
+    they need triton >= 3.0 (torch >= 2.4 ships it; torch 2.2's triton 2.2 lacks what the kernels use)."""
+    if version is None:
+        return "triton is not installed"
+    if Version(version).release < Version(MIN_TRITON).release:
+        return f"triton {version} is older than {MIN_TRITON}"
+    return ""
+
+
 def triton_problem() -> str:
-    """Why the triton_* speed options cannot run with the installed triton ('' when they can): they
-    need triton >= 3.0 (torch >= 2.4 ships it; torch 2.2's triton 2.2 lacks what the kernels use)."""
+    """`triton_version_problem` of the installed triton."""
     try:
         import triton
     except ImportError:
-        return "triton is not installed"
-    if Version(triton.__version__).release < Version(MIN_TRITON).release:
-        return f"triton {triton.__version__} is older than {MIN_TRITON}"
-    return ""
+        return triton_version_problem(None)
+    return triton_version_problem(triton.__version__)

@@ -21,7 +21,6 @@ forwards of reviewgpt.llama_mask and train.speed.attention look it up at call ti
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -29,15 +28,14 @@ import sys
 import torch
 
 from reviewgpt import torch_support
+from reviewgpt.speed_options import TRITON_OPTIONS
 from reviewgpt.train.speed.mlp import gated_mlps
 from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
 log = logging.getLogger(__name__)
-TRITON_OPTIONS = ("triton_mlp", "triton_rope", "triton_rmsnorm")
 _ROPE_MODULES = ("transformers.models.gemma.modeling_gemma", "transformers.models.mistral.modeling_mistral",
                  "transformers.models.llama.modeling_llama")
 _GEMMA_NORMS, _LLAMA_NORMS = ("GemmaRMSNorm",), ("MistralRMSNorm", "LlamaRMSNorm")
-_original_rope: dict = {}
 
 
 def triton_problem(model) -> str:
@@ -118,16 +116,17 @@ def patch_triton_rope(model) -> bool:
     for name in names:
         module = sys.modules[name]
         if not hasattr(module.apply_rotary_pos_emb, "reviewgpt_original"):
-            _original_rope[name] = module.apply_rotary_pos_emb
             module.apply_rotary_pos_emb = _fused_rope(module.apply_rotary_pos_emb)
     return bool(names)
 
 
 def unpatch_triton_rope() -> None:
-    """Put every swapped `apply_rotary_pos_emb` back."""
-    for name, original in list(_original_rope.items()):
-        importlib.import_module(name).apply_rotary_pos_emb = original
-        del _original_rope[name]
+    """Put every swapped `apply_rotary_pos_emb` back (each swap carries its original)."""
+    for name in _ROPE_MODULES:
+        module = sys.modules.get(name)
+        original = getattr(getattr(module, "apply_rotary_pos_emb", None), "reviewgpt_original", None)
+        if original is not None:
+            module.apply_rotary_pos_emb = original
 
 
 def apply_triton_kernels(model, wanted: dict) -> dict:

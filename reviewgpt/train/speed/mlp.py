@@ -56,6 +56,15 @@ def _activation_grad_into(kind: str, grad: torch.Tensor, gate: torch.Tensor) -> 
                                                 grad_input=gate)
 
 
+def backward_once(ctx, option: str) -> None:
+    """Refuse a second backward through the same graph: the first wrote its gradients over the saved
+    gate and up (lean_mlp's and triton_mlp's Functions)."""
+    if ctx.done:
+        raise RuntimeError(f"{option}: this graph's backward already ran (retain_graph is not supported); "
+                           f"turn {option} off to backpropagate twice")
+    ctx.done = True
+
+
 class GatedActivation(torch.autograd.Function):
     """act(gate) * up, saving gate and up only; backward writes its gradients over them."""
 
@@ -70,10 +79,7 @@ class GatedActivation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.done:
-            raise RuntimeError("lean_mlp: this graph's backward already ran (retain_graph is not supported); "
-                               "turn lean_mlp off to backpropagate twice")
-        ctx.done = True
+        backward_once(ctx, "lean_mlp")
         gate, up = ctx.saved_tensors
         width = gate.shape[-1]
         gate2d, up2d = gate.view(-1, width), up.view(-1, width)

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reviewgpt.train.speed.mlp import backward_once
+
 GELU, GELU_TANH, SILU = 0, 1, 2
 KINDS = {"gelu": GELU, "gelu_tanh": GELU_TANH, "silu": SILU}
 _ELEMENTS_PER_PROGRAM = 1024
@@ -135,6 +137,7 @@ def _rmsnorm_backward_kernel(grad_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, width,
 
 
 def _run(kernel, grid, *args, **meta):
+    """Every launch goes through here: the tests count launches per kernel, so a silent fallback fails."""
     kernel[grid](*args, **meta)
 
 
@@ -157,10 +160,7 @@ class GatedActivation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.done:
-            raise RuntimeError("triton_mlp: this graph's backward already ran (retain_graph is not supported); "
-                               "turn triton_mlp off to backpropagate twice")
-        ctx.done = True
+        backward_once(ctx, "triton_mlp")
         gate, up = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         _run(_gated_backward_kernel, _elementwise_grid(gate.numel()), grad_out, gate, up, gate.numel(),
