@@ -1,6 +1,6 @@
 """nox sessions: `nox` runs what CI runs (lint, tests, tests_torch22; CI also builds the cpu image).
 
-    nox -s tests            CPU tests, offline (pytest-socket), installed from envs/cpu/requirements.lock
+    nox -s tests            CPU tests, offline (pytest-socket), installed from envs/cpu/*.lock
     nox -s tests_torch22    the same suite on torch 2.2.1, the cu118 image's torch (PyPI's build)
     nox -s lint             ruff + hadolint (docker/Dockerfile)
     nox -s lock             re-resolve every envs/<target>/requirements.lock with hashes (uv)
@@ -90,11 +90,14 @@ def _reachable(url: str) -> bool:
 def tests(session: nox.Session) -> None:
     """Run the CPU test suite offline (no network: pytest-socket; HF_HUB_OFFLINE=1).
 
-    Installs the cpu lock with --require-hashes, so CI proves the lock we ship. Its torch is the
+    Installs the cpu lock and envs/cpu/triton.lock with --require-hashes, so CI proves the locks we
+    ship. Its torch is the
     2.13.0+cpu wheel: pip finds it in /opt/wheels on this project's machines; elsewhere set
     PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
     """
     session.install("--require-hashes", "-r", "envs/cpu/requirements.lock")
+    # triton for the kernels' tests (its interpreter): a lock of its own, kept out of the image's.
+    session.install("--require-hashes", "-r", "envs/cpu/triton.lock")
     session.install("--no-deps", "-e", ".")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE_ENV)
 
@@ -104,9 +107,8 @@ def _locked_version(target: str, name: str) -> str:
     return re.search(rf"^{re.escape(name)}==(\S+)", text, re.M).group(1)
 
 
-# Not taken from the cpu lock by tests_torch22: torch 2.2.1 pins its own triton (2.2.0), bitsandbytes
-# comes from the cu118 lock.
-TORCH22_OWN_PINS = ("torch", "bitsandbytes", "triton")
+# Not taken from the cpu lock by tests_torch22: bitsandbytes comes from the cu118 lock.
+TORCH22_OWN_PINS = ("torch", "bitsandbytes")
 
 
 def torch22_pins() -> list:
@@ -124,7 +126,8 @@ def tests_torch22(session: nox.Session) -> None:
     The image's build (2.2.1+cu118) lives only on PyTorch's index; this takes PyPI's 2.2.1 (a CUDA 12.1
     build, ~3 GB with its nvidia-* libraries, run on the CPU) on this session's Python 3.11 (the image
     has 3.10), with the cpu lock's other pins as constraints and the cu118 lock's bitsandbytes. torch
-    2.2.1 brings triton 2.2.0 (the cpu lock's triton 3 is left out): the triton_* kernels stay off there.
+    2.2.1 brings triton 2.2.0 (envs/cpu/triton.lock's triton 3 is not installed): the triton_* kernels
+    stay off there.
     """
     torch = IMAGES["cu118"]["torch"].split("+")[0]
     bitsandbytes = _locked_version("cu118", "bitsandbytes")
@@ -222,7 +225,12 @@ def _lock_target(session: nox.Session, target: str, scratch: Path, args: list) -
            "--custom-compile-command", "nox -s lock", "--override", str(override), *args]
     for extra in LOCK_EXTRAS[target]:
         cmd += ["--extra", extra]
-    session.run(*cmd, env={"UV_CACHE_DIR": str(Path(".nox", "uv-cache").resolve())})
+    uv_env = {"UV_CACHE_DIR": str(Path(".nox", "uv-cache").resolve())}
+    session.run(*cmd, env=uv_env)
+    if (folder / "triton.in").exists():  # cpu: the tests' triton, out of the image's lock
+        session.run("uv", "pip", "compile", str(folder / "triton.in"), "--output-file", str(folder / "triton.lock"),
+                    "--generate-hashes", "--python-version", image["python"], "--python-platform", PLATFORM,
+                    "--custom-compile-command", "nox -s lock", *session.posargs, env=uv_env)
 
 
 def _engine() -> list:

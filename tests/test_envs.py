@@ -116,6 +116,20 @@ def test_lock_holds_the_images_torch_and_the_known_fixes(target):
         assert Version(versions["bitsandbytes"]) >= Version("0.43")
 
 
+def test_the_tests_triton_has_its_own_hashed_lock_and_stays_out_of_the_cpu_image():
+    """triton is ~1 GB installed and the CPU image cannot use it: in the image's lock it filled CI's
+    disk while podman (vfs) copied the image. The CPU tests need it for the kernels' interpreter."""
+    from reviewgpt.torch_support import MIN_TRITON
+
+    assert "triton" not in parse_lock(ROOT / "envs" / "cpu" / "requirements.lock")
+    entries = parse_lock(ROOT / "envs" / "cpu" / "triton.lock")
+    assert list(entries) == ["triton"]
+    version, hashes = entries["triton"]
+    assert Version(version) >= Version(MIN_TRITON) and hashes > 0
+    noxfile = (ROOT / "noxfile.py").read_text()
+    assert '"-r", "envs/cpu/triton.lock"' in noxfile
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_requirements_in_and_environment_yml_match_the_image_matrix(target):
     image = NOXFILE.IMAGES[target]
