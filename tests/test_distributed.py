@@ -111,7 +111,8 @@ def _train_cmd(model, data, out, *extra):
 
 
 def _torchrun(args, env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", *args]
+    # --standalone: a free port of torchrun's choosing, so a parallel run on the same machine cannot collide.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
