@@ -58,28 +58,46 @@ def _sdpa_forward(self, hidden_states, attention_mask=None, position_ids=None, p
         return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                                   past_key_value=past_key_value, output_attentions=output_attentions,
                                   use_cache=use_cache, cache_position=cache_position, **kwargs)
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+    # Looked up at call time: triton_rope swaps the module's apply_rotary_pos_emb while it runs.
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    bsz, q_len, _ = hidden_states.size()
-    query = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-    key = self.k_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
-    value = self.v_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    query, key, value = project_qkv(self, hidden_states)
     cos, sin = self.rotary_emb(value, position_ids)
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     past_key_value = getattr(self, "past_key_value", past_key_value)
     if past_key_value is not None:
         key, value = past_key_value.update(key, value, self.layer_idx,
                                            {"sin": sin, "cos": cos, "cache_position": cache_position})
-    key = repeat_kv(key, self.num_key_value_groups)
-    value = repeat_kv(value, self.num_key_value_groups)
+    is_causal = attention_mask is None and query.shape[-2] > 1 and key.shape[-2] == query.shape[-2]
+    return attend(self, query, key, value, attention_mask, is_causal), None, past_key_value
+
+
+def project_qkv(attention, hidden_states):
+    """q, k, v of a Llama-style attention module (4.38.2), as (batch, heads, tokens, head_dim)."""
+    bsz, q_len, _ = hidden_states.size()
+
+    def heads(proj, count):
+        return proj(hidden_states).view(bsz, q_len, count, attention.head_dim).transpose(1, 2)
+
+    return (heads(attention.q_proj, attention.num_heads), heads(attention.k_proj, attention.num_key_value_heads),
+            heads(attention.v_proj, attention.num_key_value_heads))
+
+
+def attend(attention, query, key, value, attention_mask, is_causal: bool):
+    """SDPA over rotated q, k, v (grouped k/v heads repeated, as 4.38.2 does), then o_proj."""
+    from transformers.models.llama.modeling_llama import repeat_kv  # Gemma's and Mistral's are copies
+
+    key = repeat_kv(key, attention.num_key_value_groups)
+    value = repeat_kv(value, attention.num_key_value_groups)
     if query.device.type == "cuda" and attention_mask is not None:
         # SDPA's memory-efficient kernel with a custom mask needs contiguous inputs (pytorch#112577).
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=self.attention_dropout if self.training else 0.0,
-        is_causal=attention_mask is None and q_len > 1 and key.shape[-2] == q_len)
-    out = out.transpose(1, 2).contiguous().view(bsz, q_len, self.hidden_size)
-    return self.o_proj(out), None, past_key_value
+        query, key, value, attn_mask=attention_mask,
+        dropout_p=attention.attention_dropout if attention.training else 0.0, is_causal=is_causal)
+    bsz, _, q_len, _ = query.shape
+    # -1, not hidden_size: Gemma's heads x head_dim is not its hidden size (gemma-7b: 16 x 256 vs 3072).
+    return attention.o_proj(out.transpose(1, 2).contiguous().view(bsz, q_len, -1))
 
 
 def patch_causal_sdpa(model, stack: str, attention: str, update_causal_mask, sdpa_forward) -> bool:

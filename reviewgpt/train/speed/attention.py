@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from reviewgpt.llama_mask import patch_causal_sdpa, unpatch_causal_sdpa
+from reviewgpt.llama_mask import attend, patch_causal_sdpa, project_qkv, unpatch_causal_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,13 @@ def _gemma_sdpa_forward(self, hidden_states, attention_mask=None, position_ids=N
         return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                                   past_key_value=past_key_value, output_attentions=output_attentions,
                                   use_cache=use_cache, cache_position=cache_position, **kwargs)
-    from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, repeat_kv
+    # Looked up at call time: triton_rope swaps the module's apply_rotary_pos_emb while it runs.
+    from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
-    bsz, q_len, _ = hidden_states.size()
-    query = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-    key = self.k_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
-    value = self.v_proj(hidden_states).view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+    query, key, value = project_qkv(self, hidden_states)
     cos, sin = self.rotary_emb(value, position_ids, seq_len=None)
     query, key = apply_rotary_pos_emb(query, key, cos, sin, None)
-    key = repeat_kv(key, self.num_key_value_groups)
-    value = repeat_kv(value, self.num_key_value_groups)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=None, dropout_p=self.attention_dropout if self.training else 0.0,
-        is_causal=q_len > 1)
-    out = out.transpose(1, 2).contiguous().view(bsz, q_len, -1)
-    return self.o_proj(out), None, past_key_value
+    return attend(self, query, key, value, None, is_causal=query.shape[-2] > 1), None, past_key_value
 
 
 def patch_gemma_causal_sdpa(model) -> bool:
