@@ -219,18 +219,18 @@ def _lock_target(session: nox.Session, target: str, scratch: Path, args: list) -
             "# `nox -s lock` where the index is reachable to fold torch, hashed, into requirements.lock.\n"
             f"--index-url {index}\n--extra-index-url https://pypi.org/simple\n"
             f"torch=={image['torch']}\n")
-    lock_file = str(folder / "requirements.lock")
-    cmd = ["uv", "pip", "compile", "pyproject.toml", *inputs, "--output-file", lock_file,
-           "--generate-hashes", "--python-version", image["python"], "--python-platform", PLATFORM,
-           "--custom-compile-command", "nox -s lock", "--override", str(override), *args]
+    # What every lock of this target is compiled with: hashes, the image's Python and platform.
+    compile_for = ["--generate-hashes", "--python-version", image["python"], "--python-platform", PLATFORM,
+                   "--custom-compile-command", "nox -s lock"]
+    cmd = ["uv", "pip", "compile", "pyproject.toml", *inputs, "--output-file", str(folder / "requirements.lock"),
+           *compile_for, "--override", str(override), *args]
     for extra in LOCK_EXTRAS[target]:
         cmd += ["--extra", extra]
     uv_env = {"UV_CACHE_DIR": str(Path(".nox", "uv-cache").resolve())}
     session.run(*cmd, env=uv_env)
     if (folder / "triton.in").exists():  # cpu: the tests' triton, out of the image's lock
         session.run("uv", "pip", "compile", str(folder / "triton.in"), "--output-file", str(folder / "triton.lock"),
-                    "--generate-hashes", "--python-version", image["python"], "--python-platform", PLATFORM,
-                    "--custom-compile-command", "nox -s lock", *session.posargs, env=uv_env)
+                    *compile_for, *session.posargs, env=uv_env)
 
 
 def _engine() -> list:
