@@ -118,6 +118,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"reviewgpt {args.command}: error: {exc}", file=sys.stderr)
         code = exc.exit_code
         return code
+    except Exception as exc:  # a read-only disk, a full one, a file where a folder goes: one line, exit 2
+        message = _file_system_problem(exc, output)
+        if message is None:
+            raise
+        print(f"reviewgpt {args.command}: error: {message}", file=sys.stderr)
+        code = UserError.exit_code
+        return code
     except KeyboardInterrupt:
         print(f"reviewgpt {args.command}: interrupted", file=sys.stderr)
         code = 130
@@ -125,6 +132,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if code and created:
             _remove_if_empty(output)
+
+
+def _file_system_problem(exc: Exception, output) -> Optional[str]:
+    """One sentence for a file-system failure (files.os_error_message), or None for anything else."""
+    from reviewgpt.files import is_disk_full, os_error_message
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return os_error_message(exc)
+    if is_disk_full(exc):  # torch.save and safetensors report a full disk without an OSError
+        import errno
+
+        return os_error_message(OSError(errno.ENOSPC, "No space left on device", output))
+    return None
 
 
 def _remove_if_empty(path) -> None:

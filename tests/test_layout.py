@@ -70,7 +70,7 @@ def edges_from(graph: dict, source: str, forbidden: set) -> list:
 
 def test_data_imports_nothing_above_it():
     graph = unit_graph()
-    assert set(graph.get("data", {})) <= {"data", "errors"}, graph["data"]
+    assert set(graph.get("data", {})) <= {"data", "errors", "files"}, graph["data"]
 
 
 def test_eval_imports_nothing_from_train():
