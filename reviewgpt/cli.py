@@ -115,6 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         code = int(args.func(args) or 0)
         return code
     except UserError as exc:
+        _close_progress_bars()
         print(f"reviewgpt {args.command}: error: {exc}", file=sys.stderr)
         code = exc.exit_code
         return code
@@ -122,6 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = _file_system_problem(exc, output)
         if message is None:
             raise
+        _close_progress_bars()
         print(f"reviewgpt {args.command}: error: {message}", file=sys.stderr)
         code = UserError.exit_code
         return code
@@ -132,6 +134,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if code and created:
             _remove_if_empty(output)
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars an error cut short, so the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _file_system_problem(exc: Exception, output) -> Optional[str]:

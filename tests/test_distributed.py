@@ -65,7 +65,7 @@ def test_log_callback_fixes_the_trainer_state_too(tmp_path):
     state.global_step = 3
     logs = {"loss": 1.9611, "grad_norm": torch.tensor(4.6666)}
     state.log_history.append({**logs, "step": 3})  # what Trainer.log does before calling callbacks
-    callback = make_log_callback(tmp_path / "log.jsonl")
+    callback = make_log_callback(tmp_path / "log.jsonl", lambda step: step / 4)
     callback.on_log(TrainingArguments(output_dir=str(tmp_path), report_to=[]), state, TrainerControl(), logs=logs)
     state.save_to_json(str(tmp_path / "trainer_state.json"))  # raised "Tensor is not JSON serializable"
     assert json.loads((tmp_path / "log.jsonl").read_text())["grad_norm"] == pytest.approx(4.6666)
@@ -132,10 +132,11 @@ def test_two_processes_on_cpu_match_one_process_and_resume(tiny_gemma, sample_fi
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["global_step"] == 4 and summary["world_size"] == 2
 
-    # Resume under two processes: remove the last checkpoint and rerun the same command.
+    # Resume under two processes: as if killed after step 2's checkpoint, rerun the same command.
     import shutil
 
     shutil.rmtree(tmp_path / "two" / "checkpoint-4")
+    (tmp_path / "two" / "train_summary.json").unlink()
     again = _torchrun(_train_cmd(tiny_gemma, sample_file, tmp_path / "two"), env)
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())

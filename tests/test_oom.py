@@ -8,8 +8,9 @@ from transformers import TrainerCallback
 
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import RECIPE_FILE, train
-from reviewgpt.train.oom import EVENTS_FILE, is_cuda_oom, smaller_batch
+from reviewgpt.run import OOM_EVENTS_FILE, RECIPE_FILE
+from reviewgpt.train import train
+from reviewgpt.train.oom import is_cuda_oom, smaller_batch
 
 
 class OOMWhileBatch(TrainerCallback):
@@ -35,7 +36,7 @@ def test_oom_halves_the_batch_and_resumes_from_the_checkpoint(tiny_gemma, sample
     out = tmp_path / "run"
     inject = OOMWhileBatch(step=3, fits=1)
     summary = train(recipe(tiny_gemma), sample_file, out, callbacks=[inject])
-    events = [json.loads(line) for line in (out / EVENTS_FILE).read_text().splitlines()]
+    events = [json.loads(line) for line in (out / OOM_EVENTS_FILE).read_text().splitlines()]
     assert [e["from"] for e in events] == [[4, 1], [2, 2]] and [e["to"] for e in events] == [[2, 2], [1, 4]]
     assert events[0]["resume_from"].endswith("checkpoint-2") and inject.raised == 2
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
@@ -50,7 +51,7 @@ def test_oom_gives_up_kept_layers_before_halving_the_batch(tiny_gemma, sample_fi
     inject = OOMWhileKeeping(step=3)
     summary = train(recipe(tiny_gemma, per_device_train_batch_size=2, gradient_checkpointing=True,
                            checkpoint_skip_layers=1), sample_file, out, callbacks=[inject])
-    events = [json.loads(line) for line in (out / EVENTS_FILE).read_text().splitlines()]
+    events = [json.loads(line) for line in (out / OOM_EVENTS_FILE).read_text().splitlines()]
     assert len(events) == 1 and events[0]["from"] == events[0]["to"] == [2, 1]  # same batch
     assert events[0]["checkpoint_skip_layers"] == [1, 0] and inject.raised == 1
     assert summary["global_step"] == 4 and "checkpoint_skip_layers: 0" in (out / RECIPE_FILE).read_text()
@@ -137,5 +138,5 @@ def test_oom_with_auto_kept_layers_recomputes_every_layer_first(tmp_path):
     r = load_recipe("tiny", {"per_device_train_batch_size": 2, "checkpoint_skip_layers": "auto"})
     assert fake_train(r, "d.jsonl", tmp_path) == {"ok": True}
     assert seen == [("auto", 2), (0, 2)]
-    event = json.loads((tmp_path / EVENTS_FILE).read_text())
+    event = json.loads((tmp_path / OOM_EVENTS_FILE).read_text())
     assert event["checkpoint_skip_layers"] == ["auto", 0] and event["from"] == event["to"] == [2, 1]

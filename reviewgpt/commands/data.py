@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from reviewgpt.commands import float_flag, int_flag
 
@@ -138,33 +137,11 @@ def run_show(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from reviewgpt.data.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
-    from reviewgpt.errors import UserError
+    from reviewgpt.data.prepare import prepare
+    from reviewgpt.models import load_tokenizer
 
-    if (args.tokenizer is None) != (args.max_length is None):
-        raise UserError("--tokenizer and --max-length go together: the tokenizer counts the tokens that "
-                        "LLaMA-Factory's --cutoff_len (--max-length) allows.")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    loaded = load_records(args.file, skip_invalid=args.skip_invalid)
-    if loaded.rejected:
-        write_rejects(loaded.rejected, out / "rejects.jsonl")
-    train, evals = split_by_paper(loaded.records, args.eval_fraction, args.seed)
-    write_jsonl(train, out / "train.jsonl")
-    write_jsonl(evals, out / "eval.jsonl")
-    exported, trimmed = {"paper_review": train, **({"paper_review_eval": evals} if evals else {})}, 0
-    if args.tokenizer:  # train.jsonl/eval.jsonl stay whole: `reviewgpt train` trims them itself
-        from reviewgpt.data.llamafactory import fit_records
-        from reviewgpt.models import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer, "llama")
-        for name, records in exported.items():
-            exported[name], n = fit_records(records, tokenizer, args.llamafactory_template, args.max_length)
-            trimmed += n
-    export_alpaca(out, exported)
-    summary = {"records": loaded.total, "valid": len(loaded.records), "invalid": len(loaded.rejected),
-               "duplicates": loaded.duplicates, "train": len(train), "eval": len(evals),
-               "train_papers": len({r.paper_id for r in train}), "eval_papers": len({r.paper_id for r in evals}),
-               "llamafactory_papers_trimmed": trimmed if args.tokenizer else None, "output": str(out)}
-    print(json.dumps(summary))
+    # Loaded only when both flags are given: `prepare` refuses one without the other before any work.
+    tokenizer = load_tokenizer(args.tokenizer, "llama") if args.tokenizer and args.max_length else args.tokenizer
+    print(json.dumps(prepare(args.file, args.output, args.eval_fraction, args.seed, args.skip_invalid, tokenizer,
+                             args.max_length, args.llamafactory_template)))
     return 0

@@ -14,6 +14,7 @@ from typing import Optional
 from reviewgpt.data.records import load_records, write_rejects
 from reviewgpt.data.tokenization import PromptEncoder
 from reviewgpt.errors import UserError
+from reviewgpt.files import refuse_existing_folder, refuse_output_is_input
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,12 @@ def check_data(path, tokenizer, template: str, max_length: int, recipe_name: Opt
 
     from reviewgpt.data.prompt import get_template
 
+    if rejects_path:  # `data check F --rejects F` would replace the data by its rejects
+        refuse_output_is_input(rejects_path, {"the data file": path}, "--rejects")
+        refuse_existing_folder(rejects_path, "--rejects")
     loaded = load_records(path, skip_invalid=skip_invalid)
     if loaded.rejected and rejects_path:
+        Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
         write_rejects(loaded.rejected, rejects_path)
     encoder = PromptEncoder(tokenizer, get_template(template))
     lengths, needs, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], [], 0, 0, 0

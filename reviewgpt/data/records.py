@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from reviewgpt.errors import UserError
+from reviewgpt.files import atomic_write_text
 
 PAPER_KEYS = ("paper", "input")
 REVIEW_KEYS = ("review", "output")
@@ -191,9 +192,14 @@ def load_records(path, skip_invalid: bool = False) -> LoadResult:
 
 
 def write_rejects(rejected: List[Rejected], path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for item in rejected:
-            f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+    """The invalid records, whole (written under a temporary name, then renamed into place)."""
+    atomic_write_text(path, "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in rejected))
+
+
+def records_digest(records: List[Record]) -> str:
+    """What the records say, in order (ids, papers, reviews): a run folder records it, and a resume on
+    other data is refused."""
+    return _digest(*(part for r in records for part in (r.id, r.paper_id, r.paper, r.review)))
 
 
 def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -> Tuple[List[Record], List[Record]]:
@@ -215,10 +221,8 @@ def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -
 
 
 def write_jsonl(records: List[Record], path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({"id": r.id, "paper_id": r.paper_id, "paper": r.paper, "review": r.review},
-                               ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(json.dumps({"id": r.id, "paper_id": r.paper_id, "paper": r.paper,
+                                                "review": r.review}, ensure_ascii=False) + "\n" for r in records))
 
 
 def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:
@@ -237,13 +241,13 @@ def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:
     for name, records in datasets.items():
         data_path = out_dir / f"{name}.json"
         rows = [{"instruction": EXPORT_INSTRUCTION, "input": r.paper, "output": r.review} for r in records]
-        data_path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+        atomic_write_text(data_path, json.dumps(rows, ensure_ascii=False, indent=1))
         info[name] = {
             "file_name": data_path.name,
             "columns": {"prompt": "instruction", "query": "input", "response": "output"},
         }
     info_path = out_dir / "dataset_info.json"
-    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
     return info_path
 
 

@@ -8,8 +8,10 @@ length minus the longest review (8192 - 1024 = 7168 tokens for gemma-7b-it, as t
 truncated its inputs). Papers are generated in batches of similar length (left-padded).
 
 A rerun skips papers already in the output file, so an interrupted run loses at most the batch in
-progress. Only a last line cut short by a crash is dropped; any other line that is not a review
-stops the run, since the file may hold something else the user wants.
+progress. Each line is appended whole (reviewgpt.files.append_line) and records the model that wrote
+it (run.model_fingerprint): a rerun with another model, or onto a file of other lines, is refused
+instead of mixing reviews or eating the user's lines. Only a last line that a kill cut short, and
+that starts as this module's lines do, is dropped; an --output that is --papers is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import List, Optional
 
 from reviewgpt import run
 from reviewgpt.errors import UserError
+from reviewgpt.files import append_line, refuse_existing_folder, refuse_output_is_input
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +45,40 @@ class GenerationSettings:
     quantize: Optional[bool] = None  # None: as the run was trained (4-bit on a GPU)
 
 
-def done_ids(output_path: Path) -> set:
-    """Ids already reviewed. A last line cut short by a crash is dropped (the file is truncated to
-    the end of the line before it); any other line that is not a JSON review stops the run."""
+# Every review line starts with its id (json.dumps keeps the row's key order): a cut-short last line
+# that starts so is one of ours; anything else in the file is someone else's.
+LINE_START = b'{"id": '
+
+
+def done_ids(output_path: Path, fingerprint: Optional[str] = None) -> set:
+    """Ids already reviewed in `output_path` (by the model of `fingerprint`, when given).
+
+    A last line without its newline that starts as a review line does is what a kill left of a
+    line being appended: it is dropped (the file is cut to the line before it). Any other line that
+    is not a review, or a review by another model, stops the run: the file is not ours to change."""
     if not output_path.is_file():
         return set()
     data = output_path.read_bytes()
     lines = data.split(b"\n")
     ids, offset = set(), 0
     for number, line in enumerate(lines, start=1):
-        last = number == len(lines) or (number == len(lines) - 1 and lines[-1] == b"")
+        torn = number == len(lines) and line != b""  # no newline after it
         try:
             row = json.loads(line) if line.strip() else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             row = ValueError
+        if torn and row is ValueError and line.startswith(LINE_START):
+            log.warning("%s:%d: dropping a last line cut short by an earlier kill", output_path, number)
+            with open(output_path, "r+b") as f:
+                f.truncate(offset)
+            break
         if row is ValueError or (row is not None and not (isinstance(row, dict) and "id" in row)):
-            if last and row is ValueError:
-                log.warning("%s:%d: dropping a last line cut short by an earlier crash", output_path, number)
-                with open(output_path, "r+b") as f:
-                    f.truncate(offset)
-                break
             raise UserError(f"{output_path}:{number}: not a review line of `reviewgpt review`; pass another --output "
-                            "file or remove that line.")
+                            "file (this one holds other lines).")
         if row is not None:
+            if fingerprint and row.get("model_fingerprint", fingerprint) != fingerprint:
+                raise UserError(f"{output_path}:{number}: a review by another model ({row.get('model')}, since "
+                                "changed or replaced); pass another --output, or delete the file to review again.")
             ids.add(str(row["id"]))
         offset += len(line) + 1
     return ids
@@ -114,10 +128,18 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     from reviewgpt.models import load_for_inference
 
     model_dir, output_path = Path(model_dir), Path(output_path)
+    refuse_output_is_input(output_path, {"--papers": papers_path})
+    refuse_existing_folder(output_path)
     papers = load_papers(papers_path)
     if settings.limit:
         papers = papers[: settings.limit]
-    already = done_ids(output_path)
+    if not model_dir.is_dir():
+        raise UserError(f"--model {model_dir}: no such folder; pass a `reviewgpt train` run folder, a merged "
+                        "model or a model folder.")
+    fingerprint = run.model_fingerprint(model_dir)
+    already = done_ids(output_path, fingerprint)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    open(output_path, "a").close()  # a read-only or missing place fails now, not after the first batch
     todo = [p for p in papers if p.id not in already]
     log.info("%d paper(s), %d already reviewed in %s", len(papers), len(papers) - len(todo), output_path)
     if not todo:
@@ -144,10 +166,8 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
         if settings.temperature > 0 else dict(do_sample=False)
     if settings.repetition_penalty != 1.0:
         sampling["repetition_penalty"] = settings.repetition_penalty
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with open(output_path, "a", encoding="utf-8") as out, tqdm(total=len(prompts), desc="reviewing",
-                                                                 unit="paper") as progress:
+    with tqdm(total=len(prompts), desc="reviewing", unit="paper") as progress:
         for start in range(0, len(prompts), settings.batch_size):
             chunk = prompts[start:start + settings.batch_size]
             batch = pad_batch([{"input_ids": ids} for _, ids, _, _ in chunk], tokenizer.pad_token_id, side="left")
@@ -168,6 +188,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
                     "review": review.strip(),
                     "criteria": covered_criteria(review),
                     "model": str(model_dir),
+                    "model_fingerprint": fingerprint,
                     "template": template.name,
                     "input_tokens": len(ids),
                     "paper_tokens": paper_tokens,
@@ -175,8 +196,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
                     "generated_tokens": len(tokens),
                     "finish_reason": "length" if stop_at is None else "stop",
                 }
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.flush()
+                append_line(output_path, json.dumps(row, ensure_ascii=False))
             written += len(chunk)
             progress.update(len(chunk))
     return {"papers": len(papers), "written": written, "skipped": len(papers) - len(todo), "output": str(output_path),

@@ -24,8 +24,6 @@ import importlib
 # public name -> the module that defines it (the names old `reviewgpt.train` had)
 _EXPORTS = {
     "train": "loop",
-    "RECIPE_FILE": "loop",
-    "LOG_FILE": "loop",
     "local_paths_absolute": "loop",
     "TokenizedSplit": "dataset",
     "tokenize_records": "dataset",
@@ -36,6 +34,8 @@ _EXPORTS = {
     "trusted_checkpoint_loading": "resume",
     "logged_loss_sum": "resume",
     "run_mean_loss": "resume",
+    "run_identity": "resume",
+    "check_same_run": "resume",
     "resume_batch": "resume",
     "make_log_callback": "logs",
     "TrainedTokens": "logs",

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
 from reviewgpt import run
+from reviewgpt.files import atomic_path
 from reviewgpt.train.distributed import floats_in_logs
 
 
@@ -51,13 +52,19 @@ class TrainedTokens:
             self.model.forward = self._previous
 
 
-def make_log_callback(path: Path):
+def make_log_callback(path: Path, epoch_of_step: Callable[[int], float]):
+    """The run's log callback; `epoch_of_step` gives the epoch a step reaches (the Trainer reads the
+    run as one long epoch: train.dataset.run_order)."""
     from transformers import TrainerCallback
 
     class JsonlLogCallback(TrainerCallback):
-        """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens."""
+        """Appends every log (loss, learning rate, eval loss) to train_log.jsonl as it happens, and saves
+        a checkpoint at the last step: the run's adapter is that checkpoint's, so a run killed while it
+        writes its final files finishes from it without training again (train.loop.finish_run)."""
 
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = True
             # Log at every checkpoint, so a checkpoint's log history holds every step's loss up to it
             # and a resumed run can report the mean over all its steps (`run_mean_loss`).
             if control.should_save:
@@ -73,7 +80,10 @@ def make_log_callback(path: Path):
                 floats_in_logs(state.log_history[-1])
             if not state.is_world_process_zero:
                 return
-            row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
+            logs["epoch"] = round(epoch_of_step(state.global_step), 4)
+            if state.log_history:
+                state.log_history[-1]["epoch"] = logs["epoch"]
+            row = {"step": state.global_step, "epoch": logs["epoch"], "time": round(time.time(), 3), **logs}
             run.append_log(path, row)
 
     return JsonlLogCallback()
@@ -117,6 +127,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Optional[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path)
+    with atomic_path(png_path) as temporary:
+        fig.savefig(temporary, format="png")
     plt.close(fig)
     return png_path

@@ -1,32 +1,42 @@
 """`reviewgpt train`: records -> tokenized examples (review kept whole) -> trl SFTTrainer (QLoRA)
 -> adapter and run folder. This module is the orchestration only; each step is its own module:
 
-    dataset.py    tokenize loop, torch Dataset, pad collator
-    resume.py     newest complete checkpoint, resume micro-batch, run-wide mean loss, torch.load swap
+    dataset.py    tokenize loop, the run's sample order, torch Dataset, pad collator
+    resume.py     same run?, newest complete checkpoint, resume micro-batch, run-wide mean loss
     logs.py       JSONL log callback, loss curve, peak memory
     arguments.py  recipe -> TrainingArguments
     distributed.py  processes, DeepSpeed's optimizer fix
     oom.py        CUDA OOM recovery (wraps `train`)
     speed/        the recipe's speed options, applied for the duration of the run and undone after it
+
+Running the same command again is always safe. The run folder must be empty, absent or a reviewgpt
+run, and a run trained with other settings or data is refused (resume.check_same_run) before
+anything is written. A finished run says so and changes nothing; a larger --max-steps or
+--num-train-epochs continues it. Otherwise the run resumes from its newest complete checkpoint. The
+last step always saves a checkpoint, and the run's final files (adapter, tokenizer, loss curve,
+train_summary.json last) are made from it (`finish_run`): a run killed while writing them finishes
+from that checkpoint without training again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from reviewgpt import run
-from reviewgpt.data.records import load_records, split_by_paper, write_rejects
+from reviewgpt.data.records import load_records, records_digest, split_by_paper, write_rejects
 from reviewgpt.data.tokenization import PromptEncoder
 from reviewgpt.errors import UserError
+from reviewgpt.files import remove_stale_temporaries, temporary_name
 from reviewgpt.recipe import Recipe
 from reviewgpt.train.arguments import check_report_to, training_arguments
-from reviewgpt.train.dataset import ListDataset, PadCollator, tokenize_records
+from reviewgpt.train.dataset import ListDataset, PadCollator, in_order, planned_steps, run_order, tokenize_records
 from reviewgpt.train.distributed import (
     ddp_skip_constant_buffers,
     drop_empty_param_groups,
@@ -36,18 +46,20 @@ from reviewgpt.train.distributed import (
 from reviewgpt.train.logs import TrainedTokens, make_log_callback, peak_memory_per_gpu, plot_loss_curve
 from reviewgpt.train.oom import with_oom_recovery
 from reviewgpt.train.resume import (
+    check_same_run,
+    checkpoint_state,
     is_complete_checkpoint,
+    logged_mean_loss,
     newest_complete_checkpoint,
+    remove_partial_checkpoints,
     resume_batch,
+    run_identity,
     run_mean_loss,
+    saved_identity,
     trusted_checkpoint_loading,
 )
 
 log = logging.getLogger(__name__)
-
-# Kept for code that read them here before reviewgpt.run held the run folder's format.
-RECIPE_FILE = run.RECIPE_FILE
-LOG_FILE = run.LOG_FILE
 
 
 def local_paths_absolute(recipe: Recipe) -> Recipe:
@@ -57,6 +69,16 @@ def local_paths_absolute(recipe: Recipe) -> Recipe:
     changes = {name: str(Path(value).resolve()) for name, value in
                (("model", recipe.model), ("tokenizer", recipe.tokenizer)) if value and Path(value).is_dir()}
     return recipe.replace(**changes) if changes else recipe
+
+
+def refuse_foreign_folder(output_dir: Path) -> None:
+    """--output must be absent, empty or a reviewgpt run: never write over someone else's files."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output {output_dir} is a file; pass a folder for the run.")
+    foreign = run.foreign_file(output_dir)
+    if foreign is not None:
+        raise UserError(f"--output {output_dir} holds {foreign.name}, which no reviewgpt run writes; pass an empty "
+                        "or new folder (or the folder of the run to resume).")
 
 
 @with_oom_recovery  # issue 4: a CUDA OOM halves the micro-batch and resumes (recipe.oom_recovery)
@@ -75,19 +97,25 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
     recipe = local_paths_absolute(recipe)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_folder(output_dir)
     cuda = torch.cuda.is_available()
 
     loaded = load_records(data_path, skip_invalid=skip_invalid)
-    if loaded.rejected and is_main_process():
-        write_rejects(loaded.rejected, output_dir / run.REJECTS_FILE)
-        log.warning("%d invalid record(s) set aside in %s", len(loaded.rejected), output_dir / run.REJECTS_FILE)
     if loaded.duplicates:
         log.info("%d exact duplicate record(s) removed", loaded.duplicates)
     train_records, eval_records = split_by_paper(loaded.records, recipe.eval_fraction if do_eval else 0.0,
                                                  recipe.seed)
     if not train_records:
         raise UserError(f"{data_path}: no valid records to train on.")
+
+    # Is there a run here to resume, or one that is finished? Then it must be this run.
+    identity = run_identity(recipe, records_digest(loaded.records), do_eval)
+    checkpoint = _checkpoint_to_resume(resume_from, output_dir)
+    finished = run.read_summary(output_dir)
+    if checkpoint is not None or finished:
+        where = output_dir if run.read_identity(output_dir) or checkpoint is None else checkpoint.parent
+        check_same_run(where, saved_identity(where), identity, recipe,
+                       run.read_recipe(where).get("per_device_train_batch_size"))
 
     tokenizer = load_tokenizer(recipe.tokenizer or recipe.model, recipe.family)
     encoder = PromptEncoder(tokenizer, get_template(recipe.template))
@@ -96,28 +124,47 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if not train_split.examples:
         raise UserError(f"{data_path}: every review was too long for max_seq_length={recipe.max_seq_length}.")
 
+    max_steps = planned_steps(len(train_split.examples), recipe)
+    state = checkpoint_state(checkpoint) if checkpoint is not None else None
+    reached = max(state["global_step"] if state else 0, finished.get("global_step", 0))
+    if reached > max_steps:
+        raise UserError(f"{output_dir} has trained {reached} steps and this command asks for {max_steps}; pass a "
+                        "larger --max-steps or --num-train-epochs to continue it, or train into a new --output.")
+    if finished.get("global_step") == max_steps:
+        log.info("%s: this run is finished (step %d of %d, %s); nothing to do. A larger --max-steps or "
+                 "--num-train-epochs continues it.", output_dir, max_steps, max_steps, run.SUMMARY_FILE)
+        return finished
+
     # checkpoint_skip_layers auto: the most layers the GPU's free memory holds at the longest example
     step_recipe = with_planned_layers(recipe, train_split.max_tokens)
     if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
         check_fits(step_recipe, train_split.max_tokens)
     check_report_to(recipe.report_to)
-    args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
 
-    checkpoint = Path(resume_from) if resume_from else newest_complete_checkpoint(output_dir)
-    if resume_from and not (checkpoint.is_dir() and is_complete_checkpoint(checkpoint)):
-        raise UserError(f"--resume-from {resume_from}: not a complete checkpoint folder.")
-    log_path = output_dir / run.LOG_FILE
     main_process = is_main_process()  # under several processes only rank 0 writes files
+    log_path = output_dir / run.LOG_FILE
+    epochs_per_step = recipe.effective_batch_size / len(train_split.examples)
+    summary = {
+        "output": str(output_dir),
+        "recipe": recipe.name,
+        "train_records": len(train_split.examples),
+        "eval_records": len(eval_split.examples) if eval_split else 0,
+        "invalid": len(loaded.rejected),
+        "duplicates": loaded.duplicates,
+        "papers_truncated": train_split.papers_truncated + (eval_split.papers_truncated if eval_split else 0),
+        "reviews_skipped": train_split.reviews_skipped + (eval_split.reviews_skipped if eval_split else 0),
+        "max_tokens": train_split.max_tokens,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+    }
+    if state is not None and state["global_step"] == max_steps:  # trained to the end, killed before the end
+        log.info("resuming from %s: the training is done; writing the run's files", checkpoint)
+        return finish_run(output_dir, checkpoint, tokenizer, summary, state, None, 0.0, main_process)
+
+    args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
+    args.max_steps = max_steps
     if checkpoint is not None:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        log.info("resuming from %s (step %d)", checkpoint, state["global_step"])
+        log.info("resuming from %s (step %d of %d)", checkpoint, state["global_step"], max_steps)
         resume_batch(checkpoint, recipe, args.train_batch_size, write=main_process)
-        if main_process:
-            run.truncate_log(log_path, state["global_step"])
-    elif main_process:
-        log_path.unlink(missing_ok=True)
-    if main_process:
-        run.write_recipe(recipe, output_dir)
     model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
                             recipe.attn_implementation)
     _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
@@ -130,7 +177,8 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=ListDataset(train_split.examples),
+        train_dataset=ListDataset(run_order(train_split.examples, max_steps, recipe.effective_batch_size,
+                                            recipe.seed)),
         eval_dataset=ListDataset(eval_split.examples) if eval_split and args.do_eval else None,
         peft_config=lora,
         tokenizer=tokenizer,
@@ -138,8 +186,10 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         formatting_func=make_formatting_func(recipe.template),  # unused: the data is pre-tokenized
         max_seq_length=recipe.max_seq_length,
         packing=False,
-        callbacks=[make_log_callback(log_path), *callbacks],
+        callbacks=[make_log_callback(log_path, lambda step: step * epochs_per_step), *callbacks],
     )
+    in_order(trainer)
+    write_run_files(output_dir, recipe, identity, loaded.rejected, state, main_process)
     drop_empty_param_groups(trainer)
     if world_size() > 1:
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
@@ -149,32 +199,78 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
             trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s
-    trainer.save_model(str(output_dir))  # the adapter (+ adapter_config naming the base model); rank 0 only
-    png = None
-    if main_process:
-        tokenizer.save_pretrained(str(output_dir))
-        png = plot_loss_curve(log_path, output_dir / run.LOSS_CURVE_FILE)
-    summary = {
-        "output": str(output_dir),
-        "recipe": recipe.name,
-        "train_records": len(train_split.examples),
-        "eval_records": len(eval_split.examples) if eval_split else 0,
-        "invalid": len(loaded.rejected),
-        "duplicates": loaded.duplicates,
-        "papers_truncated": train_split.papers_truncated + (eval_split.papers_truncated if eval_split else 0),
-        "reviews_skipped": train_split.reviews_skipped + (eval_split.reviews_skipped if eval_split else 0),
-        "max_tokens": train_split.max_tokens,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "global_step": trainer.state.global_step,
-        "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, checkpoint),
-        "seconds": round(trained_s, 1),
-        # Tokens this process trained on (not eval batches) over the training's wall time.
-        "train_tokens": trained.tokens,
-        "tokens_per_s": round(trained.tokens / trained_s, 1),
-        "loss_curve": str(png) if png else None,
-        "world_size": world_size(),
-        "peak_allocated_gib_per_gpu": peak_memory_per_gpu(),
-    }
-    if main_process:
-        run.write_summary(output_dir, summary)
+    summary["train_loss"] = run_mean_loss(result.training_loss, trainer.state.global_step, state)
+    summary.update(train_tokens=trained.tokens, tokens_per_s=round(trained.tokens / trained_s, 1))
+    final = output_dir / f"checkpoint-{trainer.state.global_step}"  # the last step always saves
+    return finish_run(output_dir, final, tokenizer, summary, None, trainer.state.global_step, trained_s,
+                      main_process)
+
+
+def write_run_files(output_dir: Path, recipe: Recipe, identity: dict, rejected, state: Optional[dict],
+                    main_process: bool) -> None:
+    """What a run writes before its first step, once every check has passed and the model is loaded (a
+    run that fails before training leaves nothing): leftovers of a killed save removed, the rejects,
+    the log cut back to the checkpoint resumed (or started anew), what defines the run, the recipe."""
+    if not main_process:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for partial in remove_partial_checkpoints(output_dir):
+        log.warning("removed %s, a checkpoint cut short while saving", partial)
+    remove_stale_temporaries(output_dir)
+    if rejected:
+        write_rejects(rejected, output_dir / run.REJECTS_FILE)
+        log.warning("%d invalid record(s) set aside in %s", len(rejected), output_dir / run.REJECTS_FILE)
+    log_path = output_dir / run.LOG_FILE
+    if state is not None:
+        run.truncate_log(log_path, state["global_step"])
+    else:
+        log_path.unlink(missing_ok=True)
+    run.write_identity(output_dir, identity)
+    run.write_recipe(recipe, output_dir)
+
+
+def _checkpoint_to_resume(resume_from, output_dir: Path) -> Optional[Path]:
+    if resume_from:
+        checkpoint = Path(resume_from)
+        if not (checkpoint.is_dir() and is_complete_checkpoint(checkpoint)):
+            raise UserError(f"--resume-from {resume_from}: not a complete checkpoint folder.")
+        return checkpoint
+    return newest_complete_checkpoint(output_dir) if output_dir.is_dir() else None
+
+
+def finish_run(output_dir: Path, final: Path, tokenizer, summary: dict, state: Optional[dict],
+               global_step: Optional[int], trained_s: float, main_process: bool) -> dict:
+    """The run's final files, from its last checkpoint: the adapter (linked, each file renamed into
+    place whole), the tokenizer, the loss curve, then train_summary.json, whose presence says the run
+    is finished. `state` is that checkpoint's trainer state when nothing was trained in this process."""
+    if state is not None:  # finishing a run that trained to the end before it was killed
+        global_step = state["global_step"]
+        summary.update(train_loss=logged_mean_loss(state), train_tokens=0, tokens_per_s=None)
+    summary.update(global_step=global_step, seconds=round(trained_s, 1), world_size=world_size(),
+                   peak_allocated_gib_per_gpu=peak_memory_per_gpu(), loss_curve=None)
+    if not main_process:
+        return summary
+    for name in run.ADAPTER_FILES:
+        if (final / name).is_file():
+            temporary = temporary_name(output_dir / name)
+            temporary.unlink(missing_ok=True)
+            try:
+                os.link(final / name, temporary)  # the checkpoint's own bytes, no copy of a large adapter
+            except OSError:
+                shutil.copyfile(final / name, temporary)
+            os.replace(temporary, output_dir / name)
+    save_tokenizer(tokenizer, output_dir)
+    png = plot_loss_curve(output_dir / run.LOG_FILE, output_dir / run.LOSS_CURVE_FILE)
+    summary["loss_curve"] = str(png) if png else None
+    run.write_summary(output_dir, summary)
     return summary
+
+
+def save_tokenizer(tokenizer, output_dir: Path) -> None:
+    """The tokenizer's files, each renamed into place whole (save_pretrained writes them in place)."""
+    staging = temporary_name(output_dir / "tokenizer")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save_pretrained(str(staging))
+    for child in staging.iterdir():
+        os.replace(child, output_dir / child.name)
+    staging.rmdir()

@@ -27,12 +27,13 @@ import time
 import traceback
 from pathlib import Path
 
+from reviewgpt import run
 from reviewgpt.errors import UserError
+from reviewgpt.files import append_line
 from reviewgpt.speed_options import options_of
 from reviewgpt.train.distributed import world_size
 
 log = logging.getLogger(__name__)
-EVENTS_FILE = "oom_recovery.jsonl"
 
 
 def is_cuda_oom(exc: BaseException) -> bool:
@@ -121,8 +122,7 @@ def with_oom_recovery(train_fn):
             log.warning("CUDA out of memory at micro-batch %d x %d; retrying with %s from %s",
                         *event["from"], change, event["resume_from"] or "the start")
             Path(output_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(output_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
+            append_line(Path(output_dir) / run.OOM_EVENTS_FILE, json.dumps(event))
             recipe = smaller
             kwargs["resume_from"] = None  # the newest complete checkpoint, which may be newer
 
