@@ -43,15 +43,19 @@ def is_temporary(name: str) -> bool:
     return bool(_TEMPORARY.match(name))
 
 
-def remove_stale_temporaries(folder: PathLike) -> int:
-    """Remove the temporary files a killed writer left in `folder`; returns how many."""
+def remove_stale_temporaries(folder: PathLike, names: Optional[tuple] = None) -> int:
+    """Remove the temporary files and folders a killed writer left in `folder` (only those of `names`,
+    when given: the folder may hold other writers' temporaries); returns how many."""
     removed = 0
     folder = Path(folder)
     if folder.is_dir():
         for child in folder.iterdir():
-            if is_temporary(child.name) and child.is_file():
-                child.unlink(missing_ok=True)
-                removed += 1
+            if not is_temporary(child.name):
+                continue
+            if names is not None and not any(child.name.startswith(f".{name}.") for name in names):
+                continue
+            _remove(child)
+            removed += 1
     return removed
 
 

@@ -30,7 +30,7 @@ from typing import Optional
 
 from reviewgpt import run
 from reviewgpt.errors import UserError
-from reviewgpt.files import refuse_output_is_input, temporary_name
+from reviewgpt.files import refuse_output_is_input, remove_stale_temporaries, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,9 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
         log.info("NF4 round trip of %d linear weights (the base the adapter was trained on)", count)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     merged = model.merge_and_unload()
+    # What a killed merge into this --output left beside it (reviewgpt.files temporaries).
+    remove_stale_temporaries(output_dir.parent, (output_dir.name, output_dir.name + "-old"))
     staging = temporary_name(output_dir)
-    shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(str(staging), safe_serialization=True)
     tokenizer_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_path)
     load_tokenizer(str(tokenizer_src), family if family in FAMILIES else "llama").save_pretrained(str(staging))

@@ -3,12 +3,22 @@ import subprocess
 import sys
 
 
-def test_quickstart_runs_the_whole_pipeline(tmp_path):
-    """The README's main job: data check -> train -> merge -> review on the tiny default."""
-    out = subprocess.run([sys.executable, "-m", "reviewgpt", "quickstart", str(tmp_path / "qs")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+def _quickstart(root):
+    return subprocess.run([sys.executable, "-m", "reviewgpt", "quickstart", str(root)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_quickstart_runs_the_whole_pipeline_and_a_rerun_changes_nothing(tmp_path):
+    """The README's main job: data check -> train -> merge -> review on the tiny default. Run again, it
+    neither trains another step nor re-merges, and the reviews it shows are the model's (issue 19 item 8)."""
     root = tmp_path / "qs"
+    out = _quickstart(root)
+    assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((root / "run" / "train_summary.json").read_text())
     assert summary["global_step"] == 150 and summary["eval_records"] > 0
     losses = [json.loads(line)["loss"] for line in (root / "run" / "train_log.jsonl").read_text().splitlines()
@@ -17,3 +27,10 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     reviews = [json.loads(line) for line in (root / "reviews.jsonl").read_text().splitlines()]
     assert len(reviews) == 4 and all(r["review"] for r in reviews)
     assert (root / "merged" / "model.safetensors").is_file()
+
+    run, merged, written = _files(root / "run"), _files(root / "merged"), (root / "reviews.jsonl").read_bytes()
+    again = _quickstart(root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _files(root / "run") == run and _files(root / "merged") == merged
+    assert (root / "reviews.jsonl").read_bytes() == written
+    assert "this run is finished (step 150 of 150" in again.stderr and "already this merge" in again.stderr

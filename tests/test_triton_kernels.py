@@ -423,13 +423,15 @@ def test_apply_triton_kernels_patches_nothing_where_they_cannot_run(problem, tin
     with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed.kernels"):
         done = apply_triton_kernels(model, {**ALL_ON, "lean_mlp": True})
     assert done == dict.fromkeys(TRITON_OPTIONS, False)
-    assert caplog.messages == [f"triton_mlp, triton_rope, triton_rmsnorm off: "
+    # only this module's messages: on torch 1.13 the loader also says it has no SDPA (the cu117 image)
+    kernel_messages = [r.getMessage() for r in caplog.records if r.name == "reviewgpt.train.speed.kernels"]
+    assert kernel_messages == [f"triton_mlp, triton_rope, triton_rmsnorm off: "
                                f"{problem or 'the model is on cpu, not a CUDA GPU'}"]
     assert_nothing_patched(model)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed.kernels"):
         assert apply_triton_kernels(model, {"triton_rope": False}) == dict.fromkeys(TRITON_OPTIONS, False)
-    assert not caplog.messages  # none asked for: nothing to say
+    assert not [r for r in caplog.records if r.name == "reviewgpt.train.speed.kernels"]  # none asked: nothing said
 
 
 def test_predict_recipe_counts_the_triton_options_only_where_triton_runs(monkeypatch):

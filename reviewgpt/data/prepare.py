@@ -15,7 +15,7 @@ from typing import Optional
 
 from reviewgpt.data.records import export_alpaca, load_records, split_by_paper, write_jsonl, write_rejects
 from reviewgpt.errors import UserError
-from reviewgpt.files import refuse_output_is_input
+from reviewgpt.files import refuse_output_is_input, remove_stale_temporaries
 
 TRAIN_FILE, EVAL_FILE, REJECTS_FILE = "train.jsonl", "eval.jsonl", "rejects.jsonl"
 EXPORTS = {"train": "paper_review", "eval": "paper_review_eval"}  # LLaMA-Factory data set names
@@ -53,6 +53,7 @@ def prepare(path, out_dir, eval_fraction: float = 0.05, seed: int = 42, skip_inv
             trimmed += n
 
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, tuple(f.name for f in output_files(out)))  # what a killed prepare left
     stale = [out / REJECTS_FILE] if not loaded.rejected else []
     stale += [out / f"{EXPORTS['eval']}.json"] if not evals else []
     for old in stale:

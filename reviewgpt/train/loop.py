@@ -250,6 +250,7 @@ def finish_run(output_dir: Path, final: Path, tokenizer, summary: dict, state: O
                    peak_allocated_gib_per_gpu=peak_memory_per_gpu(), loss_curve=None)
     if not main_process:
         return summary
+    remove_stale_temporaries(output_dir)  # what a killed finish left
     for name in run.ADAPTER_FILES:
         if (final / name).is_file():
             temporary = temporary_name(output_dir / name)
@@ -259,6 +260,7 @@ def finish_run(output_dir: Path, final: Path, tokenizer, summary: dict, state: O
             except OSError:
                 shutil.copyfile(final / name, temporary)
             os.replace(temporary, output_dir / name)
+            temporary.unlink(missing_ok=True)  # rename does nothing when both are links to one file already
     save_tokenizer(tokenizer, output_dir)
     png = plot_loss_curve(output_dir / run.LOG_FILE, output_dir / run.LOSS_CURVE_FILE)
     summary["loss_curve"] = str(png) if png else None
