@@ -58,8 +58,26 @@ def test_train_aliases_pick_the_recipe(monkeypatch):
     monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
     cli.train_gemma(["--data", "d.jsonl"])
     cli.train_mistral(["--data", "d.jsonl"])
-    assert seen == [["train", "--recipe", "gemma-7b-it", "--data", "d.jsonl"],
-                    ["train", "--recipe", "mistral-7b-instruct-v0.2", "--data", "d.jsonl"]]
+    assert seen == [["train-gemma", "--data", "d.jsonl"], ["train-mistral", "--data", "d.jsonl"]]
+    parser = build_parser()
+    for alias, recipe in (("train-gemma", "gemma-7b-it"), ("train-mistral", "mistral-7b-instruct-v0.2")):
+        args = parser.parse_args([alias, "--data", "d.jsonl", "--output", "o"])
+        assert (args.recipe, args.func) == (recipe, parser.parse_args(["train", "--recipe", "x", "--data", "d",
+                                                                        "--output", "o"]).func)
+        assert parser.parse_args([alias, "--recipe", "tiny", "--data", "d", "--output", "o"]).recipe == "tiny"
+
+
+@pytest.mark.parametrize("alias, recipe", [("train-gemma", "gemma-7b-it"),
+                                           ("train-mistral", "mistral-7b-instruct-v0.2")])
+def test_an_aliases_help_shows_its_recipe_preset_not_required(alias, recipe, capsys, monkeypatch):
+    # issue 19 item 11: `train-gemma --help` showed `--recipe RECIPE` as required, though the alias sets it.
+    monkeypatch.setattr(sys, "argv", [alias, "--help"])
+    with pytest.raises(SystemExit):
+        getattr(cli, alias.replace("-", "_"))()
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {alias} [-h] [--recipe RECIPE] --data DATA")
+    assert f"--recipe RECIPE built-in recipe name (see `reviewgpt recipes`) or a YAML file (default: {recipe})" \
+        in " ".join(out.split())
 
 
 def test_recipe_flags_are_generated_from_the_dataclass(capsys):
@@ -279,3 +297,44 @@ def test_the_llamafactory_export_spaces_instruction_and_paper_as_reviewgpt_does(
 
     lf_user_turn = "\n".join([EXPORT_INSTRUCTION, "PAPER TEXT"])  # llmtuner 0.6.3's convert_alpaca
     assert lf_user_turn in make_formatting_func(template)({"paper": "PAPER TEXT", "review": "R"})
+
+
+# issue 19 item 11: what `--help` says.
+def _help(path, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([*path, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", [(), *SUBCOMMANDS], ids=["reviewgpt", *[" ".join(p) for p in SUBCOMMANDS]])
+def test_help_is_wrapped_and_says_what_it_means(path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    out = _help(path, capsys)
+    assert not [line for line in out.splitlines() if len(line) > 100], "a description or example is not wrapped"
+    assert "%%" not in out  # a help string's % is written %%; a description's is printed as written
+    assert ".jsonl or .json" not in out and "JSONL/JSON" not in out  # .jsonl.gz is read too
+    for option in out.split("\n  -"):
+        if option.startswith("-no-4bit"):
+            assert "default" not in option, "--no-4bit shows store_false's True beside --4bit's default"
+
+
+def test_the_data_summary_names_every_action(capsys):
+    data_line = next(line for line in _help((), capsys).splitlines() if line.strip().startswith("data "))
+    assert all(action in data_line for action in ("check", "show", "prepare"))
+
+
+def test_score_help_prints_one_percent_sign(capsys):
+    assert "95% bootstrap" in _help(("score",), capsys)
+
+
+@pytest.mark.parametrize("argv, help_of", [
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--output", "o", "--bogus"], "reviewgpt train"),
+    (["data", "check", "d.jsonl", "--recipe", "tiny", "--bogus", "1"], "reviewgpt data check"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--output", "o", "--gpus", "0"], "reviewgpt train"),
+    (["--bogus"], "reviewgpt"),
+])
+def test_a_usage_mistake_points_to_the_help_of_the_command_given(argv, help_of, capsys):
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(f"; see `{help_of} --help`.\n"), err
+    assert err.startswith(f"{help_of}: error: ")
