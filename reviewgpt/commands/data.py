@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     check.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's model)")
     check.add_argument("--max-length", type=int_flag(1),
                        help="tokens per example (default: the recipe's max_seq_length)")
+    check.add_argument("--template", help="prompt template (default: the recipe's)")
     check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
     check.set_defaults(func=run_check)
 
@@ -88,7 +89,7 @@ def run_check(args) -> int:
     from reviewgpt.data.check import check_data
     from reviewgpt.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, {"template": args.template})
     stats = check_data(args.file, _tokenizer_of(recipe, args.tokenizer, " to count tokens"), recipe.template,
                        args.max_length or recipe.max_seq_length, recipe.name, skip_invalid=True,
                        rejects_path=args.rejects)
