@@ -123,6 +123,34 @@ def require_local_or_cached(name: str, what: str, flag: str) -> None:
             ) from None
 
 
+def model_positions(model) -> Optional[int]:
+    """The positions a model was built for (max_position_embeddings), read from the config.json of a
+    local folder or of a cached hub id without loading any weights; also takes a loaded config or
+    model. None when that cannot be told here (the loader reports a missing model)."""
+    import json
+
+    if not isinstance(model, (str, Path)):
+        config = getattr(model, "config", model)
+        positions = getattr(config, "max_position_embeddings", None)
+        return int(positions) if positions else None
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(str(model), "config.json")
+        except ValueError:  # not a hub id either (HFValidationError): the loader says so
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        positions = json.loads(path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(positions) if isinstance(positions, int) and positions > 0 else None
+
+
 def load_tokenizer(path: str, family: str, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
