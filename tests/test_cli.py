@@ -7,6 +7,8 @@ import pytest
 
 from reviewgpt import cli
 from reviewgpt.cli import build_parser, main
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import load_recipe
 from tests.util import write_jsonl
 
 
@@ -338,3 +340,62 @@ def test_a_usage_mistake_points_to_the_help_of_the_command_given(argv, help_of, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith(f"; see `{help_of} --help`.\n"), err
     assert err.startswith(f"{help_of}: error: ")
+
+
+# issue 19 item 10: settings the model or the data cannot honour are refused before any weights load.
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    import reviewgpt.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the check must come before the weights load")
+
+    monkeypatch.setattr(reviewgpt.models, "load_base_model", refuse)
+
+
+def _train(model, data, out, *extra):
+    return main(["train", "--recipe", "tiny", "--model", str(model), "--data", str(data), "--output", str(out),
+                 "--max-steps", "1", *extra])
+
+
+def test_train_refuses_a_length_beyond_the_models_positions(tiny_gemma, sample_file, tmp_path, capsys,
+                                                              no_weights_loaded):
+    assert _train(tiny_gemma, sample_file, tmp_path / "run", "--max-seq-length", "100000000") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-seq-length 100000000 is more than the 2048 positions of" in err
+    assert "(max_position_embeddings in its config.json); pass --max-seq-length 2048 or less." in err
+
+
+def test_the_recipes_lengths_within_their_models_positions_pass(tmp_path):
+    # Mistral-7B-Instruct-v0.2 trains at 12,288 of its 32,768 positions; SmolLM2 at all of its 8,192.
+    from reviewgpt.train.checks import check_length_fits_model
+
+    for recipe, positions in (("mistral-7b-instruct-v0.2", 32768), ("smollm2-135m", 8192), ("gemma-7b-it", 8192)):
+        model = tmp_path / recipe
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"max_position_embeddings": positions}))
+        check_length_fits_model(load_recipe(recipe, {"model": str(model)}))
+    with pytest.raises(UserError, match="more than the 8192 positions"):
+        check_length_fits_model(load_recipe("smollm2-135m", {"model": str(tmp_path / "smollm2-135m"),
+                                                             "max_seq_length": 8193}))
+    check_length_fits_model(load_recipe("gemma-7b-it", {"model": "not/cached-here"}))  # the loader says so
+
+
+def test_train_refuses_a_micro_batch_larger_than_the_data(tiny_gemma, sample_file, tmp_path, capsys,
+                                                            no_weights_loaded):
+    assert _train(tiny_gemma, sample_file, tmp_path / "run", "--per-device-train-batch-size", "1000000") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert ("--per-device-train-batch-size 1000000 is more than the 16 training records; pass "
+            "--per-device-train-batch-size 16 or less.") in err
+    assert _train(tiny_gemma, sample_file, tmp_path / "run", "--per-device-train-batch-size", "16", "--eval") == 2
+    assert "more than the 12 training records (4 held out for eval)" in capsys.readouterr().err
+
+
+def test_train_with_eval_on_one_paper_says_nothing_can_be_held_out(tiny_gemma, tmp_path, capsys, no_weights_loaded):
+    data = write_jsonl(tmp_path / "one.jsonl", [{"paper": "A paper. " * 20, "review": "Fine."}])
+    assert _train(tiny_gemma, data, tmp_path / "run", "--eval") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--eval: {data} holds one paper" in err and "leave out --eval" in err, err
+    assert _train(tiny_gemma, data, tmp_path / "run", "--eval", "--eval-fraction", "0") == 2
+    assert "--eval with eval_fraction 0 holds no paper out" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from reviewgpt.data.tokenization import PromptEncoder
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import Recipe
 from reviewgpt.train.arguments import check_report_to, training_arguments
+from reviewgpt.train.checks import check_job
 from reviewgpt.train.dataset import ListDataset, PadCollator, tokenize_records
 from reviewgpt.train.distributed import (
     ddp_skip_constant_buffers,
@@ -88,6 +89,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
                                                  recipe.seed)
     if not train_records:
         raise UserError(f"{data_path}: no valid records to train on.")
+    check_job(recipe, train_records, eval_records, do_eval, data_path)  # length, batch, --eval: before loading
 
     tokenizer = load_tokenizer(recipe.tokenizer or recipe.model, recipe.family)
     encoder = PromptEncoder(tokenizer, get_template(recipe.template))
