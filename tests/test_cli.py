@@ -399,3 +399,20 @@ def test_train_with_eval_on_one_paper_says_nothing_can_be_held_out(tiny_gemma, t
     assert err.count("\n") == 1 and f"--eval: {data} holds one paper" in err and "leave out --eval" in err, err
     assert _train(tiny_gemma, data, tmp_path / "run", "--eval", "--eval-fraction", "0") == 2
     assert "--eval with eval_fraction 0 holds no paper out" in capsys.readouterr().err
+
+
+# issue 19 item 12: a script reading `reviewgpt train`'s stdout gets its JSON result and nothing else.
+def test_train_prints_only_its_json_result_on_stdout(tiny_gemma, sample_file, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "README.md").write_text("# my notes on this run\n")  # no model-card metadata block
+    cmd = [sys.executable, "-m", "reviewgpt", "train", "--recipe", "tiny", "--model", str(tiny_gemma),
+           "--data", str(sample_file), "--output", str(run_dir), "--max-steps", "2", "--save-steps", "1",
+           "--logging-steps", "1", "--max-seq-length", "384"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, out.stdout
+    assert json.loads(lines[0])["global_step"] == 2
+    assert "{'loss': " in out.stderr and "'train_runtime': " in out.stderr  # the Trainer's logs: on stderr
+    assert "Repo card metadata block was not found" not in out.stderr

@@ -34,7 +34,7 @@ from reviewgpt.train.distributed import (
     is_main_process,
     world_size,
 )
-from reviewgpt.train.logs import TrainedTokens, make_log_callback, peak_memory_per_gpu, plot_loss_curve
+from reviewgpt.train.logs import TrainedTokens, logs_to_stderr, make_log_callback, peak_memory_per_gpu, plot_loss_curve
 from reviewgpt.train.oom import with_oom_recovery
 from reviewgpt.train.resume import (
     is_complete_checkpoint,
@@ -142,6 +142,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         packing=False,
         callbacks=[make_log_callback(log_path), *callbacks],
     )
+    logs_to_stderr(trainer)  # stdout holds only the JSON result
     drop_empty_param_groups(trainer)
     if world_size() > 1:
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
