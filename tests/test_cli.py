@@ -416,3 +416,35 @@ def test_train_prints_only_its_json_result_on_stdout(tiny_gemma, sample_file, tm
     assert json.loads(lines[0])["global_step"] == 2
     assert "{'loss': " in out.stderr and "'train_runtime': " in out.stderr  # the Trainer's logs: on stderr
     assert "Repo card metadata block was not found" not in out.stderr
+
+
+# issue 19 item 15: LLaMA-Factory's ChatML template (SmolLM2's format), as llmtuner 0.6.3 lays it out.
+def test_the_chatml_llamafactory_export_keeps_every_review_whole(tmp_path, tiny_llama, capsys):
+    from transformers import AutoTokenizer
+
+    from reviewgpt.data.sample import sample_records
+    from reviewgpt.data.tokenization import CUT_MARKER
+
+    records = sample_records(n_papers=6, reviews_per_paper=1, seed=5)
+    records = [{**r, "paper": r["paper"] * (1 if i == 0 else 4)} for i, r in enumerate(records)]  # 5 too long
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    cutoff = 1024
+    assert main(["data", "prepare", str(data), "--output", str(tmp_path / "out"), "--eval-fraction", "0",
+                 "--tokenizer", str(tiny_llama), "--max-length", str(cutoff), "--llamafactory-template", "chatml"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    by_review = {r["review"]: r for r in records}
+    for row in json.loads((tmp_path / "out" / "paper_review.json").read_text()):
+        # llmtuner 0.6.3 "chatml": no system turn; the user turn in one piece; the response, then the EOS that
+        # replace_eos makes <|im_end|>; every piece encoded without the tokenizer's own additions.
+        user = f"<|im_start|>user\n{row['instruction']}\n{row['input']}<|im_end|>\n<|im_start|>assistant\n"
+        prompt = len(tokenizer.encode(user, add_special_tokens=False))
+        response = len(tokenizer.encode(row["output"], add_special_tokens=False) + [im_end])
+        max_response = int(cutoff * (response / (prompt + response)))  # its infer_max_len
+        assert max_response >= response and cutoff - response >= prompt  # the review whole, the prompt uncut
+        record = by_review[row["output"]]
+        if row["input"] != record["paper"]:
+            assert row["input"].endswith(CUT_MARKER) and record["paper"].startswith(row["input"][:-len(CUT_MARKER)])
+            assert prompt + response > cutoff - 40  # the paper kept as much as fits
+    assert summary["llamafactory_papers_trimmed"] == 5

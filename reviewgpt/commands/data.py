@@ -69,8 +69,9 @@ def register(subparsers) -> None:
     lf.add_argument("--tokenizer", help="the model's tokenizer directory: trim each exported paper so "
                     "LLaMA-Factory's --cutoff_len never reaches the review")
     lf.add_argument("--max-length", type=int_flag(16), help="LLaMA-Factory's --cutoff_len (with --tokenizer)")
-    lf.add_argument("--llamafactory-template", choices=["mistral", "gemma", "alpaca", "default"],
-                    default="mistral", help="LLaMA-Factory's --template the export will be trained with")
+    lf.add_argument("--llamafactory-template", choices=["mistral", "gemma", "chatml", "alpaca", "default"],
+                    default="mistral", help="LLaMA-Factory's --template the export will be trained with "
+                    "(chatml: SmolLM2's format)")
     prep.set_defaults(func=run_prepare)
 
 
