@@ -64,6 +64,25 @@ class CommandParser(argparse.ArgumentParser):
         """A usage mistake is one line naming the flag (argparse would print the whole usage first)."""
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
 
+    def parse_args(self, args=None, namespace=None):
+        # argparse reports a flag no subcommand knows from the top-level parser, which would point to
+        # `reviewgpt --help`; the subcommand that was given is the one whose help lists its flags.
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            chosen_subcommand(self, namespace).error(f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace
+
+
+def chosen_subcommand(parser: argparse.ArgumentParser, namespace) -> argparse.ArgumentParser:
+    """The innermost (sub-)sub-command parser that `namespace` was parsed with (`data check`'s for
+    `reviewgpt data check ...`), or `parser` itself when no subcommand was given."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub = action.choices.get(getattr(namespace, action.dest, None) or "")
+            if sub is not None:
+                return chosen_subcommand(sub, namespace)
+    return parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
@@ -170,10 +189,10 @@ def _remove_if_empty(path) -> None:
 
 
 def train_gemma(argv: Optional[List[str]] = None) -> int:
-    """`train-gemma ...` = `reviewgpt train --recipe gemma-7b-it ...`."""
-    return main(["train", "--recipe", "gemma-7b-it", *(sys.argv[1:] if argv is None else argv)])
+    """`train-gemma ...` = `reviewgpt train --recipe gemma-7b-it ...` (commands/train.py ALIASES)."""
+    return main(["train-gemma", *(sys.argv[1:] if argv is None else argv)])
 
 
 def train_mistral(argv: Optional[List[str]] = None) -> int:
-    """`train-mistral ...` = `reviewgpt train --recipe mistral-7b-instruct-v0.2 ...`."""
-    return main(["train", "--recipe", "mistral-7b-instruct-v0.2", *(sys.argv[1:] if argv is None else argv)])
+    """`train-mistral ...` = `reviewgpt train --recipe mistral-7b-instruct-v0.2 ...` (commands/train.py ALIASES)."""
+    return main(["train-mistral", *(sys.argv[1:] if argv is None else argv)])

@@ -123,6 +123,59 @@ def require_local_or_cached(name: str, what: str, flag: str) -> None:
             ) from None
 
 
+class _DropMessage(logging.Filter):
+    """Drops the records of one logger whose message starts with `prefix`; passes the rest."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+REPO_CARD_NOTICE = "Repo card metadata block was not found"
+
+
+def silence_repo_card_notice() -> None:
+    """Drop huggingface_hub's "Repo card metadata block was not found" (printed twice: by its own
+    handler and by the root one). peft 0.9.0 rewrites the run folder's README.md model card on every
+    adapter save, and huggingface_hub says this whenever that README has no YAML block (the user's
+    own notes, say); peft then goes on with empty metadata, so there is nothing to fix. Only this
+    message of that one logger is dropped; idempotent."""
+    logger = logging.getLogger("huggingface_hub.repocard")
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage(REPO_CARD_NOTICE))
+
+
+def model_positions(model) -> Optional[int]:
+    """The positions a model was built for (max_position_embeddings), read from the config.json of a
+    local folder or of a cached hub id without loading any weights; also takes a loaded config or
+    model. None when that cannot be told here (the loader reports a missing model)."""
+    import json
+
+    if not isinstance(model, (str, Path)):
+        config = getattr(model, "config", model)
+        positions = getattr(config, "max_position_embeddings", None)
+        return int(positions) if positions else None
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(str(model), "config.json")
+        except ValueError:  # not a hub id either (HFValidationError): the loader says so
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        positions = json.loads(path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(positions) if isinstance(positions, int) and positions > 0 else None
+
+
 def load_tokenizer(path: str, family: str, padding_side: str = "right"):
     from transformers import AutoTokenizer
 

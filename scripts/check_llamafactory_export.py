@@ -2,9 +2,11 @@
 and check that every review reaches training whole. Run through `nox -s llamafactory`, offline.
 
     python scripts/check_llamafactory_export.py [DATA.jsonl] [--cutoff 12288] [--template mistral]
+        [--tokenizer DIR]
 
 Without DATA, long synthetic papers are used. The tokenizer is Mistral 7B's real one, from the
-mistral-common package, saved to a folder (no hub). The same records are exported twice: with
+mistral-common package, saved to a folder (no hub), unless --tokenizer names another (a ChatML one,
+such as SmolLM2's or `reviewgpt tiny-model --family llama`'s, for --template chatml). The same records are exported twice: with
 `--tokenizer/--max-length` (papers trimmed for LLaMA-Factory) and without (the control); the check
 fails if any trimmed row loses review tokens, or if the control shows no cut review on data that
 should have some (then the check could not fail).
@@ -101,10 +103,11 @@ def run(argv=None) -> int:
     parser.add_argument("data", nargs="?", help="JSONL of {paper, review} records (default: synthetic)")
     parser.add_argument("--cutoff", type=int, default=12288, help="LLaMA-Factory's cutoff_len")
     parser.add_argument("--template", default="mistral", help="LLaMA-Factory's template")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: Mistral 7B's, from mistral-common)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tokenizer_dir = mistral_tokenizer(tmp / "mistral-tokenizer")
+        tokenizer_dir = Path(args.tokenizer) if args.tokenizer else mistral_tokenizer(tmp / "mistral-tokenizer")
         data = Path(args.data) if args.data else synthetic_data(tmp / "synthetic.jsonl")
         prepare(data, tmp / "trimmed", "--tokenizer", str(tokenizer_dir), "--max-length", str(args.cutoff),
                 "--llamafactory-template", args.template)

@@ -7,6 +7,8 @@ import pytest
 
 from reviewgpt import cli
 from reviewgpt.cli import build_parser, main
+from reviewgpt.errors import UserError
+from reviewgpt.recipe import load_recipe
 from tests.util import write_jsonl
 
 
@@ -58,8 +60,26 @@ def test_train_aliases_pick_the_recipe(monkeypatch):
     monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
     cli.train_gemma(["--data", "d.jsonl"])
     cli.train_mistral(["--data", "d.jsonl"])
-    assert seen == [["train", "--recipe", "gemma-7b-it", "--data", "d.jsonl"],
-                    ["train", "--recipe", "mistral-7b-instruct-v0.2", "--data", "d.jsonl"]]
+    assert seen == [["train-gemma", "--data", "d.jsonl"], ["train-mistral", "--data", "d.jsonl"]]
+    parser = build_parser()
+    for alias, recipe in (("train-gemma", "gemma-7b-it"), ("train-mistral", "mistral-7b-instruct-v0.2")):
+        args = parser.parse_args([alias, "--data", "d.jsonl", "--output", "o"])
+        assert (args.recipe, args.func) == (recipe, parser.parse_args(["train", "--recipe", "x", "--data", "d",
+                                                                        "--output", "o"]).func)
+        assert parser.parse_args([alias, "--recipe", "tiny", "--data", "d", "--output", "o"]).recipe == "tiny"
+
+
+@pytest.mark.parametrize("alias, recipe", [("train-gemma", "gemma-7b-it"),
+                                           ("train-mistral", "mistral-7b-instruct-v0.2")])
+def test_an_aliases_help_shows_its_recipe_preset_not_required(alias, recipe, capsys, monkeypatch):
+    # issue 19 item 11: `train-gemma --help` showed `--recipe RECIPE` as required, though the alias sets it.
+    monkeypatch.setattr(sys, "argv", [alias, "--help"])
+    with pytest.raises(SystemExit):
+        getattr(cli, alias.replace("-", "_"))()
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {alias} [-h] [--recipe RECIPE] --data DATA")
+    assert f"--recipe RECIPE built-in recipe name (see `reviewgpt recipes`) or a YAML file (default: {recipe})" \
+        in " ".join(out.split())
 
 
 def test_recipe_flags_are_generated_from_the_dataclass(capsys):
@@ -279,3 +299,152 @@ def test_the_llamafactory_export_spaces_instruction_and_paper_as_reviewgpt_does(
 
     lf_user_turn = "\n".join([EXPORT_INSTRUCTION, "PAPER TEXT"])  # llmtuner 0.6.3's convert_alpaca
     assert lf_user_turn in make_formatting_func(template)({"paper": "PAPER TEXT", "review": "R"})
+
+
+# issue 19 item 11: what `--help` says.
+def _help(path, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([*path, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", [(), *SUBCOMMANDS], ids=["reviewgpt", *[" ".join(p) for p in SUBCOMMANDS]])
+def test_help_is_wrapped_and_says_what_it_means(path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    out = _help(path, capsys)
+    assert not [line for line in out.splitlines() if len(line) > 100], "a description or example is not wrapped"
+    assert "%%" not in out  # a help string's % is written %%; a description's is printed as written
+    assert ".jsonl or .json" not in out and "JSONL/JSON" not in out  # .jsonl.gz is read too
+    for option in out.split("\n  -"):
+        if option.startswith("-no-4bit"):
+            assert "default" not in option, "--no-4bit shows store_false's True beside --4bit's default"
+
+
+def test_the_data_summary_names_every_action(capsys):
+    data_line = next(line for line in _help((), capsys).splitlines() if line.strip().startswith("data "))
+    assert all(action in data_line for action in ("check", "show", "prepare"))
+
+
+def test_score_help_prints_one_percent_sign(capsys):
+    assert "95% bootstrap" in _help(("score",), capsys)
+
+
+@pytest.mark.parametrize("argv, help_of", [
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--output", "o", "--bogus"], "reviewgpt train"),
+    (["data", "check", "d.jsonl", "--recipe", "tiny", "--bogus", "1"], "reviewgpt data check"),
+    (["train", "--recipe", "tiny", "--data", "d.jsonl", "--output", "o", "--gpus", "0"], "reviewgpt train"),
+    (["--bogus"], "reviewgpt"),
+])
+def test_a_usage_mistake_points_to_the_help_of_the_command_given(argv, help_of, capsys):
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(f"; see `{help_of} --help`.\n"), err
+    assert err.startswith(f"{help_of}: error: ")
+
+
+# issue 19 item 10: settings the model or the data cannot honour are refused before any weights load.
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    import reviewgpt.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the check must come before the weights load")
+
+    monkeypatch.setattr(reviewgpt.models, "load_base_model", refuse)
+
+
+def _train(model, data, out, *extra):
+    return main(["train", "--recipe", "tiny", "--model", str(model), "--data", str(data), "--output", str(out),
+                 "--max-steps", "1", *extra])
+
+
+def test_train_refuses_a_length_beyond_the_models_positions(tiny_gemma, sample_file, tmp_path, capsys,
+                                                              no_weights_loaded):
+    assert _train(tiny_gemma, sample_file, tmp_path / "run", "--max-seq-length", "100000000") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-seq-length 100000000 is more than the 2048 positions of" in err
+    assert "(max_position_embeddings in its config.json); pass --max-seq-length 2048 or less." in err
+
+
+def test_the_recipes_lengths_within_their_models_positions_pass(tmp_path):
+    # Mistral-7B-Instruct-v0.2 trains at 12,288 of its 32,768 positions; SmolLM2 at all of its 8,192.
+    from reviewgpt.train.checks import check_length_fits_model
+
+    for recipe, positions in (("mistral-7b-instruct-v0.2", 32768), ("smollm2-135m", 8192), ("gemma-7b-it", 8192)):
+        model = tmp_path / recipe
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"max_position_embeddings": positions}))
+        check_length_fits_model(load_recipe(recipe, {"model": str(model)}))
+    with pytest.raises(UserError, match="more than the 8192 positions"):
+        check_length_fits_model(load_recipe("smollm2-135m", {"model": str(tmp_path / "smollm2-135m"),
+                                                             "max_seq_length": 8193}))
+    check_length_fits_model(load_recipe("gemma-7b-it", {"model": "not/cached-here"}))  # the loader says so
+
+
+def test_train_refuses_a_micro_batch_larger_than_the_data(tiny_gemma, sample_file, tmp_path, capsys,
+                                                            no_weights_loaded):
+    assert _train(tiny_gemma, sample_file, tmp_path / "run", "--per-device-train-batch-size", "1000000") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert ("--per-device-train-batch-size 1000000 is more than the 16 training records; pass "
+            "--per-device-train-batch-size 16 or less.") in err
+    assert _train(tiny_gemma, sample_file, tmp_path / "run", "--per-device-train-batch-size", "16", "--eval") == 2
+    assert "more than the 12 training records (4 held out for eval)" in capsys.readouterr().err
+
+
+def test_train_with_eval_on_one_paper_says_nothing_can_be_held_out(tiny_gemma, tmp_path, capsys, no_weights_loaded):
+    data = write_jsonl(tmp_path / "one.jsonl", [{"paper": "A paper. " * 20, "review": "Fine."}])
+    assert _train(tiny_gemma, data, tmp_path / "run", "--eval") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--eval: {data} holds one paper" in err and "leave out --eval" in err, err
+    assert _train(tiny_gemma, data, tmp_path / "run", "--eval", "--eval-fraction", "0") == 2
+    assert "--eval with eval_fraction 0 holds no paper out" in capsys.readouterr().err
+
+
+# issue 19 item 12: a script reading `reviewgpt train`'s stdout gets its JSON result and nothing else.
+def test_train_prints_only_its_json_result_on_stdout(tiny_gemma, sample_file, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "README.md").write_text("# my notes on this run\n")  # no model-card metadata block
+    cmd = [sys.executable, "-m", "reviewgpt", "train", "--recipe", "tiny", "--model", str(tiny_gemma),
+           "--data", str(sample_file), "--output", str(run_dir), "--max-steps", "2", "--save-steps", "1",
+           "--logging-steps", "1", "--max-seq-length", "384"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, out.stdout
+    assert json.loads(lines[0])["global_step"] == 2
+    assert "{'loss': " in out.stderr and "'train_runtime': " in out.stderr  # the Trainer's logs: on stderr
+    assert "Repo card metadata block was not found" not in out.stderr
+
+
+# issue 19 item 15: LLaMA-Factory's ChatML template (SmolLM2's format), as llmtuner 0.6.3 lays it out.
+def test_the_chatml_llamafactory_export_keeps_every_review_whole(tmp_path, tiny_llama, capsys):
+    from transformers import AutoTokenizer
+
+    from reviewgpt.data.sample import sample_records
+    from reviewgpt.data.tokenization import CUT_MARKER
+
+    records = sample_records(n_papers=6, reviews_per_paper=1, seed=5)
+    records = [{**r, "paper": r["paper"] * (1 if i == 0 else 4)} for i, r in enumerate(records)]  # 5 too long
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    cutoff = 1024
+    assert main(["data", "prepare", str(data), "--output", str(tmp_path / "out"), "--eval-fraction", "0",
+                 "--tokenizer", str(tiny_llama), "--max-length", str(cutoff), "--llamafactory-template", "chatml"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    by_review = {r["review"]: r for r in records}
+    for row in json.loads((tmp_path / "out" / "paper_review.json").read_text()):
+        # llmtuner 0.6.3 "chatml": no system turn; the user turn in one piece; the response, then the EOS that
+        # replace_eos makes <|im_end|>; every piece encoded without the tokenizer's own additions.
+        user = f"<|im_start|>user\n{row['instruction']}\n{row['input']}<|im_end|>\n<|im_start|>assistant\n"
+        prompt = len(tokenizer.encode(user, add_special_tokens=False))
+        response = len(tokenizer.encode(row["output"], add_special_tokens=False) + [im_end])
+        max_response = int(cutoff * (response / (prompt + response)))  # its infer_max_len
+        assert max_response >= response and cutoff - response >= prompt  # the review whole, the prompt uncut
+        record = by_review[row["output"]]
+        if row["input"] != record["paper"]:
+            assert row["input"].endswith(CUT_MARKER) and record["paper"].startswith(row["input"][:-len(CUT_MARKER)])
+            assert prompt + response > cutoff - 40  # the paper kept as much as fits
+    assert summary["llamafactory_papers_trimmed"] == 5

@@ -63,9 +63,12 @@ def test_merging_into_a_quantized_base_is_refused_with_the_reason(trained_run, t
         merge(trained_run, tmp_path / "out", base=str(quantized))
 
 
-def test_merge_cli_refuses_4bit_and_needs_an_adapter(trained_run, tmp_path, capsys):
-    assert main(["merge", str(trained_run), "--output", str(tmp_path / "o"), "--load-in-4bit"]) == 2
-    assert "cannot be merged with its adapter" in capsys.readouterr().err
+def test_merge_cli_has_no_4bit_flag_and_needs_an_adapter(trained_run, tmp_path, capsys):
+    # issue 19 item 11: --load-in-4bit existed only to be refused (reviewgpt.merge says why 4-bit cannot merge)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", str(trained_run), "--output", str(tmp_path / "o"), "--load-in-4bit"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --load-in-4bit; see `reviewgpt merge --help`" in capsys.readouterr().err
     assert main(["merge", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
 
@@ -127,3 +130,31 @@ def test_review_never_rewrites_lines_it_did_not_write(tmp_path):
     out.write_text(text.replace("notes I added by hand\n", "") + '{"id": "c", "rev')
     assert done_ids(out) == {"a", "b"}
     assert out.read_text() == '{"id": "a", "review": "x"}\n{"id": "b", "review": "y"}\n'
+
+
+def _long_paper_file(tmp_path):
+    from tests.util import write_jsonl
+
+    # ~5,000 tokens of the tiny Gemma tokenizer: past the 4,096 that its 2,048 positions' causal-mask
+    # buffer grows to in transformers 4.38.2, so an uncapped prompt fails with a tensor size mismatch.
+    return write_jsonl(tmp_path / "long.jsonl", [{"paper_id": "long", "paper": "A paper on attention. " * 500}])
+
+
+def test_review_caps_the_prompt_so_prompt_and_review_fit_the_models_positions(tiny_gemma, tmp_path, caplog):
+    # issue 19 item 7: a base model records no budget, so the reference's 7,168 tokens would be asked of
+    # a model with 2,048 positions.
+    out = tmp_path / "r.jsonl"
+    with caplog.at_level("INFO", logger="reviewgpt"):
+        result = generate_reviews(tiny_gemma, _long_paper_file(tmp_path), out, GenerationSettings(max_new_tokens=8))
+    assert result["max_input_tokens"] == 2048 - 8
+    row = json.loads(out.read_text())
+    assert row["paper_truncated"] and row["input_tokens"] <= 2048 - 8
+    assert "more than the model's 2048 positions: papers are trimmed to a 2040-token prompt" in caplog.text
+
+
+def test_review_refuses_a_review_longer_than_the_models_positions_in_one_line(tiny_gemma, tmp_path, capsys):
+    code = main(["review", "--model", str(tiny_gemma), "--papers", str(_long_paper_file(tmp_path)), "--output",
+                 str(tmp_path / "r.jsonl"), "--max-new-tokens", "2048"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--max-new-tokens 2048 leaves no room for the paper in the model's 2048 positions" in err

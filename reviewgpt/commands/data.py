@@ -8,35 +8,37 @@ from reviewgpt.commands import float_flag, int_flag
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="check or prepare a data file",
+    p = subparsers.add_parser("data", help="check, show or prepare a data file",
                               epilog="examples:\n  reviewgpt data check papers.jsonl --recipe gemma-7b-it "
-                                     "--tokenizer /models/gemma-7b-it\n  reviewgpt data prepare papers.jsonl "
-                                     "--output data/")
+                                     "--tokenizer /models/gemma-7b-it\n  reviewgpt data show papers.jsonl "
+                                     "--recipe tiny --tokenizer runs/tiny-gemma\n  reviewgpt data prepare "
+                                     "papers.jsonl --output data/")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     check = sub.add_parser(
         "check", help="validate records and count tokens with the recipe's tokenizer and template",
-        description="Prints a summary; its last line is one JSON object (records, valid, invalid, duplicates, "
-                    "papers_truncated, reviews_truncated, max_tokens, ...). Exit 1 when any record is invalid "
+        description="Prints a summary; its last line is one JSON object (records, valid, invalid, duplicates,\n"
+                    "papers_truncated, reviews_truncated, max_tokens, ...). Exit 1 when any record is invalid\n"
                     "or any review cannot fit.",
-        epilog="example:\n  reviewgpt data check papers.jsonl --recipe mistral-7b-instruct-v0.2 "
-               "--tokenizer /models/mistral --max-length 12288",
+        epilog="example:\n  reviewgpt data check papers.jsonl --recipe mistral-7b-instruct-v0.2 \\\n"
+               "      --tokenizer /models/mistral --max-length 12288",
     )
-    check.add_argument("file", help="records: .jsonl or .json")
+    check.add_argument("file", help="records: .jsonl, .jsonl.gz or .json")
     check.add_argument("--recipe", required=True, help="recipe name or YAML file (template, tokenizer, length)")
     check.add_argument("--tokenizer", help="tokenizer directory (default: the recipe's model)")
     check.add_argument("--max-length", type=int_flag(1),
                        help="tokens per example (default: the recipe's max_seq_length)")
+    check.add_argument("--template", help="prompt template (default: the recipe's)")
     check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
     check.set_defaults(func=run_check)
 
     show = sub.add_parser(
         "show", help="one training example exactly as the model sees it, the part without loss marked",
-        description="Decodes one record's training ids with the recipe's template, tokenizer and length. The "
-                    "part without loss (labels -100) is shown between <<<no loss>>> and <<</no loss>>> (in red on "
-                    "a terminal). Also says whether the ids equal the model's own tooling (apply_chat_template "
-                    "for chat formats, trl's tokenizer(text) for Alpaca texts). With --json the last line is "
-                    '{"input_ids": [...], "labels": [...]}.',
+        description="Decodes one record's training ids with the recipe's template, tokenizer and length.\n"
+                    "The part without loss (labels -100) is shown between <<<no loss>>> and <<</no loss>>>\n"
+                    "(in red on a terminal). Also says whether the ids equal the model's own tooling\n"
+                    "(apply_chat_template for chat formats, trl's tokenizer(text) for Alpaca texts).\n"
+                    'With --json the last line is {"input_ids": [...], "labels": [...]}.',
         epilog="example:\n  reviewgpt data show papers.jsonl --recipe smollm2-135m --tokenizer /models/smollm2 "
                "--index 3",
     )
@@ -54,7 +56,7 @@ def register(subparsers) -> None:
         epilog="examples:\n  reviewgpt data prepare papers.jsonl --output data/ --eval-fraction 0.05\n"
                "  reviewgpt data prepare papers.jsonl --output data/ --tokenizer /models/mistral --max-length 12288",
     )
-    prep.add_argument("file", help="records: .jsonl or .json")
+    prep.add_argument("file", help="records: .jsonl, .jsonl.gz or .json")
     prep.add_argument("--output", required=True, help="folder for train.jsonl, eval.jsonl, paper_review*.json, "
                                                       "dataset_info.json")
     prep.add_argument("--eval-fraction", type=float_flag(0, 1, high_open=True), default=0.05,
@@ -66,8 +68,9 @@ def register(subparsers) -> None:
     lf.add_argument("--tokenizer", help="the model's tokenizer directory: trim each exported paper so "
                     "LLaMA-Factory's --cutoff_len never reaches the review")
     lf.add_argument("--max-length", type=int_flag(16), help="LLaMA-Factory's --cutoff_len (with --tokenizer)")
-    lf.add_argument("--llamafactory-template", choices=["mistral", "gemma", "alpaca", "default"], default="mistral",
-                    help="LLaMA-Factory's --template the export will be trained with")
+    lf.add_argument("--llamafactory-template", choices=["mistral", "gemma", "chatml", "alpaca", "default"],
+                    default="mistral", help="LLaMA-Factory's --template the export will be trained with "
+                    "(chatml: SmolLM2's format)")
     prep.set_defaults(func=run_prepare)
 
 
@@ -86,7 +89,7 @@ def run_check(args) -> int:
     from reviewgpt.data.check import check_data
     from reviewgpt.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, {"template": args.template})
     stats = check_data(args.file, _tokenizer_of(recipe, args.tokenizer, " to count tokens"), recipe.template,
                        args.max_length or recipe.max_seq_length, recipe.name, skip_invalid=True,
                        rejects_path=args.rejects)

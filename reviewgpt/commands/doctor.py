@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "doctor",
         help="check versions, torch/CUDA/driver, bitsandbytes, flash-attn, deepspeed and GPU memory",
-        description="Run this first, and paste its output into a bug report. Each check prints OK, WARN "
+        description="Run this first, and paste its output into a bug report. Each check prints OK, WARN\n"
                     "or FAIL with the fix; the exit status is 1 when any check FAILs.",
         epilog="example:\n  reviewgpt doctor\n  reviewgpt doctor --recipe gemma-7b-it --json > doctor.json",
     )

@@ -19,14 +19,14 @@ def _positive_int(text: str) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="review NLL: how likely the model finds the human reviews of held-out papers",
-        description="Mean negative log-likelihood per review token (nats) and perplexity of each record's "
-                    "review given its paper, in the training layout (template, paper trimmed to --max-length, "
-                    "review whole). --model is a `reviewgpt train` run folder (its adapter on its base, in 4-bit "
-                    "when trained so and a GPU is here), a merged model or a base model. The last line is one "
+        description="Mean negative log-likelihood per review token (nats) and perplexity of each record's\n"
+                    "review given its paper, in the training layout (template, paper trimmed to --max-length,\n"
+                    "review whole). --model is a `reviewgpt train` run folder (its adapter on its base, in 4-bit\n"
+                    "when trained so and a GPU is here), a merged model or a base model. The last line is one\n"
                     "JSON object.",
         epilog="examples:\n  reviewgpt eval --model runs/smollm2 --data dev.jsonl.gz\n"
-               "  reviewgpt eval --model /models/SmolLM2-135M-Instruct --data dev.jsonl --template smollm2-chatml "
-               "--max-length 8192",
+               "  reviewgpt eval --model /models/SmolLM2-135M-Instruct --data dev.jsonl \\\n"
+               "      --template smollm2-chatml --max-length 8192",
     )
     p.add_argument("--model", required=True, help="run folder, merged model or base model folder")
     p.add_argument("--data", required=True, help="records with paper and review (.jsonl, .jsonl.gz or .json)")
@@ -40,7 +40,8 @@ def register(subparsers) -> None:
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--4bit", dest="quantize", action="store_true", default=None,
                        help="load the base in 4-bit NF4 (needs a GPU; default: as the run was trained)")
-    quant.add_argument("--no-4bit", dest="quantize", action="store_false", help="load the base in 16-bit")
+    quant.add_argument("--no-4bit", dest="quantize", action="store_false", default=None,
+                       help="load the base in 16-bit")
     p.add_argument("--output", help="write one JSONL row per record (id, review tokens, NLL) here")
     p.set_defaults(func=run)
 

@@ -18,16 +18,12 @@ def register(subparsers) -> None:
     p.add_argument("--base-weights", choices=["auto", "16bit", "nf4"], default="auto",
                    help="16-bit weights the adapter goes into: the checkpoint's (16bit) or their NF4 round trip, "
                         "the weights a QLoRA adapter was trained against (nf4); auto: nf4 for a 4-bit run")
-    p.add_argument("--load-in-4bit", action="store_true", help="refused, with the reason: see the merge docs")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from reviewgpt.errors import UserError
-    from reviewgpt.merge import QUANTIZED_MERGE, merge
+    from reviewgpt.merge import merge
 
-    if args.load_in_4bit:
-        raise UserError(f"--load-in-4bit: {QUANTIZED_MERGE}.")
     out = merge(args.adapter, args.output, base=args.base, dtype=args.dtype, base_weights=args.base_weights)
     print(json.dumps({"merged": str(out)}))
     return 0

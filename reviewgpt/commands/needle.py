@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--filler",
         metavar="FILE",
-        help=".txt, or JSONL/JSON of papers ('paper' field); default: the built-in synthetic papers",
+        help=".txt, or papers ('paper' field) in .jsonl, .jsonl.gz or .json; default: the built-in synthetic "
+             "papers",
     )
     p.add_argument(
         "--attention",

@@ -24,6 +24,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from reviewgpt.cli import main
     from reviewgpt.data.sample import write_sample
+    from reviewgpt.env.tiny import TEMPLATE_OF_FAMILY
     from reviewgpt.errors import UserError
 
     root = Path(args.dir)
@@ -34,11 +35,14 @@ def run(args) -> int:
     run_dir = root / "run"
     # 512 tokens, not the tiny recipe's 2048 (which holds real papers' reviews): the tour stays a
     # minute on 2 cores and shows papers trimmed to fit with their reviews whole.
+    # The tiny recipe's template is Gemma's: each family trains with its own chat format.
+    template = TEMPLATE_OF_FAMILY[args.family]
     steps = [
         ["tiny-model", "--family", args.family, "--output", str(model)],
-        ["data", "check", str(data), "--recipe", "tiny", "--tokenizer", str(model), "--max-length", "512"],
-        ["train", "--recipe", "tiny", "--family", args.family, "--model", str(model), "--data", str(data),
-         "--output", str(run_dir), "--eval", "--max-seq-length", "512"],
+        ["data", "check", str(data), "--recipe", "tiny", "--template", template, "--tokenizer", str(model),
+         "--max-length", "512"],
+        ["train", "--recipe", "tiny", "--family", args.family, "--template", template, "--model", str(model),
+         "--data", str(data), "--output", str(run_dir), "--eval", "--max-seq-length", "512"],
         ["merge", str(run_dir), "--output", str(root / "merged"), "--dtype", "float32"],
         ["review", "--model", str(root / "merged"), "--papers", str(data), "--output", str(root / "reviews.jsonl"),
          "--limit", "4"],

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         epilog="example:\n  reviewgpt review --model runs/gemma-merged --papers papers.jsonl --output reviews.jsonl",
     )
     p.add_argument("--model", required=True, help="merged model folder, `train` run folder (adapter) or base model")
-    p.add_argument("--papers", required=True, help="JSONL/JSON with 'paper' (or 'input'); 'paper_id'/'id' optional")
+    p.add_argument("--papers", required=True, help="records with 'paper' (or 'input'), 'paper_id'/'id' optional: "
+                                                      ".jsonl, .jsonl.gz or .json")
     p.add_argument("--output", required=True, help="JSONL to append reviews to")
     p.add_argument("--max-input-tokens", type=int_flag(1),
                    help="prompt budget; the paper is trimmed to fit (default: the recipe's, else the trained length "
@@ -30,7 +31,8 @@ def register(subparsers) -> None:
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--4bit", dest="quantize", action="store_true", default=None,
                        help="load the base in 4-bit NF4 (needs a GPU; default: as the run was trained)")
-    quant.add_argument("--no-4bit", dest="quantize", action="store_false", help="load the base in 16-bit")
+    quant.add_argument("--no-4bit", dest="quantize", action="store_false", default=None,
+                       help="load the base in 16-bit")
     p.set_defaults(func=run)
 
 

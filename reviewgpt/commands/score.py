@@ -8,11 +8,12 @@ import json
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "score", help="ROUGE-1/2/L, criteria coverage, repetition and length of reviews vs the human ones",
-        description="Scores each generated review against every human review of its paper (matched by "
-                    "paper_id): ROUGE F1 (rouge-score, best over the paper's reviews), coverage of the 4 criteria, "
-                    "share of repeated word 4-grams, words and length ratio; means with 95%% bootstrap intervals. "
-                    "Writes score.json and score.md to --output; the last line printed is one JSON object "
-                    "(without the per-paper rows).",
+        # A description is printed as written (no %-formatting, unlike help strings): one % here.
+        description="Scores each generated review against every human review of its paper (matched by\n"
+                    "paper_id): ROUGE F1 (rouge-score, best over the paper's reviews), coverage of the 4\n"
+                    "criteria, share of repeated word 4-grams, words and length ratio; means with 95% bootstrap\n"
+                    "intervals. Writes score.json and score.md to --output; the last line printed is one JSON\n"
+                    "object (without the per-paper rows).",
         epilog="example:\n  reviewgpt score --candidate runs/s/reviews.jsonl --reference dev.jsonl "
                "--output runs/s/score",
     )

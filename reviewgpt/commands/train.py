@@ -6,25 +6,53 @@ import json
 
 from reviewgpt.commands import int_flag
 
+# The console scripts `train-gemma` and `train-mistral` (cli.train_gemma / train_mistral): `train` with
+# the recipe preset, so their --help shows --recipe as optional with that default.
+ALIASES = {"train-gemma": "gemma-7b-it", "train-mistral": "mistral-7b-instruct-v0.2"}
+
 
 def register(subparsers) -> None:
-    from reviewgpt.commands.recipe_flags import add_recipe_flags
-    from reviewgpt.train.distributed import DEEPSPEED_CHOICES
-
     p = subparsers.add_parser(
         "train",
         help="fine-tune a model on paper-review records (re-run the same command to resume)",
         epilog=(
             "examples:\n"
-            "  reviewgpt train --recipe gemma-7b-it --model /models/gemma-7b-it --data papers.jsonl --output runs/g\n"
+            "  reviewgpt train --recipe gemma-7b-it --model /models/gemma-7b-it --data papers.jsonl \\\n"
+            "      --output runs/g\n"
             "  reviewgpt train --recipe tiny --model runs/tiny-gemma --data sample.jsonl --output runs/tiny\n"
             "  train-mistral --model /models/mistral --data papers.jsonl --output runs/m --max-seq-length 8192\n"
-            "  reviewgpt train --recipe mistral-7b-instruct-v0.2 --gpus 2 --deepspeed zero2 --model /models/mistral "
-            "--data papers.jsonl --output runs/m"
+            "  reviewgpt train --recipe mistral-7b-instruct-v0.2 --gpus 2 --deepspeed zero2 \\\n"
+            "      --model /models/mistral --data papers.jsonl --output runs/m"
         ),
     )
-    p.add_argument("--recipe", required=True, help="built-in recipe name (see `reviewgpt recipes`) or a YAML file")
-    p.add_argument("--data", required=True, help="records: .jsonl or .json with paper/review (or input/output)")
+    _add_train_flags(p)
+    for alias, recipe in ALIASES.items():
+        # No help=: argparse then leaves it out of `reviewgpt --help`'s list of commands.
+        a = subparsers.add_parser(
+            alias, prog=alias, description=f"`reviewgpt train --recipe {recipe}`, the recipe preset.",
+            epilog=f"example:\n  {alias} --model /models/{recipe} --data papers.jsonl --output runs/{alias[6:]}")
+        _add_train_flags(a, recipe)
+
+
+def _deepspeed_stage(text: str) -> str:
+    """argparse type of --deepspeed: ZeRO-3 is not among the choices, but passing it says why."""
+    import argparse
+
+    from reviewgpt.train.distributed import ZERO3_REFUSED
+
+    if text == "zero3":
+        raise argparse.ArgumentTypeError(ZERO3_REFUSED)
+    return text
+
+
+def _add_train_flags(p, recipe=None) -> None:
+    from reviewgpt.commands.recipe_flags import add_recipe_flags
+    from reviewgpt.train.distributed import DEEPSPEED_CHOICES
+
+    p.add_argument("--recipe", required=recipe is None, default=recipe,
+                   help="built-in recipe name (see `reviewgpt recipes`) or a YAML file")
+    p.add_argument("--data", required=True,
+                   help="records: .jsonl, .jsonl.gz or .json with paper/review (or input/output)")
     p.add_argument("--output", required=True, help="run folder: checkpoints, adapter, logs, loss curve")
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="resume from this checkpoint folder "
                    "(default: the newest complete checkpoint in --output, if any)")
@@ -38,8 +66,8 @@ def register(subparsers) -> None:
     launch.add_argument("--node-rank", type=int_flag(0), default=0, help="this machine's rank (0 = the main one)")
     launch.add_argument("--main-addr", help="address of the rank-0 machine (needed with --nodes > 1)")
     launch.add_argument("--main-port", type=int_flag(1, 65535), default=29500, help="port on the rank-0 machine")
-    launch.add_argument("--deepspeed", choices=DEEPSPEED_CHOICES,
-                        help="DeepSpeed ZeRO stage 2 (shipped config); zero3 is refused on this transformers pin")
+    launch.add_argument("--deepspeed", choices=DEEPSPEED_CHOICES, type=_deepspeed_stage,
+                        help="DeepSpeed ZeRO stage 2 with the shipped config (ZeRO-3 needs transformers >= 4.39)")
     launch.add_argument("--deepspeed-config", help="your own DeepSpeed JSON instead of the shipped one")
     add_recipe_flags(p)
     p.set_defaults(func=run)
@@ -62,7 +90,10 @@ def _relaunch_if_asked(args, recipe) -> int | None:
         raise UserError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
     distributed.accumulation_per_process(recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps,
                                          processes)  # fail here, not in every child
-    argv = args.argv[args.argv.index("train") + 1:]
+    start = next(i for i, arg in enumerate(args.argv) if arg in ("train", *ALIASES))
+    argv = args.argv[start + 1:]
+    if args.argv[start] in ALIASES:  # the children run `reviewgpt train`: name the alias's recipe
+        argv = ["--recipe", args.recipe, *argv]
     cmd = distributed.launch_command(distributed.strip_launch_flags(argv), args.gpus or 1, args.nodes,
                                      args.node_rank, args.main_addr, args.main_port, args.deepspeed,
                                      args.deepspeed_config, bf16=recipe.bf16)

@@ -51,6 +51,9 @@ LF_TEMPLATES = {
                                       "appropriately completes the request.\n\n",),
                          user="### Instruction:\n{content}\n\n### Response:\n"),
     "default": LFTemplate(user="Human: {content}\nAssistant: "),
+    # ChatML (SmolLM2, the smollm2-135m recipe): no default system turn, and replace_eos makes
+    # <|im_end|> the EOS that ends the response.
+    "chatml": LFTemplate(user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"),
 }
 
 

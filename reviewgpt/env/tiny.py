@@ -23,6 +23,9 @@ GEMMA_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of
 MISTRAL_SPECIAL = ["<unk>", "<s>", "</s>"]
 CHATML_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 FAMILIES = ("gemma", "mistral", "llama")
+# The built-in prompt template that each tiny model's own chat template writes (below): the one to
+# train it with, since a chat format writes control tokens only its own tokenizer has.
+TEMPLATE_OF_FAMILY = {"gemma": "gemma-it", "mistral": "mistral-inst", "llama": "smollm2-chatml"}
 
 # The chat templates the real models ship (tokenizer_config.json of google/gemma-7b-it,
 # mistralai/Mistral-7B-Instruct-v0.2 and HuggingFaceTB/SmolLM2-135M-Instruct), so the tiny

@@ -124,7 +124,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     from reviewgpt.data.records import load_papers
     from reviewgpt.data.tokenization import PromptEncoder, pad_batch
     from reviewgpt.eval.coverage import covered_criteria
-    from reviewgpt.eval.likelihood import choose_template
+    from reviewgpt.eval.likelihood import choose_template, fit_prompt_budget
     from reviewgpt.models import load_for_inference
 
     model_dir, output_path = Path(model_dir), Path(output_path)
@@ -151,7 +151,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     tokenizer = loaded.tokenizer
     encoder = PromptEncoder(tokenizer, template)
     max_new = settings.max_new_tokens or meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
-    budget = prompt_budget(settings, meta, max_new)
+    budget = fit_prompt_budget(prompt_budget(settings, meta, max_new), max_new, loaded.model)
     stop_ids = stop_token_ids(tokenizer, template)
     prompts = []
     for paper in todo:

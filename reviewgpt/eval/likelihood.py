@@ -60,6 +60,24 @@ def choose_max_length(loaded, requested: Optional[int]) -> int:
     return int(context)
 
 
+def fit_prompt_budget(budget: int, max_new_tokens: int, model) -> int:
+    """The prompt budget of `review`, lowered so that prompt + max_new_tokens fit the model's positions
+    (`eval` reads them too: `choose_max_length`). Past them transformers 4.38.2's Gemma and Llama
+    fail with a tensor size mismatch once their causal-mask buffer is outgrown, and every model
+    generates from positions it never saw."""
+    from reviewgpt.models import model_positions
+
+    positions = model_positions(model)
+    if not positions or budget + max_new_tokens <= positions:
+        return budget
+    if max_new_tokens >= positions:
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the paper in the model's {positions} "
+                        "positions; pass a smaller --max-new-tokens (the paper and the review share them).")
+    log.info("prompt budget %d + %d new tokens is more than the model's %d positions: papers are trimmed to a "
+             "%d-token prompt", budget, max_new_tokens, positions, positions - max_new_tokens)
+    return positions - max_new_tokens
+
+
 def batches_by_tokens(lengths: List[int], batch_tokens: int) -> List[List[int]]:
     """Indices grouped longest first so that batch size x longest <= batch_tokens (at least one each)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -26,7 +26,7 @@ from reviewgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEEPSPEED_CHOICES = ("zero2", "zero3")
+DEEPSPEED_CHOICES = ("zero2",)  # the shipped configs; ZeRO-3 is refused (ZERO3_REFUSED)
 ZERO3_REFUSED = (
     "DeepSpeed ZeRO-3 shards the 4-bit weights, which needs bnb_4bit_quant_storage from transformers >= 4.39; "
     "this kit pins transformers 4.38.2, so use --deepspeed zero2 or plain DDP (the default)"

@@ -89,6 +89,36 @@ def make_log_callback(path: Path, epoch_of_step: Callable[[int], float]):
     return JsonlLogCallback()
 
 
+def logs_to_stderr(trainer) -> None:
+    """Keep stdout for the command's result: `reviewgpt train` prints one JSON line there, and a
+    script reading it must get only that. transformers 4.38.2 prints every log as a Python dict on
+    stdout (ProgressCallback under its progress bar, PrinterCallback without one); the same
+    callbacks here write those lines to stderr, where the progress bar already is. Also drops
+    huggingface_hub's repo-card notice that every adapter save can print (models.py says why)."""
+    import sys
+
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from reviewgpt.models import silence_repo_card_notice
+
+    class StderrProgressCallback(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None:
+                logs.pop("total_flos", None)
+                self.training_bar.write(str(logs), file=sys.stderr)
+
+    class StderrPrinterCallback(PrinterCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs.pop("total_flos", None)
+            if state.is_local_process_zero:
+                print(logs, file=sys.stderr)
+
+    for printing, to_stderr in ((ProgressCallback, StderrProgressCallback), (PrinterCallback, StderrPrinterCallback)):
+        if trainer.pop_callback(printing) is not None:
+            trainer.add_callback(to_stderr)
+    silence_repo_card_notice()
+
+
 def peak_memory_per_gpu() -> Optional[List[float]]:
     """Peak allocated GiB of each process's GPU (gathered from every rank under DDP)."""
     if not torch.cuda.is_available():

@@ -36,6 +36,7 @@ from reviewgpt.errors import UserError
 from reviewgpt.files import remove_stale_temporaries, temporary_name
 from reviewgpt.recipe import Recipe
 from reviewgpt.train.arguments import check_report_to, training_arguments
+from reviewgpt.train.checks import check_job
 from reviewgpt.train.dataset import ListDataset, PadCollator, in_order, planned_steps, run_order, tokenize_records
 from reviewgpt.train.distributed import (
     ddp_skip_constant_buffers,
@@ -43,7 +44,7 @@ from reviewgpt.train.distributed import (
     is_main_process,
     world_size,
 )
-from reviewgpt.train.logs import TrainedTokens, make_log_callback, peak_memory_per_gpu, plot_loss_curve
+from reviewgpt.train.logs import TrainedTokens, logs_to_stderr, make_log_callback, peak_memory_per_gpu, plot_loss_curve
 from reviewgpt.train.oom import with_oom_recovery
 from reviewgpt.train.resume import (
     check_same_run,
@@ -107,6 +108,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
                                                  recipe.seed)
     if not train_records:
         raise UserError(f"{data_path}: no valid records to train on.")
+    check_job(recipe, train_records, eval_records, do_eval, data_path)  # length, batch, --eval: before loading
 
     # Is there a run here to resume, or one that is finished? Then it must be this run.
     identity = run_identity(recipe, records_digest(loaded.records), do_eval)
@@ -189,6 +191,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         callbacks=[make_log_callback(log_path, lambda step: step * epochs_per_step), *callbacks],
     )
     in_order(trainer)
+    logs_to_stderr(trainer)  # stdout holds only the JSON result
     write_run_files(output_dir, recipe, identity, loaded.rejected, state, main_process)
     drop_empty_param_groups(trainer)
     if world_size() > 1:
