@@ -17,8 +17,9 @@ import time
 import pytest
 
 from reviewgpt.cli import main
+from reviewgpt.eval.http import RequestFailed
 from reviewgpt.eval.judge.cache import CACHE_FILE
-from reviewgpt.eval.judge.client import ChatCompletionsClient, HTTPJudgeConfig, JudgeRequestError
+from reviewgpt.eval.judge.client import ChatCompletionsClient, HTTPJudgeConfig
 from reviewgpt.eval.judge.prompt import JUDGE_PROMPT_VERSION, QUESTIONS
 from reviewgpt.eval.judge.run import JudgeRunConfig, run_judge
 from tests.judge_support.data import CANDIDATE_MARK, judge_args, write_review_files
@@ -148,7 +149,7 @@ def test_retry_after_is_capped_and_giving_up_raises(tmp_path):
         c = ChatCompletionsClient(
             HTTPJudgeConfig(model="m", base_url=server.url, max_retries=2, **FAST), sleep=waits.append
         )
-        with pytest.raises(JudgeRequestError, match="HTTP 503 after 3 attempts"):
+        with pytest.raises(RequestFailed, match="HTTP 503: status 503 after 3 attempts"):
             c.complete([{"role": "user", "content": "hi"}])
     assert server.count == 3 and waits == [0.05, 0.05]
 
@@ -191,12 +192,12 @@ def test_rerun_asks_nothing_and_a_torn_cache_line_is_asked_again(tmp_path):
         judge(tmp_path, server)
         assert server.count == 6
         again = judge(tmp_path, server)
-        assert server.count == 6 and again["asked"] == 0 and again["overall"]["rate"] == 1.0
+        assert server.count == 6 and again["judgments_asked"] == 0 and again["overall"]["rate"] == 1.0
         cache = tmp_path / "out" / CACHE_FILE
         lines = cache.read_text().splitlines()
         cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
         third = judge(tmp_path, server)
-    assert server.count == 7 and third["asked"] == 1 and third["judged_pairs"] == 3
+    assert server.count == 7 and third["judgments_asked"] == 1 and third["judged_pairs"] == 3
 
 
 def test_crash_mid_run_then_resume_asks_only_the_missing(tmp_path):
@@ -233,7 +234,7 @@ def test_crash_mid_run_then_resume_asks_only_the_missing(tmp_path):
             JudgeRunConfig(output_dir=str(out)),
             progress=False,
         )
-    assert second.count == 12 - len(cached) == summary["asked"]  # no judgment paid for twice
+    assert second.count == 12 - len(cached) == summary["judgments_asked"]  # no judgment paid for twice
     assert (
         summary["judged_pairs"] == 6
         and summary["overall"]["rate"] == 1.0

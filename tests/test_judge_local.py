@@ -66,8 +66,9 @@ def test_local_judge_run_end_to_end_then_cached(tmp_path, tiny_gemma, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["judged_pairs"] == 2 and summary["unparsable_judgments"] == 0
     assert summary["judge"].startswith("hf:") and "mode=loglik" in summary["judge"]
+    capsys.readouterr()
     assert main(args) == 0
-    assert "asked 0 judgments" in capsys.readouterr().out
+    assert "judgments: 0 asked, 0 answered, 4 from the cache" in capsys.readouterr().out
 
 
 def test_generating_judge_that_ignores_the_format_is_unparsable_not_guessed(tmp_path, tiny_gemma):

@@ -56,11 +56,15 @@ def test_summarize_counts_unparsable_and_missing_apart():
         {"AB": {**ok, "verdict": verdict("A")}, "BA": {**ok, "verdict": verdict("B")}},
         {"AB": {"status": "unparsable", "verdict": None}, "BA": {"status": "missing"}},
         {"AB": {**ok, "verdict": verdict("tie")}, "BA": {**ok, "verdict": verdict("tie")}},
+        {"AB": {"status": "unparsable", "verdict": None}, "BA": {"status": "unparsable", "verdict": None}},
+        {"AB": {**ok, "verdict": verdict("A")}, "BA": {"status": "missing"}},
     ]
     stats = summarize(pairs)
-    assert stats.overall.rate == 0.75 and stats.judged_pairs == 2 and stats.pairs == 3
-    assert stats.unparsable_judgments == 1 and stats.missing_judgments == 1
-    assert stats.position_consistency == 1.0 and stats.first_position_preference == 0.5
+    assert stats.overall.rate == 5 / 6 and stats.judged_pairs == 3 and stats.pairs == 5
+    # Every pair and every judgment is counted once: judged + unparsable + missing.
+    assert (stats.unparsable_pairs, stats.missing_pairs) == (1, 1)
+    assert stats.judgments == 10 and stats.unparsable_judgments == 3 and stats.missing_judgments == 2
+    assert stats.position_consistency == 1.0 and stats.first_position_preference == 2 / 3
 
 
 @pytest.mark.parametrize(

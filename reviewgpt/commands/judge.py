@@ -141,27 +141,47 @@ def run(args) -> int:
         backend = make_backend(args)  # its configs check their values too (ValueError)
     except ValueError as exc:
         raise UserError(f"invalid judge setting: {exc}; fix the flag.") from None
-    summary = run_judge(
-        args.candidate, args.reference, backend, config, papers_path=args.papers, progress=sys.stderr.isatty()
-    )
-    w = summary["overall"]
-    rate = "n/a" if not w["n"] else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
-    trimmed = summary.get("papers_trimmed_to_judge_context")
-    print(
-        f"candidate win rate {rate} over {w['n']} papers; asked {summary['asked']} judgments; "
-        f"unparsable {summary['unparsable_judgments']}; "
-        + (f"{trimmed} paper(s) trimmed to the judge's context; " if trimmed else "")
-        + f"summary in {args.output}/summary.md"
-    )
+    try:
+        summary = run_judge(
+            args.candidate, args.reference, backend, config, papers_path=args.papers, progress=sys.stderr.isatty()
+        )
+    except KeyboardInterrupt:
+        from reviewgpt.eval.judge.cache import CACHE_FILE
+
+        # The run stopped at once (requests in flight are abandoned); each verdict was cached as it arrived.
+        print(f"reviewgpt judge: interrupted; the verdicts that arrived are kept in {args.output}/{CACHE_FILE}, "
+              "and the same command asks only the rest.", file=sys.stderr)
+        return 130
+    print(last_line(summary, args.output))
     if summary["unparsable_judgments"] and args.judge.startswith("openai:") and args.json_mode == "off":
         print("reviewgpt judge: some answers were not the JSON asked for; --json-mode object (or schema) asks "
               "the server for JSON output, and --retry-unparsable asks those judgments again.", file=sys.stderr)
     if summary["missing_judgments"]:
         why = f"stopped: {summary['judge_gone']}" if summary.get("judge_gone") else "judge unreachable after retries"
         print(
-            f"reviewgpt judge: {summary['missing_judgments']} judgments could not be asked "
+            f"reviewgpt judge: {summary['missing_judgments']} judgments got no answer "
             f"({why}); rerun the same command to ask only those.",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def last_line(summary: dict, output) -> str:
+    """The run in one line, with the counts summary.json and summary.md give (issue 19 item 9)."""
+    from reviewgpt.eval.judge.report import plural
+
+    w = summary["overall"]
+    rate = "n/a" if not w["n"] else f"{100 * w['rate']:.1f}% (95% CI {100 * w['low']:.1f}-{100 * w['high']:.1f}%)"
+    trimmed = summary.get("papers_trimmed_to_judge_context")
+    lowered = summary["concurrency_final"] < summary["concurrency"]
+    papers = plural(summary["papers_judged"], "paper")
+    return (
+        f"candidate win rate {rate} over {plural(w['n'], 'judged pair')} ({papers}); "
+        f"judgments: {summary['judgments_asked']} asked, {summary['judgments_answered']} answered, "
+        f"{summary['judgments_cached']} from the cache; {summary['unparsable_judgments']} unparsable, "
+        f"{summary['missing_judgments']} missing; "
+        + (f"{trimmed} paper(s) trimmed to the judge's context; " if trimmed else "")
+        + (f"concurrency lowered to {summary['concurrency_final']} after timeouts; " if lowered else "")
+        + f"summary in {output}/summary.md"
+    )

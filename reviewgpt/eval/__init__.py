@@ -5,6 +5,9 @@
     score.py       `reviewgpt score`: ROUGE, criteria coverage, repetition, length vs the human reviews
     coverage.py    which of the four criteria a review covers
     judge/         `reviewgpt judge`: pairwise LLM-judge win rates (an HTTP API or a local model)
+    http.py        asking an HTTP JSON server: retries, refusals, giving up (the judge's API client)
+    concurrency.py fewer requests in flight after timeouts (used by http.py)
+    workers.py     blocking calls on daemon threads, so Ctrl-C exits at once
     needle.py      `reviewgpt needle`: recall of a fact hidden at a depth of a long context
     report.py      `reviewgpt report`: one Markdown page per run folder
 

@@ -10,14 +10,17 @@ CANDIDATE_MARK = "CANDIDATE-REVIEW"
 REFERENCE_MARK = "REFERENCE-REVIEW"
 
 
-def write_review_files(tmp_path, n_papers: int = 3, references_per_paper: int = 1):
-    """(candidate.jsonl in `reviewgpt review` shape, reference.jsonl in {paper, review} data shape)."""
+def write_review_files(tmp_path, n_papers: int = 3, references_per_paper: int = 1, unreferenced: int = 0):
+    """(candidate.jsonl in `reviewgpt review` shape, reference.jsonl in {paper, review} data shape);
+    the last `unreferenced` papers have a candidate review but no reference review."""
     records = sample_records(n_papers=n_papers, reviews_per_paper=references_per_paper, seed=3)
+    without_reference = {f"paper{i:03d}" for i in range(n_papers - unreferenced, n_papers)}
     candidate, reference = tmp_path / "candidate.jsonl", tmp_path / "reference.jsonl"
     seen = set()
     with open(candidate, "w") as c, open(reference, "w") as r:
         for rec in records:
-            r.write(json.dumps({**rec, "review": f"{REFERENCE_MARK} {rec['review']}"}) + "\n")
+            if rec["paper_id"] not in without_reference:
+                r.write(json.dumps({**rec, "review": f"{REFERENCE_MARK} {rec['review']}"}) + "\n")
             if rec["paper_id"] not in seen:
                 seen.add(rec["paper_id"])
                 c.write(

@@ -5,11 +5,17 @@ each request, `script(n, body)` (n = 1-based request number, body = parsed JSON)
 `Reply` (status, content, headers, delay, raw body). The server runs in a daemon thread, records
 every request, refuses more than `max_requests` (500) and stops itself after `lifetime_s`, so a
 failing test can never leave it running. Like a real server it checks `response_format`: a type
-not in `response_formats` gets HTTP 400, and a `json_schema` must carry a schema.
+not in `response_formats` gets `refuse_format` (HTTP 400; llama-cpp-python answers 500 with
+pydantic's text, `LLAMA_CPP_REFUSAL`), and a `json_schema` must carry a schema.
+
+`one_at_a_time=True` is llama.cpp's server with one slot: requests queue and are answered in turn,
+each taking its `delay_s`, and a request whose client has gone (timed out) is still generated to
+the end, as the real server does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -27,6 +33,17 @@ class Reply:
     headers: Dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     raw: bytes | None = None  # a body sent as is (malformed wire responses)
+
+
+# What llama-cpp-python 0.3.36's server answers a `json_schema` response_format (recorded): its request
+# model allows only "text" and "json_object", and its error handler turns pydantic's complaint, with a
+# traceback line, into an HTTP 500.
+LLAMA_CPP_REFUSAL = Reply(500, raw=json.dumps({"error": {
+    "message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+               "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': "
+               "\"'text' or 'json_object'\"}}\n\n  File \"/venv/llama_cpp/server/app.py\", "
+               "line 376, in create_chat_completion\n    POST /v1/chat/completions",
+    "type": "internal_server_error", "param": None, "code": None}}).encode())
 
 
 def verdict_json(winners: Dict[str, str] | str) -> str:
@@ -50,9 +67,14 @@ class FakeJudgeServer:
         max_requests: int = 200,
         lifetime_s: float = 30.0,
         response_formats=("json_object", "json_schema"),
+        refuse_format: Reply | None = None,
+        one_at_a_time: bool = False,
     ):
         self.script = script
         self.response_formats = tuple(response_formats)
+        self.refuse_format = refuse_format or Reply(
+            400, raw=b'{"error": {"message": "response_format is not supported"}}')
+        self._slot = threading.Lock() if one_at_a_time else contextlib.nullcontext()
         self.max_requests = max_requests
         self.requests: List[dict] = []
         self.headers: List[Dict[str, str]] = []
@@ -76,11 +98,12 @@ class FakeJudgeServer:
                 if n > server.max_requests or self.path != "/v1/chat/completions":
                     reply = Reply(500, raw=b'{"error": "too many requests for this test"}')
                 elif not server.accepts_format(body.get("response_format")):
-                    reply = Reply(400, raw=b'{"error": {"message": "response_format is not supported"}}')
+                    reply = server.refuse_format
                 else:
                     reply = server.script(n, body)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                with server._slot:  # generating (one request at a time with one_at_a_time)
+                    if reply.delay_s:
+                        time.sleep(reply.delay_s)
                 if reply.raw is not None:
                     payload = reply.raw
                 elif reply.status == 200:

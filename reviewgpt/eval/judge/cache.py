@@ -1,9 +1,9 @@
 """The on-disk verdict cache: one JSON line per judgment, appended the moment it arrives.
 
-Paid judgments must never be asked twice. Each line is written, flushed and fsync'ed by the
-worker that got the answer, so a crash, a kill or Ctrl-C loses at most the requests in flight; a
-rerun reads the file and asks only the keys it lacks. A torn last line (killed mid-write) is
-skipped. Later lines win, so re-asking an unparsable judgment (`--retry-unparsable`) just
+Paid judgments must never be asked twice. Each line is written in one write (`files.append_line`)
+and fsync'ed by the worker that got the answer, so a crash, a kill or Ctrl-C loses at most the
+requests in flight; a rerun reads the file and asks only the keys it lacks. A torn last line
+(killed mid-write) is skipped. Later lines win, so re-asking an unparsable judgment (`--retry-unparsable`) just
 appends.
 
 The key is a hash of everything that determines the answer: the judge's identity (backend, model,
@@ -37,6 +37,7 @@ class VerdictCache:
     def __init__(self, path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._closed = False
         self._entries: Dict[str, dict] = {}
         self._load()
 
@@ -67,20 +68,32 @@ class VerdictCache:
     def get(self, key: str) -> dict | None:
         return self._entries.get(key)
 
-    def put(self, entry: dict) -> None:
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+    def close(self) -> None:
+        """Take no more entries, once a write in progress has finished: on Ctrl-C the process exits with
+        worker threads still running, and none of them may be cut off halfway through a line."""
         with self._lock:
+            self._closed = True
+
+    def put(self, entry: dict) -> None:
+        from reviewgpt.files import append_line
+
+        line = json.dumps(entry, ensure_ascii=False)
+        with self._lock:
+            if self._closed:
+                log.debug("verdict cache closed: not keeping a judgment that arrived after the stop")
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # A previous run killed mid-write may have left a line without its newline: start a fresh one.
             needs_newline = (
                 self.path.exists() and self.path.stat().st_size > 0 and not self._ends_with_newline()
             )
-            with open(self.path, "a", encoding="utf-8") as f:
-                if needs_newline:
-                    f.write("\n")
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            # One write per line, rolled back on a short write (a full disk): a line is whole or absent.
+            append_line(self.path, ("\n" if needs_newline else "") + line)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # paid for: on the disk before the next request
+            finally:
+                os.close(fd)
             self._entries[entry["key"]] = entry
 
     def _ends_with_newline(self) -> bool:

@@ -1,6 +1,12 @@
 """What `reviewgpt judge` writes once every judgment is in: verdicts.jsonl (one line per pair:
 both orders' winners and reasons, scores, coverage) and summary.json / summary.md (win rates,
-intervals, position consistency, coverage; strict JSON, never NaN)."""
+intervals, position consistency, coverage; strict JSON, never NaN). Each file is written under a
+temporary name and renamed into place, so a kill mid-write leaves the previous file whole.
+
+The counts partition what they count (issue 19 item 9): papers judged = papers with a judged pair;
+pairs = judged + unparsable + missing; judgments (two per pair) = from the cache + asked this run,
+and = parsable + unparsable + missing.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from reviewgpt.data.prompt import CRITERIA
 from reviewgpt.eval.coverage import covered_criteria
 from reviewgpt.eval.judge.prompt import JUDGE_PROMPT_VERSION, QUESTIONS, Verdict
 from reviewgpt.eval.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
+from reviewgpt.files import atomic_path, atomic_write_text
 
 
 def _finite(value):
@@ -51,23 +58,29 @@ def _write_outputs(
     candidate_path,
     reference_path,
     papers_trimmed: int = 0,
+    candidate_papers_without_reference: int = 0,
+    this_run: dict | None = None,
 ) -> dict:
+    """`this_run`: what this run asked and got (judgments_asked/answered/cached, concurrency, judge_gone)."""
     from reviewgpt.eval.judge.report import summary_markdown
 
-    stats_input = []
-    with open(output_dir / "verdicts.jsonl", "w", encoding="utf-8") as f:
+    stats_input, judged_papers = [], set()
+    with atomic_path(output_dir / "verdicts.jsonl") as temporary, open(temporary, "w", encoding="utf-8") as f:
         for pair, orders in zip(pairs, per_pair):
             verdicts = {o: _verdict_or_none(e) for o, e in orders.items()}
             stats_input.append(
                 {o: {"status": e.get("status"), "verdict": verdicts[o]} for o, e in orders.items()}
             )
+            score = pair_score(verdicts)
+            if score is not None:
+                judged_papers.add(pair.paper_id)
             line = {
                 "paper_id": pair.paper_id,
                 "candidate_id": pair.candidate.review_id,
                 "reference_id": pair.reference.review_id,
                 "judge": identity,
                 "prompt_version": JUDGE_PROMPT_VERSION,
-                "score": pair_score(verdicts),
+                "score": score,
                 "criteria_scores": {q: pair_score(verdicts, q) for q in QUESTIONS},
                 "position_consistent": is_position_consistent(verdicts),
                 "orders": {
@@ -96,18 +109,21 @@ def _write_outputs(
         "reference": str(reference_path),
         "pairing": config.pairing,
         "paper_chars": config.paper_chars,
+        "limit": config.limit,
         "candidate_papers": len({c.paper_id for c in candidates}),
         "reference_papers": len({r.paper_id for r in references}),
-        "papers_judged": len({p.paper_id for p in pairs}),
+        "candidate_papers_without_reference": candidate_papers_without_reference,
+        "papers_paired": len({p.paper_id for p in pairs}),  # in both files (and within --limit)
+        "papers_judged": len(judged_papers),  # with at least one judged pair
         "papers_trimmed_to_judge_context": papers_trimmed,
         **stats.to_dict(),
+        **(this_run or {}),
         "coverage": {
             "candidate": _coverage_rates(paired_candidates),
             "reference": _coverage_rates(paired_references),
         },
     }
     # Strict JSON (null, never NaN): Node's JSON.parse and other strict readers refuse a bare NaN.
-    (output_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n",
-                                             encoding="utf-8")
-    (output_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    atomic_write_text(output_dir / "summary.json", json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(output_dir / "summary.md", summary_markdown(summary))
     return summary

@@ -1,8 +1,11 @@
 """`reviewgpt judge` end to end: pairs -> judgments (cached) -> verdicts JSONL + summary.
 
 Every pair is judged twice, candidate as A then as B. Judgments already in the cache are not
-asked again; the rest run on a thread pool of `concurrency` workers (1 for a local model), and
-each one is cached by the worker that got it. Output files in `output_dir`:
+asked again; the rest run on `concurrency` daemon threads (1 for a local model; an HTTP judge may
+send fewer at once after timeouts, `eval/http.py`), and each one is cached by the worker that got
+it. On Ctrl-C or a fatal error the run stops at once: the verdicts that arrived are in the cache,
+the requests in flight are abandoned (`eval/workers.py`). Output files in `output_dir`, each written
+under a temporary name and renamed into place (`reviewgpt.files`):
 
 - `verdicts.cache.jsonl`  every judgment as it arrived (see `cache.py`)
 - `verdicts.jsonl`        one line per pair: both orders' winners and reasons, scores, coverage
@@ -16,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
+from reviewgpt.errors import UserError
+from reviewgpt.eval.http import RequestFailed
 from reviewgpt.eval.judge.cache import CACHE_FILE, VerdictCache, cache_key
-from reviewgpt.eval.judge.client import JudgeRequestError
-from reviewgpt.eval.judge.data import Pair, load_paper_texts, load_reviews, make_pairs
+from reviewgpt.eval.judge.data import Pair, ReviewEntry, load_paper_texts, load_reviews, make_pairs
 from reviewgpt.eval.judge.outputs import _finite, _write_outputs  # noqa: F401 - _finite: read here too
 from reviewgpt.eval.judge.prompt import (
     JUDGE_PROMPT_VERSION,
@@ -98,7 +101,7 @@ def build_tasks(pairs: List[Pair], judge_identity: str, paper_chars: int, fit_pa
 
 def ask(backend, messages: List[Dict[str, str]], parse_retries: int) -> dict:
     """One judgment: {"status": "ok"|"unparsable", "verdict", "raw", "attempts", "error"}.
-    Raises JudgeRequestError when the judge cannot be reached (the judgment stays missing)."""
+    Raises RequestFailed when the judge cannot be reached (the judgment stays missing)."""
     if getattr(backend, "returns_verdicts", False):
         return {
             "status": "ok",
@@ -132,14 +135,16 @@ def ask(backend, messages: List[Dict[str, str]], parse_retries: int) -> dict:
     }
 
 
-def _ask_and_cache(
-    backend, task: Task, pair: Pair, cache: VerdictCache, config: JudgeRunConfig, identity: str
-):
+def _ask_and_cache(backend, task: Task, pair: Pair, cache: VerdictCache, config: JudgeRunConfig,
+                   identity: str) -> dict:
     try:
         result = ask(backend, list(task.messages), config.parse_retries)
-    except JudgeRequestError as exc:
-        log.warning("paper %s order %s: %s", pair.paper_id, task.order, exc)
-        return task, {"status": "missing", "error": str(exc)}
+    except RequestFailed as exc:
+        # Once the client stopped (the judge given up on, Ctrl-C), every judgment left fails the same way:
+        # one warning (or the interruption) said it already.
+        level = logging.DEBUG if getattr(backend, "stopped", False) else logging.WARNING
+        log.log(level, "paper %s order %s: %s", pair.paper_id, task.order, exc)
+        return {"status": "missing", "error": str(exc)}
     entry = {
         "key": task.key,
         "judge": identity,
@@ -152,60 +157,75 @@ def _ask_and_cache(
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     cache.put(entry)  # at once: a crash after this line loses nothing
-    return task, entry
+    return entry
 
 
 def _run_pending(backend, pending: List[Task], pairs: List[Pair], cache, config, identity, progress) -> Dict:
     from tqdm.auto import tqdm
 
+    from reviewgpt.eval.workers import run_on_daemon_threads
+
     results = {}
-    workers = 1 if getattr(backend, "single_threaded", False) else config.concurrency
     bar = tqdm(total=len(pending), desc="judging", unit="judgment", disable=not progress)
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge")
+
+    def arrived(task: Task, entry: dict) -> None:
+        results[task.key] = entry
+        bar.update(1)
+
     try:
-        futures = {
-            executor.submit(_ask_and_cache, backend, t, pairs[t.pair_index], cache, config, identity)
-            for t in pending
-        }
-        while futures:
-            done, futures = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
-            for future in done:
-                task, entry = future.result()  # re-raises a UserError (bad key, unknown model): stop the run
-                results[task.key] = entry
-                bar.update(1)
+        run_on_daemon_threads(
+            pending, lambda t: _ask_and_cache(backend, t, pairs[t.pair_index], cache, config, identity),
+            _workers(backend, config), arrived, name="judge")
     except BaseException:
-        # Ctrl-C or a fatal error: drop what has not started and stop retrying; answers already on the
-        # wire still arrive and are cached.
+        # Ctrl-C or a fatal error (a refused key or request): no retry, nothing new sent, and no verdict
+        # write cut off by the exit; the requests still on the wire are abandoned (a rerun asks them).
         if hasattr(backend, "cancel"):
             backend.cancel()
-        executor.shutdown(wait=False, cancel_futures=True)
+        cache.close()
         raise
     finally:
         bar.close()
-    executor.shutdown(wait=True)
     return results
+
+
+def _workers(backend, config: JudgeRunConfig) -> int:
+    return 1 if getattr(backend, "single_threaded", False) else config.concurrency
+
+
+def _without_reference(candidates: List[ReviewEntry], references: List[ReviewEntry], reference_path) -> int:
+    """How many candidate papers have no reference review (not judged); said once, as a warning."""
+    candidate_papers = list(dict.fromkeys(c.paper_id for c in candidates))
+    referenced = {r.paper_id for r in references}
+    lacking = [p for p in candidate_papers if p not in referenced]
+    if lacking:
+        shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
+        log.warning("%d of %d candidate papers have no reference review in %s and are not judged (%s)",
+                    len(lacking), len(candidate_papers), reference_path, shown)
+    return len(lacking)
 
 
 def run_judge(
     candidate_path, reference_path, backend, config: JudgeRunConfig, papers_path=None, progress: bool = True
 ) -> dict:
     """Judge every pair (asking only what the cache lacks) and write the results; returns the summary."""
+    from reviewgpt.files import atomic_write_text, remove_stale_temporaries
+
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)  # left by a run killed while writing its summary
     candidates, references = load_reviews(candidate_path), load_reviews(reference_path)
     papers = load_paper_texts(papers_path) if papers_path else {}
     pairs = make_pairs(candidates, references, config.pairing, papers)
     if config.limit is not None:
         pairs = pairs[: config.limit]
     if not pairs:
-        from reviewgpt.errors import UserError
-
         raise UserError(
             f"no paper is in both {candidate_path} and {reference_path} (matched by 'paper_id', "
             "else 'id'); check that both files describe the same papers."
         )
+    without_reference = _without_reference(candidates, references, reference_path)
     identity = backend.identity
-    (output_dir / "judge_prompt.txt").write_text(prompt_text(), encoding="utf-8")
+    atomic_write_text(output_dir / "judge_prompt.txt", prompt_text())
     cache = VerdictCache(output_dir / CACHE_FILE)
     tasks = build_tasks(pairs, identity, config.paper_chars, getattr(backend, "fit_paper", None))
     trimmed = sum(t.paper_trimmed for t in tasks if t.order == "AB")
@@ -217,13 +237,8 @@ def run_judge(
         return entry is None or (config.retry_unparsable and entry.get("status") == "unparsable")
 
     pending = [t for t in tasks if needs_asking(t)]
-    log.info(
-        "%d pairs, %d judgments: %d cached, %d to ask",
-        len(pairs),
-        len(tasks),
-        len(tasks) - len(pending),
-        len(pending),
-    )
+    log.info("%d pairs, %d judgments: %d cached, %d to ask", len(pairs), len(tasks), len(tasks) - len(pending),
+             len(pending))
     fresh = _run_pending(backend, pending, pairs, cache, config, identity, progress) if pending else {}
 
     per_pair: List[Dict[str, dict]] = [{} for _ in pairs]
@@ -231,10 +246,17 @@ def run_judge(
         per_pair[task.pair_index][task.order] = (
             cache.get(task.key) or fresh.get(task.key) or {"status": "missing"}
         )
-    summary = _write_outputs(
+    workers = _workers(backend, config)
+    lowered_to = getattr(backend, "concurrency_limit", None)  # an HTTP judge's, after timeouts
+    this_run = {
+        "judgments_asked": len(pending),
+        "judgments_answered": sum(e.get("status") in ("ok", "unparsable") for e in fresh.values()),
+        "judgments_cached": len(tasks) - len(pending),
+        "concurrency": workers,
+        "concurrency_final": min(workers, lowered_to or workers),
+        "judge_gone": getattr(backend, "gave_up", None),  # why the client stopped asking, if it did
+    }
+    return _write_outputs(
         output_dir, pairs, per_pair, candidates, references, identity, config, candidate_path, reference_path,
-        papers_trimmed=trimmed,
+        papers_trimmed=trimmed, candidate_papers_without_reference=without_reference, this_run=this_run,
     )
-    summary["asked"] = len(pending)
-    summary["judge_gone"] = getattr(backend, "gave_up", None)  # why the client stopped asking, if it did
-    return summary

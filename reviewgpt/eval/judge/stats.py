@@ -86,8 +86,13 @@ class JudgeStats:
     per_criterion: Dict[str, WinRate]
     position_consistency: float | None  # share of fully judged pairs whose two orders agree
     first_position_preference: float | None  # share of decisive judgments that chose "A"
+    # Pairs: judged (a parsable order) + unparsable (every order unparsable) + missing (no parsable order
+    # and one not answered yet, which a rerun asks). Judgments, two per pair: parsable + unparsable + missing.
     pairs: int
-    judged_pairs: int  # pairs with at least one parsable order
+    judged_pairs: int
+    unparsable_pairs: int
+    missing_pairs: int
+    judgments: int
     unparsable_judgments: int
     missing_judgments: int  # not asked yet or failed (network): a rerun asks them
 
@@ -103,6 +108,8 @@ def summarize(pairs: Sequence[Mapping[str, dict]]) -> JudgeStats:
     parsed = [{o: j.get("verdict") if j.get("status") == "ok" else None for o, j in p.items()} for p in pairs]
     unparsable = sum(j.get("status") == "unparsable" for p in pairs for j in p.values())
     missing = sum(j.get("status") not in ("ok", "unparsable") for p in pairs for j in p.values())
+    unjudged = [p for p, orders in zip(pairs, parsed) if not any(orders.values())]
+    missing_pairs = sum(any(j.get("status") not in ("ok", "unparsable") for j in p.values()) for p in unjudged)
     per_question = {}
     for question in QUESTIONS:
         scores = [s for s in (pair_score(orders, question) for orders in parsed) if s is not None]
@@ -118,6 +125,9 @@ def summarize(pairs: Sequence[Mapping[str, dict]]) -> JudgeStats:
         first_position_preference=decisive.count("A") / len(decisive) if decisive else None,
         pairs=len(pairs),
         judged_pairs=per_question[OVERALL].n,
+        unparsable_pairs=len(unjudged) - missing_pairs,
+        missing_pairs=missing_pairs,
+        judgments=sum(len(p) for p in pairs),
         unparsable_judgments=unparsable,
         missing_judgments=missing,
     )
