@@ -171,8 +171,13 @@ def _gemma_mask_side(arch: Architecture, seq: int) -> int:
 def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_targets=None,
             options: Optional[dict] = None, reference: bool = False, quantize: bool = True,
             gradient_checkpointing: bool = True, paged_optimizer: bool = True, labelled_fraction: float = 1.0,
-            lora_dropout: float = 0.1, calibration: Optional[dict] = None) -> dict:
-    """Predicted peak allocated bytes of one training step, with its parts (all in GiB)."""
+            lora_dropout: float = 0.1, calibration: Optional[dict] = None, full: bool = False,
+            eight_bit_optimizer: bool = False) -> dict:
+    """Predicted peak allocated bytes of one training step, with its parts (all in GiB).
+
+    `full`: every weight trains (finetune full): fp32 master weights and gradients, the optimizer's two
+    states per weight (4 bytes each, 1 for an 8-bit optimizer), autocast's bf16 copy of each weight,
+    an fp32 residual stream; no LoRA, no frozen weights to cast."""
     cal = {**CALIBRATION, **(calibration or {})}
     opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
             "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0, "checkpoint_offload": False,
@@ -198,10 +203,12 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     targets = lora_targets or FAMILIES[arch.family].lora_targets
     tokens = batch * seq
     act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
+    if full:
+        act = 4
     parts = {
-        "weights": arch.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256) if quantize else 2),
+        "weights": arch.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256) if quantize else (4 if full else 2)),
         "embedding": arch.vocab * arch.hidden * act * (1 if arch.tied else 2),
-        "lora": lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
+        "lora": 0 if full else lora_params(arch, lora_r, targets) * (8 if paged_optimizer else 16),
         "checkpoints": (arch.layers - kept) * tokens * arch.hidden * act if gradient_checkpointing else 0,
         "layer_work": tokens * (work_per_hidden * arch.hidden * act / 2 + per_intermediate * arch.intermediate),
     }
@@ -209,6 +216,11 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     if offload and kept < arch.layers:  # the inputs wait on the host; the one being recomputed comes back
         host = parts["checkpoints"]
         parts["checkpoints"] = tokens * arch.hidden * act
+    if full:
+        params = arch.linear_params + arch.vocab * arch.hidden * (1 if arch.tied else 2)
+        parts["gradients"] = params * 4
+        parts["optimizer"] = params * (2 if eight_bit_optimizer else 8)
+        parts["autocast_copies"] = params * 2
     if not gradient_checkpointing:
         parts["layer_work"] *= arch.layers
     if kept:
@@ -249,4 +261,5 @@ def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, 
     return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
                    options=options, reference=reference, quantize=recipe.quantize,
                    gradient_checkpointing=recipe.gradient_checkpointing,
-                   paged_optimizer="paged" in recipe.optim, lora_dropout=recipe.lora_dropout, calibration=calibration)
+                   paged_optimizer="paged" in recipe.optim, lora_dropout=recipe.lora_dropout, calibration=calibration,
+                   full=not recipe.lora, eight_bit_optimizer="8bit" in recipe.optim)

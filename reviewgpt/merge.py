@@ -81,6 +81,10 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
     from reviewgpt.models import FAMILIES, load_model, load_tokenizer
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    if run.is_full_run(adapter_dir):
+        raise UserError(f"{adapter_dir} is a full fine-tune (finetune full): its weights are the whole model and there "
+                        f"is no adapter to merge, so nothing was copied; pass {adapter_dir} itself as --model to "
+                        "review, eval or judge.")
     base_path = base_of(adapter_dir, base)
     if not Path(base_path).is_dir():
         raise UserError(f"base model {base_path!r} is not a local directory; pass --base DIR.")
@@ -94,7 +98,7 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
     if base_weights not in BASE_WEIGHTS:
         raise UserError(f"--base-weights must be one of {', '.join(BASE_WEIGHTS)}, got {base_weights!r}.")
     if base_weights == "auto":
-        base_weights = "nf4" if recipe.get("quantize") else "16bit"
+        base_weights = "nf4" if run.trained_on_4bit(recipe) else "16bit"
     metadata = {
         "base": str(base_path),
         "adapter": str(adapter_dir),

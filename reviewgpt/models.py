@@ -204,8 +204,8 @@ def cuda_available() -> bool:
 def check_quantization_possible() -> None:
     if not cuda_available():
         raise UserError(
-            "4-bit QLoRA needs a CUDA GPU and this machine has none; pass --no-quantize to train "
-            "plain LoRA (16/32-bit) instead."
+            "4-bit QLoRA needs a CUDA GPU and this machine has none; pass --finetune lora to train LoRA on the "
+            "16/32-bit base instead (review and eval: --no-4bit)."
         )
     try:
         import bitsandbytes  # noqa: F401
@@ -370,7 +370,7 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
     if is_run:
         base = run.adapter_base(model_dir)
         require_local_or_cached(base, "the adapter's base model", "`reviewgpt merge RUN --base DIR` and --model")
-    trained_4bit = bool(metadata.get("quantize", False)) and is_run
+    trained_4bit = run.trained_on_4bit(metadata) and is_run
     if quantize is None:
         quantize = trained_4bit and cuda
         if trained_4bit and not cuda:
@@ -393,7 +393,7 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
         patch_llama_causal_mask(model)  # 4.38.2 builds a context x context mask per forward otherwise
     tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base)
     tokenizer = load_tokenizer(str(tokenizer_dir), family)
-    kind = "run" if is_run else ("merged" if metadata else "base")
+    kind = "run" if is_run or run.is_full_run(model_dir) else ("merged" if metadata else "base")
     return InferenceModel(model=model, tokenizer=tokenizer, kind=kind,
                           family=family, quantized=bool(quantize), template=metadata.get("template"),
                           max_seq_length=metadata.get("max_seq_length"), metadata=metadata)

@@ -49,7 +49,9 @@ class Recipe:
                                               default="review")
     on_review_too_long: Literal["error", "skip"] = _help("a review that alone does not fit: stop or skip+count",
                                                          default="error")
-    quantize: bool = _help("load the base in 4-bit NF4 (QLoRA); needs a CUDA GPU", default=True)
+    finetune: Literal["qlora", "lora", "full"] = _help(
+        "what trains: qlora = LoRA on a 4-bit NF4 base (needs a CUDA GPU), lora = LoRA on the 16-bit base, "
+        "full = every weight (fp32 master weights, bf16 compute)", default="qlora")
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = _help(
         "attention kernel; auto = flash-attn 2 when installed on a GPU, else sdpa", default="auto")
     lora_r: int = _help("LoRA rank", AT_LEAST_1, default=64)
@@ -74,7 +76,11 @@ class Recipe:
     save_total_limit: int = _help("checkpoints kept", AT_LEAST_1, default=3)
     logging_steps: int = _help("log every N optimizer steps", AT_LEAST_1, default=10)
     eval_fraction: float = _help("share of papers held out for evaluation", FRACTION, default=0.05)
-    eval_steps: int = _help("evaluate every N steps when --eval is on", AT_LEAST_1, default=50)
+    eval_steps: int = _help("evaluate every N steps when --eval is on (the run keeps the best of those "
+                            "checkpoints as its final output)", AT_LEAST_1, default=50)
+    early_stopping_patience: Optional[int] = _help(
+        "with --eval: stop after N evaluations in a row without a lower held-out loss (default: never)",
+        AT_LEAST_1, default=None)
     seed: int = _help("random seed (data split and training)", Range(0, 2**32 - 1), default=42)
     ddp_timeout: int = _help("torch.distributed timeout in seconds (reference: 180000000)", AT_LEAST_1,
                               default=180000000)
@@ -106,6 +112,16 @@ class Recipe:
         if name in SPEED_FIELDS:
             return getattr(self.speed, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def quantize(self) -> bool:
+        """The base is loaded in 4-bit NF4 (finetune qlora)."""
+        return self.finetune == "qlora"
+
+    @property
+    def lora(self) -> bool:
+        """An adapter is trained (qlora, lora); `full` trains the model's own weights."""
+        return self.finetune != "full"
 
     @property
     def prompt_budget(self) -> int:

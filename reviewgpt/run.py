@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -50,6 +51,11 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", ADAPTER_CONFI
 OTHER_RUN_FILES = ("training_args.bin", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "runs")
 CHECKPOINT_PREFIXES = ("checkpoint-", "tmp-checkpoint-")
+# A full fine-tune's model (finetune full): config, generation config, weights (sharded or not).
+MODEL_FILE = re.compile(r"^(config\.json|generation_config\.json|model[-.\w]*\.(safetensors|bin|json))$")
+# What a checkpoint holds for the Trainer alone; everything else in it is the run's model and tokenizer.
+TRAINER_FILE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|trainer_state\.json|training_args\.bin|"
+                          r"rng_state.*\.pth)$")
 
 # What a reader assumes when the folder does not say (a merged model of an older run, a plain model).
 DEFAULT_TEMPLATE = "alpaca-reference"  # the reference's prompt
@@ -58,8 +64,20 @@ DEFAULT_MAX_NEW_TOKENS = 1024  # the longest review the reference generated
 
 
 def is_run(folder) -> bool:
-    """A `reviewgpt train` output (an adapter), as opposed to a merged or plain model folder."""
+    """A `reviewgpt train` output of an adapter (finetune qlora or lora), as opposed to a merged or plain
+    model folder, or a full fine-tune (`is_full_run`), which is a model folder itself."""
     return (Path(folder) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def is_full_run(folder) -> bool:
+    """A `reviewgpt train --finetune full` output: the trained model's own weights, nothing to merge."""
+    return read_recipe(folder).get("finetune") == "full" and (Path(folder) / "config.json").is_file()
+
+
+def trained_on_4bit(metadata: dict) -> bool:
+    """The run trained an adapter on a 4-bit base (finetune qlora; `quantize: true` in the recipe files of
+    runs from before the finetune field)."""
+    return metadata.get("finetune", "qlora" if metadata.get("quantize") else None) == "qlora"
 
 
 def read_recipe(run_dir) -> dict:
@@ -108,6 +126,8 @@ def foreign_file(folder) -> Optional[Path]:
     for child in entries:
         name = child.name
         if name in allowed or (is_a_run and child.is_dir() and name.startswith(CHECKPOINT_PREFIXES)):
+            continue
+        if is_a_run and MODEL_FILE.match(name):
             continue
         return child
     return None
@@ -170,7 +190,7 @@ def model_fingerprint(folder) -> str:
 
 def read_metadata(folder) -> dict:
     """What a model folder says about its training: the run's recipe, or a merged model's metadata."""
-    return read_recipe(folder) if is_run(folder) else read_merge_metadata(folder)
+    return read_recipe(folder) or read_merge_metadata(folder)
 
 
 def read_log(path) -> List[dict]:

@@ -151,10 +151,6 @@ def install(point: str, k: int) -> None:
                 return real_os.replace(src, dst)
 
         loop.os = OsWithKill()
-    elif point == "tokenizer_save":
-        import reviewgpt.train.loop as loop
-
-        at_call(loop, "save_tokenizer")
     elif point in ("loss_curve", "summary", "merge_metadata", "prepare_write"):
         import reviewgpt.files as files
         import reviewgpt.train.logs as logs  # imports atomic_path by name: patched there too

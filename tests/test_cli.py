@@ -86,7 +86,7 @@ def test_recipe_flags_are_generated_from_the_dataclass(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--max-seq-length", "--no-quantize", "--loss-on {review,all}", "--lora-target-modules",
+    for flag in ("--max-seq-length", "--finetune {qlora,lora,full}", "--loss-on {review,all}", "--lora-target-modules",
                  "--learning-rate", "--on-review-too-long {error,skip}"):
         assert flag in out
 
@@ -187,9 +187,9 @@ def test_4bit_on_cpu_from_the_cli_is_one_clear_sentence(tmp_path, tiny_gemma, sa
     if torch.cuda.is_available():
         pytest.skip("checks the no-GPU message")
     code = main(["train", "--recipe", "tiny", "--model", str(tiny_gemma), "--data", str(sample_file),
-                 "--output", str(tmp_path), "--quantize"])
+                 "--output", str(tmp_path), "--finetune", "qlora"])
     assert code == 2
-    assert "needs a CUDA GPU and this machine has none; pass --no-quantize" in capsys.readouterr().err
+    assert "needs a CUDA GPU and this machine has none; pass --finetune lora" in capsys.readouterr().err
 
 
 def _run(argv):
@@ -404,12 +404,12 @@ def test_train_with_eval_on_one_paper_says_nothing_can_be_held_out(tiny_gemma, t
 # issue 19 item 12: a script reading `reviewgpt train`'s stdout gets its JSON result and nothing else.
 def test_train_prints_only_its_json_result_on_stdout(tiny_gemma, sample_file, tmp_path):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "README.md").write_text("# my notes on this run\n")  # no model-card metadata block
     cmd = [sys.executable, "-m", "reviewgpt", "train", "--recipe", "tiny", "--model", str(tiny_gemma),
-           "--data", str(sample_file), "--output", str(run_dir), "--max-steps", "2", "--save-steps", "1",
-           "--logging-steps", "1", "--max-seq-length", "384"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           "--data", str(sample_file), "--output", str(run_dir), "--save-steps", "1", "--logging-steps", "1",
+           "--max-seq-length", "384", "--max-steps"]
+    first = subprocess.run([*cmd, "1"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and (run_dir / "README.md").is_file()  # peft's model card, no metadata block
+    out = subprocess.run([*cmd, "2"], capture_output=True, text=True, timeout=300)  # continues into the folder
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert len(lines) == 1, out.stdout

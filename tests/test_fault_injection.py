@@ -31,9 +31,9 @@ TRAIN_POINTS = [
     ("rotation", 1),            # checkpoint-2 half deleted after checkpoint-4 was put in place
     ("state_save", 3),          # inside the final checkpoint-6: trainer_state.json half written
     ("checkpoint_rename", 3),   # checkpoint-6 whole but still tmp-checkpoint-6
-    ("final_adapter", 1),       # inside the final save: the adapter being put in place
-    ("final_adapter", 3),       # the adapter in place, the model card not
-    ("tokenizer_save", 1),      # the tokenizer's files
+    ("final_adapter", 1),       # inside the final save: its first file (the model card) being put in place
+    ("final_adapter", 3),       # the adapter's config in place, its weights not
+    ("final_adapter", 5),       # the adapter in place, the tokenizer's files not
     ("loss_curve", 1),          # loss_curve.png half written
     ("summary", 1),             # train_summary.json half written, the last file
 ]

@@ -25,7 +25,7 @@ def test_qlora_config_without_quantization_and_custom_targets():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_4bit_without_cuda_is_a_clear_error(tiny_gemma):
-    with pytest.raises(UserError, match="4-bit QLoRA needs a CUDA GPU .* pass --no-quantize"):
+    with pytest.raises(UserError, match="4-bit QLoRA needs a CUDA GPU .* pass --finetune lora"):
         load_base_model(str(tiny_gemma), "gemma", quantize=True, bf16=False)
 
 

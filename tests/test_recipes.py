@@ -38,7 +38,7 @@ def test_mistral_recipe_runs_at_12288_tokens():
 
 
 def test_overrides_win_over_yaml_and_are_type_checked():
-    r = load_recipe("gemma-7b-it", {"max_seq_length": 4096, "quantize": False, "lora_target_modules": "q_proj,v_proj",
+    r = load_recipe("gemma-7b-it", {"max_seq_length": 4096, "finetune": "lora", "lora_target_modules": "q_proj,v_proj",
                                     "learning_rate": None})
     assert (r.max_seq_length, r.quantize, r.lora_target_modules, r.learning_rate) == (4096, False,
                                                                                       ("q_proj", "v_proj"), 2e-4)

@@ -66,7 +66,8 @@ def register(subparsers) -> None:
                    help="GPU memory that --skip-layers auto plans for; unset: what is free on the GPU")
     p.add_argument("--profile", type=int_flag(0), default=0, metavar="N",
                    help="profile one extra step of the recipe's options: its N costliest GPU kernels")
-    p.add_argument("--no-quantize", action="store_true", help="plain LoRA (no bitsandbytes; CPU tries)")
+    p.add_argument("--no-quantize", action="store_true",
+                   help="LoRA on the 16-bit base, as --finetune lora (no bitsandbytes; CPU tries)")
     p.add_argument("--output", help="also append the JSON lines to this file")
     p.set_defaults(func=run)
 
@@ -79,7 +80,7 @@ def run(args) -> int:
     if not args.seq or not args.batch:
         raise UserError("--seq and --batch each need at least one number, e.g. --seq 8192,12288 --batch 1.")
 
-    overrides = {"quantize": False} if args.no_quantize else {}
+    overrides = {"finetune": "lora"} if args.no_quantize else {}
     recipe = load_recipe(args.recipe, overrides)
 
     def emit(row):

@@ -24,5 +24,5 @@ def run(args) -> int:
     for name in builtin_recipes():
         r = load_recipe(name)  # raises UserError on an invalid recipe
         print(f"{name:28s} family={r.family:8s} template={r.template:17s} max_seq_length={r.max_seq_length:<6d} "
-              f"batch={r.per_device_train_batch_size}x{r.gradient_accumulation_steps} quantize={r.quantize}  ok")
+              f"batch={r.per_device_train_batch_size}x{r.gradient_accumulation_steps} finetune={r.finetune}  ok")
     return 0

@@ -75,6 +75,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         save_total_limit=recipe.save_total_limit,
         logging_steps=recipe.logging_steps,
         evaluation_strategy="steps" if do_eval else "no",
+        # The best checkpoint by held-out loss is tracked (and never rotated away): train.best.
+        metric_for_best_model="eval_loss" if do_eval else None,
+        greater_is_better=False if do_eval else None,
         eval_steps=recipe.eval_steps if do_eval else None,
         seed=recipe.seed,
         data_seed=recipe.seed,

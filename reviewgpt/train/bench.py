@@ -110,7 +110,8 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     else:
         row.update(peak_allocated_gib=None, peak_reserved_gib=None, gpu="cpu")
     if arch is not None:
-        row["predicted"] = predict_recipe(run.replace(quantize=run.quantize and cuda), arch, seq, batch)
+        measured = run if cuda or not run.quantize else run.replace(finetune="lora")  # no 4-bit on a CPU
+        row["predicted"] = predict_recipe(measured, arch, seq, batch)
     if profiler:
         row["profile_top_kernels"] = profiler.top(profile)
     row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())

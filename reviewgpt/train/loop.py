@@ -36,6 +36,7 @@ from reviewgpt.errors import UserError
 from reviewgpt.files import remove_stale_temporaries, temporary_name
 from reviewgpt.recipe import Recipe
 from reviewgpt.train.arguments import check_report_to, training_arguments
+from reviewgpt.train.best import best_eval, make_best_callback, stopped_early
 from reviewgpt.train.checks import check_job
 from reviewgpt.train.dataset import ListDataset, PadCollator, in_order, planned_steps, run_order, tokenize_records
 from reviewgpt.train.distributed import (
@@ -108,7 +109,6 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
                                                  recipe.seed)
     if not train_records:
         raise UserError(f"{data_path}: no valid records to train on.")
-    check_job(recipe, train_records, eval_records, do_eval, data_path)  # length, batch, --eval: before loading
 
     # Is there a run here to resume, or one that is finished? Then it must be this run.
     identity = run_identity(recipe, records_digest(loaded.records), do_eval)
@@ -118,6 +118,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         where = output_dir if run.read_identity(output_dir) or checkpoint is None else checkpoint.parent
         check_same_run(where, saved_identity(where), identity, recipe,
                        run.read_recipe(where).get("per_device_train_batch_size"))
+    check_job(recipe, train_records, eval_records, do_eval, data_path)  # length, batch, --eval: before loading
 
     tokenizer = load_tokenizer(recipe.tokenizer or recipe.model, recipe.family)
     encoder = PromptEncoder(tokenizer, get_template(recipe.template))
@@ -132,9 +133,11 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     if reached > max_steps:
         raise UserError(f"{output_dir} has trained {reached} steps and this command asks for {max_steps}; pass a "
                         "larger --max-steps or --num-train-epochs to continue it, or train into a new --output.")
-    if finished.get("global_step") == max_steps:
+    same_patience = finished.get("early_stopping_patience") == recipe.early_stopping_patience
+    if finished.get("global_step") == max_steps or (finished.get("stopped_early") and same_patience):
         log.info("%s: this run is finished (step %d of %d, %s); nothing to do. A larger --max-steps or "
-                 "--num-train-epochs continues it.", output_dir, max_steps, max_steps, run.SUMMARY_FILE)
+                 "--num-train-epochs continues it.", output_dir, finished["global_step"], max_steps,
+                 run.SUMMARY_FILE)
         return finished
 
     # checkpoint_skip_layers auto: the most layers the GPU's free memory holds at the longest example
@@ -158,19 +161,28 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "max_tokens": train_split.max_tokens,
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
-    if state is not None and state["global_step"] == max_steps:  # trained to the end, killed before the end
+    do_eval = do_eval and eval_split is not None
+    if state is not None and (state["global_step"] == max_steps or (do_eval and stopped_early(
+            state["log_history"], recipe.early_stopping_patience))):  # trained to the end, killed after
         log.info("resuming from %s: the training is done; writing the run's files", checkpoint)
-        return finish_run(output_dir, checkpoint, tokenizer, summary, state, None, 0.0, main_process)
+        summary.update(stopped_early=state["global_step"] < max_steps,
+                       early_stopping_patience=recipe.early_stopping_patience)
+        return finish_run(output_dir, final_checkpoint(output_dir, state, do_eval, summary), summary, state,
+                          None, 0.0, main_process)
 
-    args = training_arguments(recipe, output_dir, do_eval and eval_split is not None, cuda)
+    args = training_arguments(recipe, output_dir, do_eval, cuda)
     args.max_steps = max_steps
     if checkpoint is not None:
         log.info("resuming from %s (step %d of %d)", checkpoint, state["global_step"], max_steps)
         resume_batch(checkpoint, recipe, args.train_batch_size, write=main_process)
-    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda,
+    # A full fine-tune keeps fp32 master weights (bf16 updates of ~1e-5 would round away) and computes in
+    # bf16 under the Trainer's autocast; LoRA trains beside a frozen base held in bf16 (or 4-bit NF4).
+    model = load_base_model(recipe.model, recipe.family, recipe.quantize, recipe.bf16 and cuda and recipe.lora,
                             recipe.attn_implementation)
-    _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
-                           recipe.lora_target_modules, quantize=recipe.quantize)
+    lora = None
+    if recipe.lora:
+        _, lora = qlora_config(recipe.family, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
+                               recipe.lora_target_modules, quantize=recipe.quantize)
 
     # SFTTrainer builds the LoRA layers (random A matrices) before the Trainer seeds anything:
     # seed first, or two runs of the same command start from different adapters.
@@ -188,7 +200,8 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         formatting_func=make_formatting_func(recipe.template),  # unused: the data is pre-tokenized
         max_seq_length=recipe.max_seq_length,
         packing=False,
-        callbacks=[make_log_callback(log_path, lambda step: step * epochs_per_step), *callbacks],
+        callbacks=[*([make_best_callback(recipe.early_stopping_patience)] if do_eval else []),
+                   make_log_callback(log_path, lambda step: step * epochs_per_step), *callbacks],
     )
     in_order(trainer)
     logs_to_stderr(trainer)  # stdout holds only the JSON result
@@ -204,9 +217,22 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s
     summary["train_loss"] = run_mean_loss(result.training_loss, trainer.state.global_step, state)
     summary.update(train_tokens=trained.tokens, tokens_per_s=round(trained.tokens / trained_s, 1))
-    final = output_dir / f"checkpoint-{trainer.state.global_step}"  # the last step always saves
-    return finish_run(output_dir, final, tokenizer, summary, None, trainer.state.global_step, trained_s,
-                      main_process)
+    done = {"global_step": trainer.state.global_step, "log_history": trainer.state.log_history}
+    summary.update(stopped_early=trainer.state.global_step < max_steps,
+                   early_stopping_patience=recipe.early_stopping_patience)
+    final = final_checkpoint(output_dir, done, do_eval, summary)
+    return finish_run(output_dir, final, summary, None, trainer.state.global_step, trained_s, main_process)
+
+
+def final_checkpoint(output_dir: Path, state: dict, do_eval: bool, summary: dict) -> Path:
+    """The checkpoint whose weights the run keeps: the best by held-out loss with --eval (recorded in
+    the summary), else the last one (the last step always saves)."""
+    if do_eval:
+        best_step, best_loss, _ = best_eval(state["log_history"])
+        if best_step is not None:
+            summary.update(best_step=best_step, best_eval_loss=best_loss)
+            return output_dir / f"checkpoint-{best_step}"
+    return output_dir / f"checkpoint-{state['global_step']}"
 
 
 def write_run_files(output_dir: Path, recipe: Recipe, identity: dict, rejected, state: Optional[dict],
@@ -241,11 +267,12 @@ def _checkpoint_to_resume(resume_from, output_dir: Path) -> Optional[Path]:
     return newest_complete_checkpoint(output_dir) if output_dir.is_dir() else None
 
 
-def finish_run(output_dir: Path, final: Path, tokenizer, summary: dict, state: Optional[dict],
-               global_step: Optional[int], trained_s: float, main_process: bool) -> dict:
-    """The run's final files, from its last checkpoint: the adapter (linked, each file renamed into
-    place whole), the tokenizer, the loss curve, then train_summary.json, whose presence says the run
-    is finished. `state` is that checkpoint's trainer state when nothing was trained in this process."""
+def finish_run(output_dir: Path, final: Path, summary: dict, state: Optional[dict], global_step: Optional[int],
+               trained_s: float, main_process: bool) -> dict:
+    """The run's final files, from a checkpoint (the last, or the best by held-out loss): its adapter or
+    model and its tokenizer (linked, each file renamed into place whole), the loss curve, then
+    train_summary.json, whose presence says the run is finished. `state` is the last checkpoint's
+    trainer state when nothing was trained in this process."""
     if state is not None:  # finishing a run that trained to the end before it was killed
         global_step = state["global_step"]
         summary.update(train_loss=logged_mean_loss(state), train_tokens=0, tokens_per_s=None)
@@ -254,28 +281,17 @@ def finish_run(output_dir: Path, final: Path, tokenizer, summary: dict, state: O
     if not main_process:
         return summary
     remove_stale_temporaries(output_dir)  # what a killed finish left
-    for name in run.ADAPTER_FILES:
-        if (final / name).is_file():
-            temporary = temporary_name(output_dir / name)
+    for source in sorted(final.iterdir()):
+        if source.is_file() and not run.TRAINER_FILE.match(source.name):
+            temporary = temporary_name(output_dir / source.name)
             temporary.unlink(missing_ok=True)
             try:
-                os.link(final / name, temporary)  # the checkpoint's own bytes, no copy of a large adapter
+                os.link(source, temporary)  # the checkpoint's own bytes, no copy of a large model
             except OSError:
-                shutil.copyfile(final / name, temporary)
-            os.replace(temporary, output_dir / name)
+                shutil.copyfile(source, temporary)
+            os.replace(temporary, output_dir / source.name)
             temporary.unlink(missing_ok=True)  # rename does nothing when both are links to one file already
-    save_tokenizer(tokenizer, output_dir)
     png = plot_loss_curve(output_dir / run.LOG_FILE, output_dir / run.LOSS_CURVE_FILE)
     summary["loss_curve"] = str(png) if png else None
     run.write_summary(output_dir, summary)
     return summary
-
-
-def save_tokenizer(tokenizer, output_dir: Path) -> None:
-    """The tokenizer's files, each renamed into place whole (save_pretrained writes them in place)."""
-    staging = temporary_name(output_dir / "tokenizer")
-    shutil.rmtree(staging, ignore_errors=True)
-    tokenizer.save_pretrained(str(staging))
-    for child in staging.iterdir():
-        os.replace(child, output_dir / child.name)
-    staging.rmdir()

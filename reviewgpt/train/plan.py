@@ -154,7 +154,7 @@ def with_planned_layers(recipe, seq: int, batch: Optional[int] = None, gpu_free_
 
 def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optional[dict]:
     """Raise UserError when the recipe's micro-batch is predicted not to fit this GPU."""
-    if not (recipe.memory_check and recipe.quantize):
+    if not recipe.memory_check:
         return None
     if gpu_mem_gib is None:
         import torch
