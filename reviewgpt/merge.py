@@ -111,6 +111,7 @@ def merge(adapter_dir, output_dir, base: Optional[str] = None, dtype: str = "bfl
         "max_seq_length": recipe.get("max_seq_length"),
         "review_max_input_tokens": recipe.get("review_max_input_tokens"),
         "max_new_tokens": recipe.get("max_new_tokens"),
+        "generation": recipe.get("generation"),
     }
     if already_merged(output_dir, metadata):
         log.info("%s is already this merge (%s, %s, %s base weights); nothing to do", output_dir,

@@ -29,6 +29,7 @@ from reviewgpt.fields import (  # noqa: F401 - Range and describe are read from 
     range_problem,
 )
 from reviewgpt.fields import help_field as _help
+from reviewgpt.generation_options import GENERATION_FIELDS, GenerationOptions
 from reviewgpt.speed_options import OPTIONS as SPEED_FIELDS
 from reviewgpt.speed_options import LayerCount, SpeedOptions  # noqa: F401 - LayerCount: read from here too
 
@@ -91,6 +92,9 @@ class Recipe:
     # Speed and memory (issue 4; docs/performance.md): one frozen dataclass, flags and flat YAML keys as before.
     speed: SpeedOptions = field(default_factory=SpeedOptions, metadata={
         "help": "speed and memory options (reviewgpt.speed_options; flags --chunked-loss, ...)"})
+    # review's decoding defaults (reviewgpt.generation_options): YAML `generation:`, saved with the run
+    generation: GenerationOptions = field(default_factory=GenerationOptions, metadata={
+        "help": "review's decoding defaults (reviewgpt.generation_options; `review` flags override them)"})
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
@@ -101,8 +105,10 @@ class Recipe:
     def __post_init__(self):
         if isinstance(self.speed, dict):  # Recipe(speed={...}) as YAML gives it
             object.__setattr__(self, "speed", SpeedOptions(**self.speed))
+        if isinstance(self.generation, dict):
+            object.__setattr__(self, "generation", GenerationOptions(**self.generation))
         for f in dataclasses.fields(self):
-            problem = None if f.name == "speed" else field_problem(f.name, getattr(self, f.name))
+            problem = None if f.name in ("speed", "generation") else field_problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} {problem}")
 
@@ -160,7 +166,8 @@ def flat_fields() -> list:
     YAML keys, as they were before the options moved into one dataclass."""
     out = []
     for f in dataclasses.fields(Recipe):
-        out.extend(dataclasses.fields(SpeedOptions) if f.name == "speed" else [f])
+        if f.name != "generation":  # set in the YAML; `review` has its own flags for it
+            out.extend(dataclasses.fields(SpeedOptions) if f.name == "speed" else [f])
     return out
 
 
@@ -213,7 +220,11 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
     nested = data.pop("speed", None) or {}  # the speed options under `speed:` (as run folders write them)
     if not isinstance(nested, dict):
         raise UserError(f"{path}: speed must be a mapping of option: value (e.g. chunked_loss: true).")
+    generation = data.pop("generation", None) or {}
+    if not isinstance(generation, dict):
+        raise UserError(f"{path}: generation must be a mapping of option: value (e.g. repetition_penalty: 1.2).")
     unknown = sorted(set(data) - set(hints)) + sorted(f"speed.{k}" for k in set(nested) - set(SPEED_FIELDS))
+    unknown += sorted(f"generation.{k}" for k in set(generation) - set(GENERATION_FIELDS))
     if unknown:
         raise UserError(f"{path}: unknown recipe field(s) {unknown}; see `reviewgpt train --help` for the fields.")
     values = {}
@@ -224,8 +235,10 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
         if value is not None:  # a flag names itself, so a bad value is not blamed on the YAML file
             values[key] = _checked(key, coerce(value, hints[key], flag_name(key)), flag_name(key))
     speed = {k: values.pop(k) for k in list(values) if k in SPEED_FIELDS}
+    generation_hints = typing.get_type_hints(GenerationOptions)
+    generation = {k: coerce(v, generation_hints[k], f"{path}: generation.{k}") for k, v in generation.items()}
     try:
-        return Recipe(**values, speed=SpeedOptions(**speed))
+        return Recipe(**values, speed=SpeedOptions(**speed), generation=GenerationOptions(**generation))
     except ValueError as exc:
         raise UserError(f"{path}: {exc}.") from None
 

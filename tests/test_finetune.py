@@ -40,6 +40,7 @@ def test_full_fine_tuning_trains_every_weight_and_lowers_the_loss(tiny_gemma, sa
     summary = train(full(tiny_gemma, max_steps=8, save_steps=4), sample_file, tmp_path / "run")
     losses = train_losses(tmp_path / "run")
     assert summary["global_step"] == 8 and losses[8] < losses[1] - 0.1, losses
+    assert summary["train_tokens"] > 0  # counted at the forward that chunked_loss replaced on this very model
     run = tmp_path / "run"
     assert not (run / "adapter_config.json").exists() and (run / "config.json").is_file()
     base, trained = load_file(tiny_gemma / "model.safetensors"), load_file(run / "model.safetensors")

@@ -211,7 +211,9 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
     started = time.time()
     # issue 4's speed options, in force for this run only: undone when it ends (or fails)
-    with TrainedTokens(trainer.model) as trained, speedups(trainer, step_recipe, bf16=args.bf16), \
+    # TrainedTokens last: it counts at the forward the speed options may have replaced (a full fine-tune's
+    # model is itself the module chunked_loss patches).
+    with speedups(trainer, step_recipe, bf16=args.bf16), TrainedTokens(trainer.model) as trained, \
             trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s

@@ -146,7 +146,7 @@ MAY_CHANGE_ON_RESUME = (
     "name", "per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
     "num_train_epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "ddp_timeout",
     "review_max_input_tokens", "max_new_tokens", "speed", "memory_check", "oom_recovery", "report_to",
-    "attn_implementation", "gradient_checkpointing", "early_stopping_patience",
+    "attn_implementation", "gradient_checkpointing", "early_stopping_patience", "generation",
 )
 
 
