@@ -89,10 +89,10 @@ if [ "$TARGET" = cu117 ]; then
     "${PODMAN[@]}" build --layers=false --isolation chroot "${RUN_LIMITS[@]}" --volume "$PIP_CERT:/run/reviewgpt-ca.crt:ro" \
         -t "localhost/reviewgpt-test:$TARGET" "$WORK/test-layer"
 
-    step "run: the CPU suite (pytest -m 'not gpu') inside reviewgpt-test:$TARGET, this checkout mounted read-only"
+    step "run: the CPU suite (pytest -m 'not gpu and not slow') inside reviewgpt-test:$TARGET, this checkout mounted read-only"
     start=$(date +%s)
     "${PODMAN[@]}" run --rm --network none "${RUN_LIMITS[@]}" -v "$PWD:/src:ro" -w /src -e PYTHONDONTWRITEBYTECODE=1 \
-        "localhost/reviewgpt-test:$TARGET" python -m pytest -q -m "not gpu" -p no:cacheprovider
+        "localhost/reviewgpt-test:$TARGET" python -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
     echo "suite in the container: $(( $(date +%s) - start )) s"
 fi
 
