@@ -49,6 +49,8 @@ class Recipe:
                                               default="review")
     on_review_too_long: Literal["error", "skip"] = _help("a review that alone does not fit: stop or skip+count",
                                                          default="error")
+    review_rating: bool = _help("end each training review with a 'Rating: N/10' line from its record's 'rating' "
+                                "(1-10; records without one get no line)", default=False)
     quantize: bool = _help("load the base in 4-bit NF4 (QLoRA); needs a CUDA GPU", default=True)
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = _help(
         "attention kernel; auto = flash-attn 2 when installed on a GPU, else sdpa", default="auto")
