@@ -50,6 +50,8 @@ class Recipe:
                                               default="review")
     on_review_too_long: Literal["error", "skip"] = _help("a review that alone does not fit: stop or skip+count",
                                                          default="error")
+    review_rating: bool = _help("end each training review with a 'Rating: N/10' line from its record's 'rating' "
+                                "(1-10; records without one get no line)", default=False)
     finetune: Literal["qlora", "lora", "full"] = _help(
         "what trains: qlora = LoRA on a 4-bit NF4 base (needs a CUDA GPU), lora = LoRA on the 16-bit base, "
         "full = every weight (fp32 master weights, bf16 compute)", default="qlora")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from reviewgpt.commands import float_flag, int_flag
@@ -29,6 +30,8 @@ def register(subparsers) -> None:
     check.add_argument("--max-length", type=int_flag(1),
                        help="tokens per example (default: the recipe's max_seq_length)")
     check.add_argument("--template", help="prompt template (default: the recipe's)")
+    check.add_argument("--review-rating", action=argparse.BooleanOptionalAction, default=None,
+                       help="count tokens with each review's 'Rating: N/10' line (default: the recipe's review_rating)")
     check.add_argument("--rejects", help="write invalid records here (JSONL with file:line and the error)")
     check.set_defaults(func=run_check)
 
@@ -48,6 +51,8 @@ def register(subparsers) -> None:
     show.add_argument("--index", type=int, default=0, help="which valid record (0 = the first)")
     show.add_argument("--max-length", type=int, help="tokens per example (default: the recipe's max_seq_length)")
     show.add_argument("--template", help="prompt template (default: the recipe's)")
+    show.add_argument("--review-rating", action=argparse.BooleanOptionalAction, default=None,
+                      help="end the review with its 'Rating: N/10' line (default: the recipe's review_rating)")
     show.add_argument("--json", action="store_true", help="end with one JSON line of input_ids and labels")
     show.set_defaults(func=run_show)
 
@@ -89,10 +94,10 @@ def run_check(args) -> int:
     from reviewgpt.data.check import check_data
     from reviewgpt.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, {"template": args.template})
+    recipe = load_recipe(args.recipe, {"template": args.template, "review_rating": args.review_rating})
     stats = check_data(args.file, _tokenizer_of(recipe, args.tokenizer, " to count tokens"), recipe.template,
                        args.max_length or recipe.max_seq_length, recipe.name, skip_invalid=True,
-                       rejects_path=args.rejects)
+                       rejects_path=args.rejects, review_rating=recipe.review_rating)
     print(f"{stats['valid']} valid of {stats['records']} records ({stats['invalid']} invalid, "
           f"{stats['duplicates']} duplicates) over {stats['papers']} papers")
     print(f"tokens with {stats['template']} at max_length {stats['max_length']}: max {stats['max_tokens']}, "
@@ -102,6 +107,8 @@ def run_check(args) -> int:
     if stats["reviews_truncated"]:
         print(f"every review fits at --max-seq-length {stats['max_length_for_all_reviews']}, 95% of them at "
               f"{stats['max_length_for_95pct_reviews']} (or pass --on-review-too-long skip to train without the rest)")
+    if stats["review_rating"] or stats["ratings"] or stats["ratings_unusable"]:
+        print(_ratings_line(stats))
     for error in stats["invalid_examples"]:
         print(f"invalid: {error}")
     if stats["invalid"] > len(stats["invalid_examples"]):
@@ -111,20 +118,33 @@ def run_check(args) -> int:
     return 1 if stats["invalid"] or stats["reviews_truncated"] else 0
 
 
+def _ratings_line(stats: dict) -> str:
+    line = f"{stats['ratings']} of {stats['valid']} record(s) carry a rating 1-10"
+    if stats["ratings_unusable"]:
+        line += (f" (ratings not an integer 1-10, counted as none: {stats['ratings_unusable']}, e.g. "
+                 f"{stats['ratings_unusable_examples'][0]})")
+    if stats["review_rating"]:
+        return line + f"; review_rating: {stats['ratings_missing']} review(s) will train without a rating line"
+    return line + "; review_rating is off: no rating line is trained (--review-rating counts with it)"
+
+
 def run_show(args) -> int:
     import sys
 
     from reviewgpt.data.check import show_example
     from reviewgpt.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, {"template": args.template})
+    recipe = load_recipe(args.recipe, {"template": args.template, "review_rating": args.review_rating})
     shown = show_example(args.file, _tokenizer_of(recipe, args.tokenizer, ""), recipe.template,
-                         args.max_length or recipe.max_seq_length, recipe.loss_on, args.index)
+                         args.max_length or recipe.max_seq_length, recipe.loss_on, args.index, recipe.review_rating)
     color = sys.stdout.isatty()
     print(f"{shown['source']}: {shown['tokens']} tokens with {shown['template']} at max_length {shown['max_length']}, "
           f"{shown['tokens_with_loss']} with loss; paper {shown['paper_tokens']} -> {shown['paper_kept']} tokens, "
           f"review (with its end) {shown['review_tokens']} tokens")
     print(f"same ids as the model's own tooling: {shown['faithful']}")
+    if recipe.review_rating:
+        print(f"rating: {shown['rating']}, at the review's end" if shown["rating_line"] else
+              "rating: none (the record has no rating 1-10): no rating line")
     print("-" * 80)
     for part in shown["parts"]:
         if part["loss"]:

@@ -1,5 +1,6 @@
 """`data check`: validate a data file and count, with the recipe's tokenizer and template, what
-training would do to each record; `data show`: one record as the model will see it.
+training would do to each record; `data show`: one record as the model will see it. With
+`review_rating` both tokenize each review with its rating line, as training does.
 
 The caller loads the tokenizer (reviewgpt.models.load_tokenizer, the one pad policy): nothing in
 reviewgpt.data loads a model."""
@@ -11,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from reviewgpt.data.rating import training_review
 from reviewgpt.data.records import load_records, write_rejects
 from reviewgpt.data.tokenization import PromptEncoder
 from reviewgpt.errors import UserError
@@ -37,9 +39,10 @@ INVALID_SHOWN = 5  # invalid records named in the summary; --rejects writes them
 
 
 def check_data(path, tokenizer, template: str, max_length: int, recipe_name: Optional[str] = None,
-               skip_invalid: bool = True, rejects_path=None) -> dict:
+               skip_invalid: bool = True, rejects_path=None, review_rating: bool = False) -> dict:
     """Counts for a data file with `template` at `max_length` tokens. Invalid records are counted
-    (and written to `rejects_path`); with `skip_invalid=False` the first one stops with its file:line."""
+    (and written to `rejects_path`); with `skip_invalid=False` the first one stops with its file:line.
+    Ratings are counted either way; `review_rating` counts tokens with the rating lines."""
     from tqdm.auto import tqdm
 
     from reviewgpt.data.prompt import get_template
@@ -54,7 +57,7 @@ def check_data(path, tokenizer, template: str, max_length: int, recipe_name: Opt
     encoder = PromptEncoder(tokenizer, get_template(template))
     lengths, needs, papers_truncated, reviews_too_long, reviews_cut_by_tail = [], [], 0, 0, 0
     for record in tqdm(loaded.records, desc="counting tokens", unit="rec", disable=len(loaded.records) < 50):
-        encoded = encoder.encode_text(record.paper, record.review)
+        encoded = encoder.encode_text(record.paper, training_review(record, review_rating))
         total = len(encoded.ids)
         lengths.append(total)
         needs.append(encoder.shortest_length(encoded))  # the review whole, the paper cut to a token
@@ -87,11 +90,17 @@ def check_data(path, tokenizer, template: str, max_length: int, recipe_name: Opt
         "max_length_for_all_reviews": length_fitting(needs, 1.0),
         "max_length_for_95pct_reviews": length_fitting(needs, 0.95),
         "invalid_examples": [r.error for r in loaded.rejected[:INVALID_SHOWN]],
+        # Ratings (reviewgpt.data.rating): with review_rating, the records without one train without the line.
+        "review_rating": review_rating,
+        "ratings": sum(r.rating is not None for r in loaded.records),
+        "ratings_missing": sum(r.rating is None for r in loaded.records),
+        "ratings_unusable": len(loaded.unusable_ratings),  # of the missing: a value that is not an integer 1-10
+        "ratings_unusable_examples": loaded.unusable_ratings[:INVALID_SHOWN],
     }
 
 
 def show_example(path, tokenizer, template_name: str, max_length: int, loss_on: str = "review",
-                 index: int = 0) -> dict:
+                 index: int = 0, review_rating: bool = False) -> dict:
     """One record as a training example: its ids, labels, decoded parts with and without loss, and
     whether an untrimmed example equals the ids of the model's own tooling."""
     from reviewgpt.data.chat_templates import reference_ids
@@ -104,8 +113,9 @@ def show_example(path, tokenizer, template_name: str, max_length: int, loss_on: 
     record = records[index]
     template = get_template(template_name)
     encoder = PromptEncoder(tokenizer, template)
+    review = training_review(record, review_rating)
     try:
-        example = encoder.encode_example(record.paper, record.review, max_length, loss_on)
+        example = encoder.encode_example(record.paper, review, max_length, loss_on)
     except ReviewTooLong as exc:
         raise UserError(f"{record.source}: {exc}; pass a larger --max-length.") from None
     parts, start = [], 0
@@ -121,7 +131,7 @@ def show_example(path, tokenizer, template_name: str, max_length: int, loss_on: 
     elif template.chat and not getattr(tokenizer, "chat_template", None):
         faithful = "n/a: the tokenizer has no chat template to compare with"
     else:
-        same = example.input_ids == reference_ids(tokenizer, template, record.paper, record.review)
+        same = example.input_ids == reference_ids(tokenizer, template, record.paper, review)
         tool = "tokenizer.apply_chat_template" if template.chat else "trl 0.7.11's tokenizer(text)"
         faithful = f"{'yes' if same else 'NO'}: ids {'equal' if same else 'differ from'} {tool}"
     return {
@@ -133,6 +143,8 @@ def show_example(path, tokenizer, template_name: str, max_length: int, loss_on: 
         "paper_tokens": example.paper_tokens,
         "paper_kept": example.paper_kept,
         "review_tokens": example.review_tokens,
+        "rating": record.rating,
+        "rating_line": review_rating and record.rating is not None,
         "faithful": faithful,
         "parts": parts,
         "input_ids": example.input_ids,

@@ -6,7 +6,8 @@ gzip-compressed, `.jsonl.gz`):
   {"input": ..., "output": ...}                  the reference recipe's jsonl
   {"instruction": ..., "input": ..., "output": ...}  Alpaca (LLaMA-Factory)
 Optional: "id", "paper_id" (records sharing a paper_id stay on one side of the split; without
-it, records with the same paper text share a paper).
+it, records with the same paper text share a paper); "rating" (the reviewer's 1-10 score: kept when it
+is an integer 1-10, else counted as unusable, `reviewgpt.data.rating`) and "decision" (the paper's).
 
 Every problem is reported with file:line and the field, so a user can fix the line; with
 `skip_invalid` the bad records are counted and returned for a rejects file instead.
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from reviewgpt.data.rating import usable_rating
 from reviewgpt.errors import UserError
 from reviewgpt.files import atomic_write_text
 
@@ -36,6 +38,8 @@ class Record:
     paper: str
     review: str
     source: str = ""  # "file:line", for messages
+    rating: Optional[int] = None  # the reviewer's score, 1-10 (reviewgpt.data.rating.usable_rating)
+    decision: Optional[str] = None  # the paper's decision as the file spells it ("Accept (Poster)", ...)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class LoadResult:
     rejected: List[Rejected] = field(default_factory=list)
     duplicates: int = 0
     total: int = 0  # objects (or lines) seen, valid or not
+    unusable_ratings: List[str] = field(default_factory=list)  # sources of valid records whose rating is not 1-10
 
 
 def _digest(*parts: str) -> str:
@@ -154,7 +159,9 @@ def validate(obj: object, source: str) -> Record:
             raise UserError(f"{source}: field {key!r} must be a string or an integer, got {type(obj[key]).__name__}.")
     paper_id = str(obj["paper_id"]) if "paper_id" in obj else "paper-" + _digest(paper)
     record_id = str(obj["id"]) if "id" in obj else "rec-" + _digest(paper, review)
-    return Record(id=record_id, paper_id=paper_id, paper=paper, review=review, source=source)
+    decision = obj.get("decision")
+    return Record(id=record_id, paper_id=paper_id, paper=paper, review=review, source=source,
+                  rating=usable_rating(obj.get("rating")), decision=decision if isinstance(decision, str) else None)
 
 
 def load_records(path, skip_invalid: bool = False) -> LoadResult:
@@ -186,6 +193,8 @@ def load_records(path, skip_invalid: bool = False) -> LoadResult:
             continue
         seen.add(key)
         result.records.append(record)
+        if record.rating is None and obj.get("rating") is not None:
+            result.unusable_ratings.append(source)
     if result.total == 0:
         raise UserError(f"{path}: the file holds no records.")
     return result
@@ -197,9 +206,9 @@ def write_rejects(rejected: List[Rejected], path) -> None:
 
 
 def records_digest(records: List[Record]) -> str:
-    """What the records say, in order (ids, papers, reviews): a run folder records it, and a resume on
-    other data is refused."""
-    return _digest(*(part for r in records for part in (r.id, r.paper_id, r.paper, r.review)))
+    """What the records say, in order (ids, papers, reviews, ratings): a run folder records it, and a
+    resume on other data is refused."""
+    return _digest(*(str(part) for r in records for part in (r.id, r.paper_id, r.paper, r.review, r.rating)))
 
 
 def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -> Tuple[List[Record], List[Record]]:
@@ -221,8 +230,12 @@ def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -
 
 
 def write_jsonl(records: List[Record], path) -> None:
-    atomic_write_text(path, "".join(json.dumps({"id": r.id, "paper_id": r.paper_id, "paper": r.paper,
-                                                "review": r.review}, ensure_ascii=False) + "\n" for r in records))
+    """Records as `reviewgpt train` reads them; rating and decision only where the record has them."""
+    def row(r: Record) -> dict:
+        extra = {k: v for k, v in (("rating", r.rating), ("decision", r.decision)) if v is not None}
+        return {"id": r.id, "paper_id": r.paper_id, "paper": r.paper, "review": r.review, **extra}
+
+    atomic_write_text(path, "".join(json.dumps(row(r), ensure_ascii=False) + "\n" for r in records))
 
 
 def export_alpaca(out_dir, datasets: Dict[str, List[Record]]) -> Path:

@@ -3,6 +3,7 @@
     generate.py    `reviewgpt review`: one review per paper, the prompt built as in training
     likelihood.py  `reviewgpt eval`: review NLL of held-out human reviews under the model
     score.py       `reviewgpt score`: ROUGE, criteria coverage, repetition, length vs the human reviews
+    rating.py      `score`'s ratings: MAE, Spearman, accept/reject accuracy, baselines, humans vs humans
     coverage.py    which of the four criteria a review covers
     judge/         `reviewgpt judge`: pairwise LLM-judge win rates (an HTTP API or a local model)
     http.py        asking an HTTP JSON server: retries, refusals, giving up (the judge's API client)

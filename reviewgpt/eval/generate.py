@@ -121,6 +121,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     from tqdm.auto import tqdm
 
     from reviewgpt.data.prompt import get_template
+    from reviewgpt.data.rating import parse_rating
     from reviewgpt.data.records import load_papers
     from reviewgpt.data.tokenization import PromptEncoder, pad_batch
     from reviewgpt.eval.coverage import covered_criteria
@@ -187,6 +188,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
                     "paper_id": paper.id,
                     "review": review.strip(),
                     "criteria": covered_criteria(review),
+                    "rating": parse_rating(review),  # the review's "Rating: N/10" line, else null
                     "model": str(model_dir),
                     "model_fingerprint": fingerprint,
                     "template": template.name,

@@ -11,6 +11,10 @@ the reference file):
 - length: words, and words over the mean words of the paper's human reviews.
 
 Means come with 95% bootstrap intervals over papers (1,000 resamples, seeded).
+
+When the candidate reviews give ratings and the reference records carry `rating` (and `decision`):
+rating MAE and Spearman against each paper's mean human rating, and accept/reject accuracy, beside a
+constant baseline and one human against the others (`reviewgpt.eval.rating`).
 """
 
 from __future__ import annotations
@@ -74,11 +78,16 @@ def read_candidates(path) -> Dict[str, dict]:
 
 def read_references(path) -> Dict[str, List[str]]:
     """paper id -> its human reviews, from a records file."""
+    return {pid: [r.review for r in records] for pid, records in reference_records(path).items()}
+
+
+def reference_records(path) -> Dict[str, list]:
+    """paper id -> its human review Records (review, rating, decision), from a records file."""
     from reviewgpt.data.records import load_records
 
-    references: Dict[str, List[str]] = {}
+    references: Dict[str, list] = {}
     for record in load_records(path).records:
-        references.setdefault(record.paper_id, []).append(record.review)
+        references.setdefault(record.paper_id, []).append(record)
     return references
 
 
@@ -101,7 +110,11 @@ def score_paper(scorer, candidate: str, references: List[str]) -> dict:
     }
 
 
-def score_reviews(candidate_path, reference_path, output_dir=None) -> dict:
+def score_reviews(candidate_path, reference_path, output_dir=None, baseline_path=None,
+                  accept_threshold: Optional[int] = None) -> dict:
+    """Scores of `candidate_path`'s reviews against `reference_path`'s; ratings too when both sides
+    have them, the constant baseline and the accept threshold from `baseline_path` (else the
+    reference) unless `accept_threshold` is given."""
     try:
         from rouge_score import rouge_scorer
     except ImportError:
@@ -109,7 +122,8 @@ def score_reviews(candidate_path, reference_path, output_dir=None) -> dict:
     from tqdm.auto import tqdm
 
     candidates = read_candidates(candidate_path)
-    references = read_references(reference_path)
+    records = reference_records(reference_path)
+    references = {pid: [r.review for r in rs] for pid, rs in records.items()}
     unmatched = sorted(set(candidates) - set(references))
     if unmatched:
         log.warning("%d review(s) have no human review in %s and are not scored, e.g. paper %r",
@@ -134,14 +148,43 @@ def score_reviews(candidate_path, reference_path, output_dir=None) -> dict:
         "unmatched_reviews": len(unmatched),
         "papers_without_review": len(set(references) - set(candidates)),
         "means": means,
+        "rating": _ratings(candidates, matched, records, reference_path, baseline_path, accept_threshold),
         "per_paper": papers,
     }
+    if summary["rating"]:
+        rows = summary["rating"].pop("per_paper")
+        for paper in papers:
+            paper.update(rows[paper["paper_id"]])
     if output_dir:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / SCORE_JSON).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         (output_dir / SCORE_MD).write_text(summary_markdown(summary), encoding="utf-8")
     return summary
+
+
+def _ratings(candidates: dict, matched: list, records: dict, reference_path, baseline_path,
+             accept_threshold: Optional[int]) -> Optional[dict]:
+    """The rating section, or None when no candidate gave a rating or no reference carries one."""
+    from reviewgpt.eval.rating import baseline_from, candidate_rating, rating_scores
+
+    predicted = {pid: candidate_rating(candidates[pid], candidates[pid]["source"]) for pid in matched}
+    if all(v is None for v in predicted.values()):
+        return None
+    if not any(r.rating is not None for pid in matched for r in records[pid]):
+        log.warning("the reviews give ratings but no reference record of their papers carries a 'rating' 1-10 in "
+                    "%s: ratings are not scored", reference_path)
+        return None
+    if baseline_path:
+        from reviewgpt.data.records import load_records
+
+        baseline = baseline_from(load_records(baseline_path).records, str(baseline_path), accept_threshold)
+    else:
+        log.warning("no --baseline-data: the constant baseline and the accept threshold come from %s itself, "
+                    "the data being scored; pass the train split's records", reference_path)
+        baseline = baseline_from([r for rs in records.values() for r in rs],
+                                 f"{reference_path} (the reference itself: no --baseline-data)", accept_threshold)
+    return rating_scores(predicted, {pid: records[pid] for pid in matched}, baseline)
 
 
 def _cell(stat: dict, percent: bool) -> str:
@@ -167,6 +210,10 @@ def summary_markdown(summary: dict, heading_level: int = 2, title: Optional[str]
         f"{_cell(m['length_ratio'], False)} |",
         "",
     ]
+    if summary.get("rating"):
+        from reviewgpt.eval.rating import rating_markdown
+
+        lines += rating_markdown(summary["rating"])
     if summary["unmatched_reviews"] or summary["papers_without_review"]:
         lines += [f"Not scored: {summary['unmatched_reviews']} review(s) of papers missing from the reference; "
                   f"{summary['papers_without_review']} reference paper(s) have no generated review.", ""]

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from reviewgpt.data.rating import training_review
 from reviewgpt.data.records import Record
 from reviewgpt.data.tokenization import PromptEncoder, ReviewTooLong, pad_batch
 from reviewgpt.errors import UserError
@@ -38,17 +39,21 @@ class TokenizedSplit:
     papers_truncated: int = 0
     reviews_skipped: int = 0
     max_tokens: int = 0
+    reviews_without_rating: int = 0  # recipe.review_rating: records trained without a rating line
 
 
 def tokenize_records(records: Sequence[Record], encoder: PromptEncoder, recipe: Recipe,
                      desc: str = "tokenizing") -> TokenizedSplit:
-    """Records -> input_ids/labels; a review that cannot fit stops or is skipped per the recipe."""
+    """Records -> input_ids/labels; a review that cannot fit stops or is skipped per the recipe. With
+    `recipe.review_rating` a review ends with its record's rating line (reviewgpt.data.rating)."""
     from tqdm.auto import tqdm
 
     out = TokenizedSplit()
     for record in tqdm(records, desc=desc, unit="rec", disable=len(records) < 50):
+        review = training_review(record, recipe.review_rating)
+        out.reviews_without_rating += recipe.review_rating and record.rating is None
         try:
-            ex = encoder.encode_example(record.paper, record.review, recipe.max_seq_length, recipe.loss_on)
+            ex = encoder.encode_example(record.paper, review, recipe.max_seq_length, recipe.loss_on)
         except ReviewTooLong as exc:
             if recipe.on_review_too_long == "skip":
                 out.reviews_skipped += 1
@@ -61,6 +66,9 @@ def tokenize_records(records: Sequence[Record], encoder: PromptEncoder, recipe: 
         out.papers_truncated += ex.paper_truncated
         out.max_tokens = max(out.max_tokens, len(ex.input_ids))
         out.examples.append({"input_ids": ex.input_ids, "labels": ex.labels})
+    if out.reviews_without_rating:
+        log.warning("%s: %d of %d review(s) have no rating 1-10 and are trained without a rating line "
+                    "(review_rating)", desc, out.reviews_without_rating, len(records))
     return out
 
 
