@@ -61,10 +61,10 @@ def test_records_keep_rating_and_decision_and_count_unusable_ratings(tmp_path):
     loaded = load_records(util.write_jsonl(tmp_path / "d.jsonl", rows))
     assert [(r.rating, r.decision) for r in loaded.records] == [(6, "Reject"), (None, None), (None, None)]
     assert loaded.unusable_ratings == [f"{tmp_path / 'd.jsonl'}:2"]
-    # The digest of a run's data ignores ratings: runs trained before they were read still resume.
+    # The digest of a run's data covers ratings: a run trained with rating lines on other ratings is another run.
     plain = load_records(util.write_jsonl(tmp_path / "e.jsonl", [
         {k: v for k, v in row.items() if k not in ("rating", "decision")} for row in rows])).records
-    assert records_digest(loaded.records) == records_digest(plain)
+    assert records_digest(loaded.records) != records_digest(plain)
     write_jsonl(loaded.records, tmp_path / "prepared.jsonl")  # `data prepare` keeps them for `score`
     assert [json.loads(line).get("rating") for line in (tmp_path / "prepared.jsonl").read_text().splitlines()] == [
         6, None, None]
