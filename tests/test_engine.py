@@ -304,3 +304,42 @@ def test_cuda_graphs_give_the_tokens_of_generate_on_a_gpu(tiny_llama):
     got, stats = fast(loaded.model, prompts, decoding, slots=4)
     assert stats["cuda_graphs"] and stats["graph_buckets"] >= 2  # 4 slots, then fewer as papers run out
     assert got == hf(loaded, prompts, decoding)
+
+
+def test_generation_speed_script_runs_every_row_on_a_tiny_model(tiny_mistral, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import generation_speed
+
+    assert generation_speed.main(["synthetic", "--family", "mistral", "--model", str(tiny_mistral), "--weights-dir",
+                                  str(tmp_path), "--prompt-tokens", "24", "--new-tokens", "6", "--hf-new-tokens", "3",
+                                  "--batches", "1", "max"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    measured = [r for r in rows if r["mode"] == "synthetic"]
+    assert [(r["form"], r["engine"], r["largest"]) for r in measured] == [
+        (form, engine, largest) for form in ("4bit", "bf16") for engine in ("hf", "fast") for largest in (False, True)]
+    assert all("error" not in r and r["generated_tokens_per_s"] > 0 for r in measured), measured
+    assert all(r["extrapolated_from"] == 3 for r in measured if r["engine"] == "hf")
+    assert all(r["generated_tokens"] == 6 * r["batch"] for r in measured if r["engine"] == "fast")  # no stop
+
+
+def test_a_failing_or_slow_benchmark_row_prints_its_error_and_the_next_row_runs(capsys):
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import generation_speed
+
+    def out_of_memory():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+
+    generation_speed.run_row({"row": 1}, 5, out_of_memory)
+    generation_speed.run_row({"row": 2}, 1, lambda: time.sleep(3))
+    generation_speed.run_row({"row": 3}, 5, lambda: {"generated_tokens_per_s": 1.0})
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 9 GiB"
+    assert rows[1]["error"] == "TimeoutError: row ran past --row-seconds 1" and rows[1]["wall_seconds"] < 2.5
+    assert rows[2]["generated_tokens_per_s"] == 1.0 and "error" not in rows[2]

@@ -19,6 +19,7 @@ Finished reviews are yielded as they end (`Finished`), so `review` appends each 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
@@ -56,6 +57,11 @@ class _Row:
         return self.prompt_length + len(self.generated) - 1
 
 
+def cache_capacity(longest_prompt: int, max_new_tokens: int) -> int:
+    """Tokens a slot holds: the longest prompt and the longest review, rounded up to 64 (aligned rows)."""
+    return -(-(longest_prompt + max_new_tokens) // 64) * 64
+
+
 def _power_of_two_at_least(count: int, cap: int) -> int:
     return min(cap, 1 << max(count - 1, 0).bit_length())
 
@@ -79,8 +85,13 @@ class Engine:
     def _default_prefill_tokens(self) -> int:
         if not self.cuda:
             return 8192
+        # 5% of free memory: enough tokens to keep the GEMMs large (16K+ for a 7B), little taken from the slots.
         free, _ = torch.cuda.mem_get_info(self.parts.device)
-        return int(max(4096, min(65536, 0.1 * free / engine_model.activation_bytes_per_token(self.model))))
+        return int(max(4096, min(32768, 0.05 * free / engine_model.activation_bytes_per_token(self.model))))
+
+    def slots_that_fit(self, longest_prompt: int, max_new_tokens: int, wanted: int = MAX_SLOTS) -> int:
+        """How many papers `generate` would decode together (at most `wanted`)."""
+        return self._slots(wanted, cache_capacity(longest_prompt, max_new_tokens))
 
     def _slots(self, wanted: int, capacity: int) -> int:
         if not self.cuda:
@@ -104,7 +115,7 @@ class Engine:
         first packs the prefill best: `review` sorts them so)."""
         if not prompts:
             return
-        capacity = -(-(max(len(p) for p in prompts) + decoding.max_new_tokens) // 16) * 16
+        capacity = cache_capacity(max(len(p) for p in prompts), decoding.max_new_tokens)
         slots = self._slots(len(prompts), capacity)
         cache_gib = slots * capacity * engine_model.kv_bytes_per_token(self.parts) / GiB
         log.info("fast engine: %d slots of %d tokens (KV cache %.2f GiB), prefill %d tokens a pass, CUDA graphs %s",
@@ -129,12 +140,14 @@ class _Run:
         self.rows: List[Optional[_Row]] = [None] * slots
         self.waiting = deque(range(len(prompts)))
         self.stop_ids = set(decoding.stop_ids)
-        self.key_block = max(256, capacity // 4)
-        self.counts = {"prefill_passes": 0, "prefill_tokens": 0, "decode_steps": 0, "slot_moves": 0}
+        self.key_block = max(256, capacity // 4 // 256 * 256)  # steps attend to a quarter of the cache at a time
+        self.counts = {"prefill_passes": 0, "prefill_tokens": 0, "decode_steps": 0, "slot_moves": 0,
+                       "prefill_seconds": 0.0, "decode_seconds": 0.0}
 
     def stats(self) -> dict:
+        counts = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()}
         return {"slots": len(self.rows), "capacity": self.cache.capacity, "cuda_graphs": self.step.cuda_graphs,
-                "graph_buckets": len(self.step.graphs), **self.counts}
+                "graph_buckets": len(self.step.graphs), **counts}
 
     def loop(self) -> Iterator[Finished]:
         while self.waiting or any(self.rows):
@@ -185,6 +198,7 @@ class _Run:
         while self.waiting and free:
             group = self._take_group(len(free))
             targets, free = free[:len(group)], free[len(group):]
+            started = time.perf_counter()
             logits = self._prefill(group, targets)
             slots = torch.tensor(targets, device=self.device)
             for slot, index in zip(targets, group):
@@ -194,7 +208,8 @@ class _Run:
                 first = self.chooser.choose(logits, slots, targets)
                 self.step.tokens[slots] = first
                 self.step.positions[slots] = torch.tensor([len(self.prompts[i]) for i in group], device=self.device)
-            host = first.tolist()
+            host = first.tolist()  # waits for the GPU: the pass's time is its time
+            self.counts["prefill_seconds"] += time.perf_counter() - started
             self.chooser.record(slots, first, targets, host)
             for slot, index, token in zip(targets, group, host):
                 row = _Row(index, len(self.prompts[index]), [token])
@@ -225,6 +240,7 @@ class _Run:
         needed = max(self.rows[slot].position for slot in range(used)) + 1
         keys = min(self.cache.capacity, -(-needed // self.key_block) * self.key_block)
         self.counts["decode_steps"] += 1
+        started = time.perf_counter()
         with torch.no_grad():
             slots = self.step.rows[:used]
             logits = self.step(count, keys)[:used]
@@ -232,6 +248,7 @@ class _Run:
             self.step.tokens[:used] = chosen
             self.step.positions[:used] += 1
         host = chosen.tolist()
+        self.counts["decode_seconds"] += time.perf_counter() - started
         self.chooser.record(slots, chosen, list(range(used)), host)
         for slot, token in enumerate(host):
             row = self.rows[slot]
