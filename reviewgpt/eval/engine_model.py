@@ -116,37 +116,32 @@ def _plain_linear(weight, bias, dtype):
 
 def merge_adapter_in_memory(model):
     """A run's model with every LoRA delta merged into its linear weights and every 4-bit linear layer
-    dequantized (module docstring): a plain causal LM. Returns (model, merged LoRA layers, dequantized)."""
+    dequantized (module docstring): a plain causal LM. Returns (model, merged LoRA layers, dequantized).
+    Layers are replaced one at a time, so memory holds one 16-bit copy of the model, not two."""
     import torch
 
     lm = causal_lm_of(model)
+    lora_layers = [name for name, m in lm.named_modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    quantized = [name for name, m in lm.named_modules() if getattr(getattr(m, "weight", None), "quant_state", None)
+                 is not None and not any(name.startswith(lora + ".") for lora in lora_layers)]
     merged = dequantized = 0
-    replacements = []
-    for name, module in lm.named_modules():
-        base = getattr(module, "base_layer", None)
-        if base is not None and hasattr(module, "lora_A"):
-            weight, dtype = _dequantized(base)
-            total = weight.float()
+    for name in lora_layers + quantized:
+        module = lm.get_submodule(name)
+        base = getattr(module, "base_layer", module)
+        weight, dtype = _dequantized(base)
+        dequantized += getattr(base.weight, "quant_state", None) is not None
+        if base is not module:
+            weight = weight.float()
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
                     delta = module.lora_B[adapter].weight.float() @ module.lora_A[adapter].weight.float()
-                    total = total + delta.to(total.device) * module.scaling[adapter]
-            replacements.append((name, _plain_linear(total, base.bias, dtype)))
+                    weight = weight + delta.to(weight.device) * module.scaling[adapter]
             merged += 1
-            dequantized += getattr(base.weight, "quant_state", None) is not None
-        elif getattr(getattr(module, "weight", None), "quant_state", None) is not None and base is None \
-                and not any(name.startswith(done + ".") for done, _ in replacements):
-            weight, dtype = _dequantized(module)
-            replacements.append((name, _plain_linear(weight, module.bias, dtype)))
-            dequantized += 1
-    for name, linear in replacements:
-        parent_name, _, child = name.rpartition(".")
-        setattr(lm.get_submodule(parent_name) if parent_name else lm, child, linear)
-    if dequantized:
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        for flag in ("is_loaded_in_4bit", "is_quantized"):
-            if getattr(lm, flag, False):
-                setattr(lm, flag, False)
+        parent, _, child = name.rpartition(".")
+        setattr(lm.get_submodule(parent) if parent else lm, child, _plain_linear(weight, base.bias, dtype))
+        del module, base, weight
+    if dequantized and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the 4-bit blocks just freed: before the engine sizes its cache from free memory
     return lm.eval(), merged, dequantized
 
 
