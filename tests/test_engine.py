@@ -81,6 +81,20 @@ def test_greedy_tokens_equal_generate_while_slots_are_refilled(family_model):
     assert stats["prefill_passes"] > 1 and stats["slots"] == 3  # finished slots took waiting papers
 
 
+def test_steps_over_power_of_two_slots_and_key_buckets_give_the_same_tokens(family_model):
+    # What the GPU path does with CUDA graphs: steps over 4 slots while 3 or fewer rows live (dead rows
+    # past them), and over the first 256 keys of a 320-token cache once the long prompt is done.
+    _, loaded = family_model
+    prompts = prompts_for(loaded, lengths=(280, 40, 33, 25, 18, 30))
+    free_running = hf(loaded, prompts, Decoding(max_new_tokens=16), batch_size=1)
+    decoding = Decoding(max_new_tokens=16, stop_ids=stops_ending_rows_at_different_steps(free_running))
+    got, stats = fast(loaded.model, prompts, decoding, slots=4, bucket_slots=True)
+    assert got == hf(loaded, prompts, decoding, batch_size=1)
+    assert stats["capacity"] == 320 and stats["slot_moves"] >= 1
+    assert {keys for _, keys in stats["step_shapes"]} == {256, 320}
+    assert {n for n, _ in stats["step_shapes"]} <= {1, 2, 4} and stats["padded_steps"] > 0
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_tokens(family_model):
     _, loaded = family_model
     prompts = prompts_for(loaded, lengths=(45, 30))

@@ -70,7 +70,7 @@ class Engine:
     """Generate for many prompts with one model (`model` as loaded for inference, in eval mode)."""
 
     def __init__(self, model, slots: Optional[int] = None, prefill_tokens: Optional[int] = None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, bucket_slots: Optional[bool] = None):
         reason = engine_model.unsupported_reason(model)
         if reason:
             raise ValueError(f"the fast engine cannot run this model: {reason}")
@@ -80,6 +80,9 @@ class Engine:
         self.cuda = self.parts.device.type == "cuda"
         self.prefill_tokens = prefill_tokens or self._default_prefill_tokens()
         self.cuda_graphs = cuda_graphs
+        # Steps over a power-of-two count of slots (the rows past the last used one are dead and ignored):
+        # few CUDA graphs cover every count. None: when graphs run; a CPU test can ask for it too.
+        self.bucket_slots = bucket_slots
         self.stats: dict = {}
 
     def _default_prefill_tokens(self) -> int:
@@ -141,13 +144,14 @@ class _Run:
         self.waiting = deque(range(len(prompts)))
         self.stop_ids = set(decoding.stop_ids)
         self.key_block = max(256, capacity // 4 // 256 * 256)  # steps attend to a quarter of the cache at a time
-        self.counts = {"prefill_passes": 0, "prefill_tokens": 0, "decode_steps": 0, "slot_moves": 0,
+        self.counts = {"prefill_passes": 0, "prefill_tokens": 0, "decode_steps": 0, "padded_steps": 0, "slot_moves": 0,
                        "prefill_seconds": 0.0, "decode_seconds": 0.0}
+        self.step_shapes = set()  # (slots, keys) of the steps run: the CUDA graphs a run needs
 
     def stats(self) -> dict:
         counts = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()}
         return {"slots": len(self.rows), "capacity": self.cache.capacity, "cuda_graphs": self.step.cuda_graphs,
-                "graph_buckets": len(self.step.graphs), **counts}
+                "graph_buckets": len(self.step.graphs), "step_shapes": sorted(self.step_shapes), **counts}
 
     def loop(self) -> Iterator[Finished]:
         while self.waiting or any(self.rows):
@@ -236,10 +240,13 @@ class _Run:
             self.counts["slot_moves"] += 1
 
     def _decode(self, used: int) -> Iterator[Finished]:
-        count = _power_of_two_at_least(used, len(self.rows)) if self.step.cuda_graphs else used
+        bucket = self.engine.bucket_slots if self.engine.bucket_slots is not None else self.step.cuda_graphs
+        count = _power_of_two_at_least(used, len(self.rows)) if bucket else used
         needed = max(self.rows[slot].position for slot in range(used)) + 1
         keys = min(self.cache.capacity, -(-needed // self.key_block) * self.key_block)
         self.counts["decode_steps"] += 1
+        self.counts["padded_steps"] += count > used
+        self.step_shapes.add((count, keys))
         started = time.perf_counter()
         with torch.no_grad():
             slots = self.step.rows[:used]
