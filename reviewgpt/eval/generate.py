@@ -10,7 +10,7 @@ batching, a preallocated KV cache, CUDA graphs; each line is appended as its rev
 `--engine hf` or for a model the engine cannot run (said in one log line), by transformers' `generate`
 in batches of similar length (left-padded). The summary reports generated tokens per second.
 
-A rerun skips papers already in the output file, so an interrupted run loses at most the batch in
+A rerun skips papers already in the output file, so an interrupted run loses at most the reviews in
 progress. Each line is appended whole (reviewgpt.files.append_line) and records the model that wrote
 it (run.model_fingerprint): a rerun with another model, or onto a file of other lines, is refused
 instead of mixing reviews or eating the user's lines. Only a last line that a kill cut short, and
@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Literal, Optional, Tuple
 
 from reviewgpt import run
 from reviewgpt.errors import UserError
@@ -49,7 +49,7 @@ class GenerationSettings:
     quantize: Optional[bool] = None  # None: as the run was trained (4-bit on a GPU)
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in prompt + review (as in HF generate)
     seed: int = 0  # sampling (temperature > 0) draws from this seed
-    engine: str = "fast"  # "fast" (reviewgpt.eval.engine) or "hf" (transformers' generate)
+    engine: Literal["fast", "hf"] = "fast"  # reviewgpt.eval.engine, or transformers' generate
     keep_adapter: bool = False  # fast engine: run a run folder's adapter unmerged, on its base as loaded
 
 
