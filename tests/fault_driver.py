@@ -171,10 +171,13 @@ def install(point: str, k: int) -> None:
                     die()
 
         files.atomic_path = logs.atomic_path = atomic_path
-    elif point == "generate":  # in the middle of generating a batch of reviews
+    elif point == "generate":  # in the middle of generating reviews: a `generate` call or a fast-engine step
         import transformers
 
+        from reviewgpt.eval.engine_forward import DecodeStep
+
         at_call(transformers.GenerationMixin, "generate")
+        at_call(DecodeStep, "__call__")
     elif point == "merge_weights":  # the merged weights half written
         import safetensors.torch
 

@@ -28,15 +28,26 @@ def register(subparsers) -> None:
                    help="prompt budget; the paper is trimmed to fit (default: the recipe's, else the trained length "
                         "- --max-new-tokens)")
     p.add_argument("--max-new-tokens", type=int_flag(1), help="longest review (default: the recipe's)")
-    p.add_argument("--temperature", type=float_flag(0), default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float_flag(0, 1, low_open=True), default=1.0,
-                   help="nucleus sampling when temperature > 0")
     p.add_argument("--template", help="prompt template (default: the one the model was trained with)")
     p.add_argument("--limit", type=int_flag(1), help="review at most this many papers")
-    p.add_argument("--batch-size", type=int_flag(1), default=8,
-                   help="papers generated together (left-padded; local generation)")
-    p.add_argument("--repetition-penalty", type=float_flag(0, low_open=True), default=1.0,
-                   help="> 1 discourages repeated tokens (small models loop under greedy decoding); 1 = off")
+    p.add_argument("--batch-size", type=int_flag(1),
+                   help="papers generated together (default: as many as fit in the GPU's free memory with the "
+                        "fast engine, 8 with --engine hf)")
+    decoding = p.add_argument_group("decoding (each defaults to the model's recipe's `generation:` block, saved with "
+                                    "the run; reviewgpt.generation_options)")
+    decoding.add_argument("--temperature", type=float_flag(0), help="0 = greedy")
+    decoding.add_argument("--top-p", type=float_flag(0, 1, low_open=True), help="nucleus sampling when temperature > 0")
+    decoding.add_argument("--repetition-penalty", type=float_flag(0, low_open=True),
+                          help="> 1 discourages repeated tokens (small models loop under greedy decoding); 1 = off")
+    decoding.add_argument("--no-repeat-ngram-size", type=int_flag(0),
+                          help="> 0: never repeat an n-gram of this many tokens of the paper or the review; 0 = off")
+    decoding.add_argument("--seed", type=int_flag(0), help="seed of the sampling (with --temperature > 0)")
+    p.add_argument("--engine", choices=("fast", "hf"), default="fast",
+                   help="fast: continuous batching, a preallocated KV cache and CUDA graphs (docs/performance.md); "
+                        "hf: transformers' generate in left-padded batches, as before")
+    p.add_argument("--keep-adapter", action="store_true",
+                   help="fast engine: run a run folder's LoRA adapter (and 4-bit base) as loaded instead of merging "
+                        "it into the weights in memory (the merge dequantizes a 4-bit base to 16-bit)")
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--4bit", dest="quantize", action="store_true", default=None,
                        help="load the base in 4-bit NF4 (needs a GPU; default: as the run was trained)")
@@ -94,6 +105,8 @@ def run(args) -> int:
     settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, template=args.template,
                                   limit=args.limit, batch_size=args.batch_size, quantize=args.quantize,
-                                  repetition_penalty=args.repetition_penalty)
+                                  repetition_penalty=args.repetition_penalty,
+                                  no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed, engine=args.engine,
+                                  keep_adapter=args.keep_adapter)
     print(json.dumps(generate_reviews(args.model, args.papers, args.output, settings, server=server)))
     return 0

@@ -1,0 +1,199 @@
+"""The fast engine's forward passes: the model's own modules, the engine's attention and KV cache.
+
+One preallocated cache holds every slot's keys and values (layers x 2 x slots x kv heads x capacity x
+head size), so a decoding step copies nothing: it writes one key and value per slot at that slot's
+own position and attends to the keys up to it. Positions are per slot (a prompt starts at 0, as
+transformers' `generate` numbers a left-padded row's tokens), so a slot can take a new paper while
+the others go on (reviewgpt.eval.engine).
+
+- prefill: several prompts at once, right-padded (causal attention never lets a real token see the
+  padding after it, and the padding's keys are overwritten by the tokens generated there before any
+  query reaches them), or one long prompt in chunks, each chunk attending to the cache before it;
+- decode: one token per slot. The query heads that share a key/value head are attended as rows of
+  one query, so grouped keys are read once, never repeated as transformers' `repeat_kv` does.
+- `DecodeStep` replays a CUDA graph of the decoding step per (slots, keys) bucket on a GPU: a step of
+  a 30-layer model is ~750 small kernels, which launched one by one take longer than they run.
+
+The layer layout is transformers 4.38.2's Gemma/Mistral/Llama decoder layer: norm, attention, residual,
+norm, MLP, residual. Rotary embeddings are the layer's own module and `apply_rotary_pos_emb` (Mistral's
+takes a length and position ids, Gemma's and Llama's position ids), so the numbers are the model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List, Optional
+
+import torch
+from torch.nn.functional import scaled_dot_product_attention
+
+log = logging.getLogger(__name__)
+
+
+class KVCache:
+    def __init__(self, parts, slots: int, capacity: int):
+        # Zeros, not empty: a masked key or value is still multiplied by 0, and 0 x NaN is NaN.
+        self.data = torch.zeros(len(parts.layers), 2, slots, parts.kv_heads, capacity, parts.head_dim,
+                                dtype=parts.dtype, device=parts.device)
+        self.capacity = capacity
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Slot `target` takes slot `source`'s first `length` keys and values."""
+        self.data[:, :, target, :, :length] = self.data[:, :, source, :, :length]
+
+
+def _rotate(attention, family: str, q, k, v, positions, capacity: int):
+    module = sys.modules[type(attention).__module__]
+    if family == "mistral":
+        cos, sin = attention.rotary_emb(v, seq_len=capacity)
+        return module.apply_rotary_pos_emb(q, k, cos, sin, positions)
+    cos, sin = attention.rotary_emb(v, positions)
+    return module.apply_rotary_pos_emb(q, k, cos, sin)
+
+
+def _project(attention, parts, hidden):
+    batch, length, _ = hidden.shape
+
+    def heads(projection, count):
+        return projection(hidden).view(batch, length, count, parts.head_dim).transpose(1, 2)
+
+    return (heads(attention.q_proj, parts.heads), heads(attention.k_proj, parts.kv_heads),
+            heads(attention.v_proj, parts.kv_heads))
+
+
+def _layer(layer, hidden, attend):
+    residual = hidden
+    hidden = residual + attend(layer.self_attn, layer.input_layernorm(hidden))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def _embed(parts, ids):
+    hidden = parts.embed(ids)
+    return hidden * parts.embed_scale if parts.embed_scale is not None else hidden
+
+
+def _logits(parts, hidden):
+    return parts.head(parts.norm(hidden)).float()
+
+
+def allowed_keys(query_positions, keys: int, window: Optional[int]):
+    """Boolean (..., keys): key j is seen from a query at position p when j <= p (and p - j < window)."""
+    key_positions = torch.arange(keys, device=query_positions.device)
+    allowed = key_positions <= query_positions[..., None]
+    if window is not None:
+        allowed &= key_positions > query_positions[..., None] - window
+    return allowed
+
+
+@torch.no_grad()
+def prefill(parts, cache: KVCache, slots: List[int], ids, start: int, last: Optional[List[int]]):
+    """Run prompt tokens `ids` (rows x tokens, right-padded) at positions start.. into `slots`; the
+    logits at each row's index in `last` (None: a chunk that is not a prompt's last)."""
+    rows, length = ids.shape
+    device = ids.device
+    slot_index = torch.tensor(slots, device=device)
+    positions = torch.arange(start, start + length, device=device).expand(rows, length)
+    whole = start + length
+    mask = None
+    if start or (parts.window is not None and whole > parts.window):
+        if start and rows != 1:
+            raise ValueError("a prompt continued from the cache is prefilled one at a time")
+        mask = allowed_keys(positions[0], whole, parts.window)  # the same for every row
+    from transformers.models.llama.modeling_llama import repeat_kv  # Gemma's and Mistral's are copies
+
+    def attend(attention, hidden):
+        q, k, v = _project(attention, parts, hidden)
+        q, k = _rotate(attention, parts.family, q, k, v, positions, cache.capacity)
+        keys, values = cache.data[attention.layer_idx]
+        keys[slot_index, :, start:whole] = k
+        values[slot_index, :, start:whole] = v
+        if start:
+            k, v = keys[slots[0]:slots[0] + 1, :, :whole], values[slots[0]:slots[0] + 1, :, :whole]
+        k, v = repeat_kv(k, attention.num_key_value_groups), repeat_kv(v, attention.num_key_value_groups)
+        if mask is not None and q.device.type == "cuda":
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # pytorch#112577, as transformers does
+        out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return attention.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
+
+    hidden = _embed(parts, ids)
+    for layer in parts.layers:
+        hidden = _layer(layer, hidden, attend)
+    if last is None:
+        return None
+    return _logits(parts, hidden[torch.arange(rows, device=device), torch.tensor(last, device=device)])
+
+
+@torch.no_grad()
+def decode(parts, cache: KVCache, tokens, positions, rows, keys: int):
+    """One token per slot (`tokens` at `positions`, slots `rows`), attending to the first `keys` keys of
+    each slot; logits (slots x vocab) in float32."""
+    count = tokens.shape[0]
+    query_positions = positions[:, None]
+    mask = allowed_keys(query_positions, keys, parts.window)[:, None]  # (slots, 1, 1, keys)
+    groups = parts.heads // parts.kv_heads
+
+    def attend(attention, hidden):
+        q, k, v = _project(attention, parts, hidden)
+        q, k = _rotate(attention, parts.family, q, k, v, query_positions, cache.capacity)
+        cached_keys, cached_values = cache.data[attention.layer_idx]
+        cached_keys[rows, :, positions] = k[:, :, 0]
+        cached_values[rows, :, positions] = v[:, :, 0]
+        # Query heads 0..groups-1 share kv head 0, and so on (repeat_kv's order): one query of `groups` rows.
+        q = q.reshape(count, parts.kv_heads, groups, parts.head_dim)
+        out = scaled_dot_product_attention(q, cached_keys[:count, :, :keys], cached_values[:count, :, :keys],
+                                           attn_mask=mask)
+        return attention.o_proj(out.reshape(count, 1, -1))
+
+    hidden = _embed(parts, tokens[:, None])
+    for layer in parts.layers:
+        hidden = _layer(layer, hidden, attend)
+    return _logits(parts, hidden[:, 0])
+
+
+class DecodeStep:
+    """The decoding step over the first n slots, from the static `tokens` and `positions` buffers;
+    on a GPU replayed from a CUDA graph captured once per (n, keys) bucket."""
+
+    def __init__(self, parts, cache: KVCache, slots: int, cuda_graphs: bool):
+        self.parts, self.cache = parts, cache
+        device = parts.device
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
+        self.rows = torch.arange(slots, device=device)
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.graphs, self.outputs, self.pool = {}, {}, None
+
+    def _eager(self, count: int, keys: int):
+        return decode(self.parts, self.cache, self.tokens[:count], self.positions[:count], self.rows[:count], keys)
+
+    @torch.no_grad()
+    def __call__(self, count: int, keys: int):
+        if not self.cuda_graphs:
+            return self._eager(count, keys)
+        bucket = (count, keys)
+        if bucket not in self.graphs:
+            try:
+                self._capture(bucket)
+            except Exception as exc:  # noqa: BLE001 - any kernel that cannot be captured: run eagerly
+                log.warning("CUDA graph capture of the decoding step failed (%s: %s); decoding without graphs",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self.cuda_graphs = False
+                torch.cuda.synchronize()
+                return self._eager(count, keys)
+        self.graphs[bucket].replay()
+        return self.outputs[bucket]
+
+    def _capture(self, bucket) -> None:
+        # Warm-up runs write the same keys and values the replay will (same tokens and positions).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._eager(*bucket)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self._eager(*bucket)
+        self.pool = graph.pool()
+        self.graphs[bucket], self.outputs[bucket] = graph, output

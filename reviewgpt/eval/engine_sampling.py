@@ -1,0 +1,135 @@
+"""Choosing the next token in the fast engine, with the semantics of transformers 4.38.2's `generate`:
+
+- `repetition_penalty` (CTRL): the logit of every token already in the row (prompt + generated) is
+  divided by the penalty when positive and multiplied by it when negative (RepetitionPenaltyLogitsProcessor).
+  The engine keeps a per-slot "seen" mask over the vocabulary instead of gathering over the ids.
+- `no_repeat_ngram_size` n: a token that would complete an n-gram already in the row (prompt included) is
+  banned (NoRepeatNGramLogitsProcessor). transformers rebuilds every n-gram of every row at every step
+  (7,000 prompt tokens x batch, in Python); the engine keeps a table per slot and adds one n-gram a step.
+- sampling (temperature > 0): temperature, then top-k (the model's generation config, 50 by default, as
+  `generate` applies it), then top-p, then one draw from the softmax; greedy is the argmax.
+Draws come from one generator seeded with `seed`: the same papers, settings and seed give the same
+reviews; they are not the draws `generate` would make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int
+    stop_ids: Tuple[int, ...] = ()  # a row ends after generating one of these (kept in its tokens)
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 50  # transformers' default when sampling; 0 = off
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+            raise ValueError(f"temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0, got {self.temperature!r}, "
+                             f"{self.top_p!r}, {self.repetition_penalty!r}")
+
+
+class NgramTable:
+    """The (n-1)-gram -> next tokens seen in one row, grown a token at a time."""
+
+    def __init__(self, size: int, tokens: Sequence[int]):
+        self.size = size
+        self.history: List[int] = []
+        self.table: Dict[tuple, set] = {}
+        for token in tokens:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        self.history.append(token)
+        if len(self.history) >= self.size:
+            gram = self.history[len(self.history) - self.size:]
+            self.table.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
+
+    def banned(self) -> List[int]:
+        if len(self.history) + 1 < self.size:
+            return []
+        prefix = tuple(self.history[len(self.history) - self.size + 1:]) if self.size > 1 else ()
+        return sorted(self.table.get(prefix, ()))
+
+
+class TokenChooser:
+    """The processors and the draw for the engine's slots; `seen` holds the repetition penalty's state."""
+
+    def __init__(self, decoding: Decoding, slots: int, vocab: int, device):
+        self.decoding = decoding
+        self.seen = torch.zeros(slots, vocab, dtype=torch.bool, device=device) \
+            if decoding.repetition_penalty != 1.0 else None
+        self.ngrams: List[Optional[NgramTable]] = [None] * slots
+        self.generator = None
+        if decoding.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(decoding.seed)
+
+    def start(self, slot: int, prompt: torch.Tensor, prompt_list: List[int]) -> None:
+        """A new row in `slot`: its prompt is what the processors have seen so far."""
+        if self.seen is not None:
+            self.seen[slot] = False
+            self.seen[slot, prompt] = True
+        if self.decoding.no_repeat_ngram_size:
+            self.ngrams[slot] = NgramTable(self.decoding.no_repeat_ngram_size, prompt_list)
+
+    def move(self, source: int, target: int) -> None:
+        if self.seen is not None:
+            self.seen[target] = self.seen[source]
+        self.ngrams[target], self.ngrams[source] = self.ngrams[source], None
+
+    def record(self, slots: torch.Tensor, tokens: torch.Tensor, host_slots: List[int], host_tokens: List[int]):
+        """The tokens just chosen join their rows' history."""
+        if self.seen is not None:
+            self.seen[slots, tokens] = True
+        if self.decoding.no_repeat_ngram_size:
+            for slot, token in zip(host_slots, host_tokens):
+                self.ngrams[slot].add(token)
+
+    def choose(self, logits: torch.Tensor, slots: torch.Tensor, host_slots: List[int]) -> torch.Tensor:
+        """The next token of each row of `logits` (float32, one row per slot in `slots`)."""
+        d = self.decoding
+        if self.seen is not None:
+            seen = self.seen[slots]
+            penalized = torch.where(logits < 0, logits * d.repetition_penalty, logits / d.repetition_penalty)
+            logits = torch.where(seen, penalized, logits)
+        if d.no_repeat_ngram_size:
+            rows, banned = [], []
+            for row, slot in enumerate(host_slots):
+                tokens = self.ngrams[slot].banned()
+                rows += [row] * len(tokens)
+                banned += tokens
+            if banned:
+                logits = logits.index_put((torch.tensor(rows, device=logits.device),
+                                           torch.tensor(banned, device=logits.device)),
+                                          torch.tensor(float("-inf"), device=logits.device))
+        if d.temperature == 0:
+            return torch.argmax(logits, dim=-1)
+        return self._sample(logits)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        d = self.decoding
+        if d.temperature != 1.0:
+            logits = logits / d.temperature
+        indices = None
+        if d.top_k and d.top_k < logits.shape[-1]:
+            # Only the top k can survive top-k, so top-p and the draw look at those alone (same result).
+            logits, indices = torch.topk(logits, d.top_k, dim=-1)
+        if d.top_p < 1.0:
+            ascending, order = torch.sort(logits, descending=False)
+            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+            remove = cumulative <= (1 - d.top_p)
+            remove[..., -1:] = False
+            logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+        choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
+        return choice if indices is None else indices.gather(1, choice[:, None]).squeeze(1)
