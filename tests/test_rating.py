@@ -148,7 +148,8 @@ def test_review_rows_carry_the_rating_of_the_generated_review(tiny_gemma, sample
 
     monkeypatch.setattr(reviewgpt.models, "load_for_inference", load_with_canned_reviews)
     out = tmp_path / "reviews.jsonl"
-    generate_reviews(tiny_gemma, sample_file, out, GenerationSettings(max_new_tokens=16, limit=3, batch_size=1))
+    generate_reviews(tiny_gemma, sample_file, out, GenerationSettings(max_new_tokens=16, limit=3, batch_size=1,
+                                                                      engine="hf"))  # the model's generate
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted((r["review"], r["rating"]) for r in rows) == [
         ("No rating here.", None), ("Rating: 4/10", 4), ("Solid work.\n\n**Rating:** 7/10", 7)]
