@@ -119,7 +119,7 @@ def token_check(args) -> dict:
     from reviewgpt.data.tokenization import PromptEncoder
     from reviewgpt.eval.engine import generate_fast
     from reviewgpt.eval.engine_sampling import Decoding
-    from reviewgpt.eval.generate import generate_hf
+    from reviewgpt.eval.generate_hf import generate_hf
     from reviewgpt.eval.likelihood import choose_template
     from reviewgpt.models import load_for_inference
 
@@ -177,7 +177,7 @@ def hf_row(loaded, prompts, args) -> dict:
     """`review`'s hf path at batch len(prompts): prefill and the first steps timed, 512 extrapolated."""
     from reviewgpt.eval.engine_model import causal_lm_of
     from reviewgpt.eval.engine_sampling import Decoding
-    from reviewgpt.eval.generate import generate_hf
+    from reviewgpt.eval.generate_hf import generate_hf
 
     steps = args.hf_new_tokens or args.new_tokens
     stamps = []

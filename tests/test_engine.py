@@ -1,5 +1,5 @@
 """The fast generation engine (reviewgpt.eval.engine) gives the tokens of transformers' `generate` as
-`review` calls it (reviewgpt.eval.generate.generate_hf), on the tiny models of each family, on the CPU.
+`review` calls it (reviewgpt.eval.generate_hf.generate_hf), on the tiny models of each family, on the CPU.
 
 The tiny models' random weights are drawn larger here ("livened"): with the fixtures' 0.02 std every
 prompt gives one token repeated, which a broken attention would give too. Each test checks its own
@@ -20,7 +20,7 @@ from reviewgpt.eval.engine_model import (
     unsupported_reason,
 )
 from reviewgpt.eval.engine_sampling import Decoding, NgramTable, TokenChooser
-from reviewgpt.eval.generate import generate_hf
+from reviewgpt.eval.generate_hf import generate_hf
 from reviewgpt.models import load_for_inference
 
 LENGTHS = (23, 41, 17, 35, 29, 12, 38)

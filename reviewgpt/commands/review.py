@@ -33,8 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int_flag(1),
                    help="papers generated together (default: as many as fit in the GPU's free memory with the "
                         "fast engine, 8 with --engine hf)")
-    decoding = p.add_argument_group("decoding (each defaults to the model's recipe's `generation:` block, saved with "
-                                    "the run; reviewgpt.generation_options)")
+    decoding = p.add_argument_group("decoding (unset: as the model's recipe's `generation:` block says)")
     decoding.add_argument("--temperature", type=float_flag(0), help="0 = greedy")
     decoding.add_argument("--top-p", type=float_flag(0, 1, low_open=True), help="nucleus sampling when temperature > 0")
     decoding.add_argument("--repetition-penalty", type=float_flag(0, low_open=True),

@@ -1,6 +1,7 @@
 """Evaluate a trained model: generate reviews, and measure them and the model.
 
     generate.py    `reviewgpt review`: one review per paper, the prompt built as in training
+    generate_hf.py `review --engine hf`: transformers' generate in left-padded batches
     engine.py      its fast generation engine: continuous batching over slots of a preallocated KV cache
                    (engine_forward.py: prefill/decode passes, CUDA graphs; engine_model.py: what a model
                    must be, adapters merged in memory, slots from memory; engine_sampling.py: next token)
