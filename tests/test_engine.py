@@ -22,6 +22,7 @@ from reviewgpt.eval.engine_model import (
 from reviewgpt.eval.engine_sampling import Decoding, NgramTable, TokenChooser
 from reviewgpt.eval.generate_hf import generate_hf
 from reviewgpt.models import load_for_inference
+from tests.util import skip_unless_bitsandbytes_quantizes_on_cpu
 
 LENGTHS = (23, 41, 17, 35, 29, 12, 38)
 
@@ -224,6 +225,7 @@ def test_run_folder_tokens_equal_generate_on_base_plus_adapter(llama_run, tiny_l
 
 
 def test_nf4_base_dequantized_and_merged_equals_the_4bit_model_with_its_adapter(tmp_path):
+    skip_unless_bitsandbytes_quantizes_on_cpu()
     import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -15,7 +15,7 @@ from reviewgpt.eval.score import repetition, score_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
 from reviewgpt.train import train
-from tests.util import write_jsonl
+from tests.util import skip_unless_bitsandbytes_quantizes_on_cpu, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +178,7 @@ def test_data_show_marks_the_part_without_loss(tiny_gemma, sample_file, capsys):
 
 def test_nf4_merge_equals_the_adapter_on_the_nf4_round_trip_of_its_base(llama_run, tiny_llama, tmp_path):
     """--base-weights nf4 merges into the weights a QLoRA adapter was trained against."""
-    functional = pytest.importorskip("bitsandbytes.functional")
-    try:
-        functional.quantize_4bit(torch.ones(64, 64, dtype=torch.bfloat16), quant_type="nf4")
-    except Exception:  # noqa: BLE001 - bitsandbytes < 0.44 (the CUDA images' 0.43.1) has no CPU 4-bit kernels
-        pytest.skip("this bitsandbytes cannot quantize on the CPU")
+    skip_unless_bitsandbytes_quantizes_on_cpu()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -36,3 +36,14 @@ def assert_merged_like_adapter(base_logits, adapter_logits, merged_logits, atol,
     assert moved > 10 * atol, (f"the adapter moved the logits by only {moved:.3g}: with atol={atol} the check "
                                "could not tell a merge that dropped it")
     torch.testing.assert_close(merged_logits.float(), adapter_logits.float(), atol=atol, rtol=rtol)
+
+
+def skip_unless_bitsandbytes_quantizes_on_cpu():
+    """bitsandbytes < 0.44 (the CUDA images' 0.43.1, torch 2.2's env) has no CPU 4-bit kernels."""
+    functional = pytest.importorskip("bitsandbytes.functional")
+    import torch
+
+    try:
+        functional.quantize_4bit(torch.ones(64, 64, dtype=torch.bfloat16), quant_type="nf4")
+    except Exception:  # noqa: BLE001 - what such a bitsandbytes raises differs by version
+        pytest.skip("this bitsandbytes cannot quantize on the CPU")
