@@ -14,10 +14,6 @@ from reviewgpt.offline import offline_by_default  # noqa: E402
 
 offline_by_default()  # before anything imports huggingface_hub, which reads it once
 
-from reviewgpt import moved  # noqa: E402
-
-moved.install()  # `import reviewgpt.tokenization` and the other paths from before issue 14 keep working
-
 from reviewgpt.data.prompt import INSTRUCTION, TEMPLATES, formatting_func, make_formatting_func  # noqa: E402
 from reviewgpt.errors import UserError  # noqa: E402
 from reviewgpt.models import qlora_config  # noqa: E402

@@ -189,7 +189,7 @@ def test_sampling_filters_logits_as_generates_warpers():
 @pytest.fixture(scope="module")
 def llama_run(tiny_llama, sample_file, tmp_path_factory):
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import train
+    from reviewgpt.train.loop import train
 
     run = tmp_path_factory.mktemp("engine-run")
     recipe = load_recipe("tiny", {"model": str(tiny_llama), "max_steps": 2, "save_steps": 2, "max_seq_length": 384,

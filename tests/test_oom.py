@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
 from reviewgpt.run import OOM_EVENTS_FILE, RECIPE_FILE
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from reviewgpt.train.oom import is_cuda_oom, smaller_batch
 
 

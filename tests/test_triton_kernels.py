@@ -366,7 +366,7 @@ def test_apply_speedups_puts_the_kernels_in_place_of_lean_mlp_through_the_traine
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import ListDataset, PadCollator
+    from reviewgpt.train.dataset import ListDataset, PadCollator
     from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     model = get_peft_model(load(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))

@@ -13,45 +13,6 @@
     speed/          the recipe's speed options as scoped patches of transformers/peft
 
 Reads data (reviewgpt.data) and models (reviewgpt.models); eval never imports this package.
-`from reviewgpt.train import train` (the function, as before issue 14) still works: names are
-looked up lazily so importing the package does not import torch.
+Each name is imported from the module that defines it (`from reviewgpt.train.loop import train`):
+this package exports nothing itself, so importing it imports no torch.
 """
-
-from __future__ import annotations
-
-import importlib
-
-# public name -> the module that defines it (the names old `reviewgpt.train` had)
-_EXPORTS = {
-    "train": "loop",
-    "local_paths_absolute": "loop",
-    "TokenizedSplit": "dataset",
-    "tokenize_records": "dataset",
-    "ListDataset": "dataset",
-    "PadCollator": "dataset",
-    "is_complete_checkpoint": "resume",
-    "newest_complete_checkpoint": "resume",
-    "trusted_checkpoint_loading": "resume",
-    "logged_loss_sum": "resume",
-    "run_mean_loss": "resume",
-    "run_identity": "resume",
-    "check_same_run": "resume",
-    "resume_batch": "resume",
-    "make_log_callback": "logs",
-    "TrainedTokens": "logs",
-    "peak_memory_per_gpu": "logs",
-    "plot_loss_curve": "logs",
-    "check_report_to": "arguments",
-    "training_arguments": "arguments",
-    "drop_empty_param_groups": "distributed",
-}
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
