@@ -114,13 +114,6 @@ class Recipe:
             if problem:
                 raise ValueError(f"{f.name} {problem}")
 
-    def __getattr__(self, name):
-        """`recipe.chunked_loss` reads `recipe.speed.chunked_loss` (code written before the speed
-        options moved into one dataclass)."""
-        if name in SPEED_FIELDS:
-            return getattr(self.speed, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     @property
     def quantize(self) -> bool:
         """The base is loaded in 4-bit NF4 (finetune qlora)."""

@@ -130,8 +130,8 @@ def test_oom_with_auto_kept_layers_recomputes_every_layer_first(tmp_path):
 
     @with_oom_recovery
     def fake_train(recipe, data_path, output_dir, **kwargs):
-        seen.append((recipe.checkpoint_skip_layers, recipe.per_device_train_batch_size))
-        if recipe.checkpoint_skip_layers == "auto":
+        seen.append((recipe.speed.checkpoint_skip_layers, recipe.per_device_train_batch_size))
+        if recipe.speed.checkpoint_skip_layers == "auto":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         return {"ok": True}
 

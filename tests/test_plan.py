@@ -258,16 +258,16 @@ def test_auto_keeps_what_fits_the_free_memory(triton_runs):
     recipe = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 1,
                                                       "checkpoint_skip_layers": "auto"})
     m = ARCHITECTURES["mistral-7b"]
-    assert with_planned_layers(recipe, 12288, gpu_free_gib=139.0).checkpoint_skip_layers == m.layers  # H200
-    on_24 = with_planned_layers(recipe, 12288, gpu_free_gib=23.4).checkpoint_skip_layers
+    assert with_planned_layers(recipe, 12288, gpu_free_gib=139.0).speed.checkpoint_skip_layers == m.layers  # H200
+    on_24 = with_planned_layers(recipe, 12288, gpu_free_gib=23.4).speed.checkpoint_skip_layers
     assert 0 < on_24 < m.layers
     options = {**DEFAULTS, **dict.fromkeys(TRITON, triton_runs)}  # the recipe's, as the planner counts them
     peak = predict(m, 12288, 1, options={**options, "checkpoint_skip_layers": on_24})["reserved_gib"]
     assert peak <= 23.4 * 0.95 < predict(m, 12288, 1, options={**options,
                                                                  "checkpoint_skip_layers": on_24 + 1})["reserved_gib"]
-    assert with_planned_layers(recipe, 12288, gpu_free_gib=4).checkpoint_skip_layers == 0
+    assert with_planned_layers(recipe, 12288, gpu_free_gib=4).speed.checkpoint_skip_layers == 0
     gemma = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
-    assert with_planned_layers(gemma, 8192, gpu_free_gib=139.0).checkpoint_skip_layers == 28
+    assert with_planned_layers(gemma, 8192, gpu_free_gib=139.0).speed.checkpoint_skip_layers == 28
     fixed = recipe.replace(checkpoint_skip_layers=3)
     assert with_planned_layers(fixed, 12288, gpu_free_gib=139.0) is fixed  # a number stays the number
 
@@ -277,14 +277,14 @@ def test_auto_without_a_gpu_is_no_kept_layer(monkeypatch):
 
     monkeypatch.setattr("reviewgpt.train.plan.free_gpu_gib", lambda: None)
     recipe = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
-    assert with_planned_layers(recipe, 8192).checkpoint_skip_layers == 0
+    assert with_planned_layers(recipe, 8192).speed.checkpoint_skip_layers == 0
 
 
 def test_auto_in_yaml_and_flags_and_bad_values(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("family: mistral\ncheckpoint_skip_layers: auto\n")
-    assert load_recipe(str(path)).checkpoint_skip_layers == "auto"
-    assert load_recipe(str(path), {"checkpoint_skip_layers": 4}).checkpoint_skip_layers == 4
+    assert load_recipe(str(path)).speed.checkpoint_skip_layers == "auto"
+    assert load_recipe(str(path), {"checkpoint_skip_layers": 4}).speed.checkpoint_skip_layers == 4
     path.write_text("family: mistral\ncheckpoint_skip_layers: some\n")
     with pytest.raises(UserError, match="checkpoint_skip_layers must be an integer or 'auto', got 'some'"):
         load_recipe(str(path))

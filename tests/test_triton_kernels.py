@@ -378,7 +378,7 @@ def test_apply_speedups_puts_the_kernels_in_place_of_lean_mlp_through_the_traine
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset([{"input_ids": ids, "labels": ids}]),
                       data_collator=PadCollator(0))
     recipe = load_recipe("tiny", {"model": str(tiny_llama), "lean_mlp": True})
-    assert all(getattr(recipe, option) for option in TRITON_OPTIONS)  # on by default
+    assert all(getattr(recipe.speed, option) for option in TRITON_OPTIONS)  # on by default
     done = apply_speedups(trainer, recipe, bf16=False)
     assert all(done[option] for option in TRITON_OPTIONS)
     assert not done["lean_mlp"] and not done["fused_rmsnorm"]  # replaced by the kernels, not in force
@@ -440,7 +440,7 @@ def test_predict_recipe_counts_the_triton_options_only_where_triton_runs(monkeyp
     from reviewgpt.train.plan import ARCHITECTURES
 
     gemma, arch = load_recipe("gemma-7b-it"), ARCHITECTURES["gemma-7b"]
-    assert all(getattr(gemma, option) for option in TRITON_OPTIONS)
+    assert all(getattr(gemma.speed, option) for option in TRITON_OPTIONS)
     off = gemma.replace(**dict.fromkeys(TRITON_OPTIONS, False))
     monkeypatch.setattr(torch_support, "triton_problem", lambda: "triton is not installed")
     assert predict_recipe(gemma, arch, 32768, 1) == predict_recipe(off, arch, 32768, 1)
