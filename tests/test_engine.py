@@ -107,7 +107,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_tokens(family_model)
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_mistral_sliding_window_as_the_loaded_attention_does(tmp_path_factory, attention):
     # transformers 4.38.2's Mistral honours the window in eager attention and ignores it under SDPA.
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     path = build_tiny_model("mistral", tmp_path_factory.mktemp("mistral-window"), sliding_window=8)
     loaded = load_lively(path, attn_implementation=attention)
@@ -228,7 +228,7 @@ def test_nf4_base_dequantized_and_merged_equals_the_4bit_model_with_its_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     path = build_tiny_model("llama", tmp_path / "llama", hidden=128)  # bitsandbytes' CPU kernels want N % 32 == 0
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)

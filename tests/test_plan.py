@@ -8,7 +8,8 @@ from reviewgpt import torch_support
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train.plan import ARCHITECTURES, architecture_of, check_fits, lora_params, plan, predict
+from reviewgpt.train.memory import ARCHITECTURES, architecture_of, lora_params, predict
+from reviewgpt.train.plan import check_fits, plan
 
 # Measured on the device (docs/performance.md, docs/results/): peak allocated GiB, the same on H100 and H200.
 MEASURED = [
@@ -172,7 +173,7 @@ def test_triton_kernel_rows_within_10_percent_of_the_device(arch, seq, kept, opt
 def test_lora_beyond_attention_counts_in_kept_layers():
     # SmolLM2-135M, the smollm2-135m recipe (LoRA on all seven projections, dropout 0.1), 8 x 8192, all 30
     # layers kept, Triton kernels on: 55.81 GiB allocated on an H200 (docs/results/speed3_h200/).
-    from reviewgpt.memory import architecture_from_config
+    from reviewgpt.train.memory import architecture_from_config
 
     smol = architecture_from_config({"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
                                      "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,

@@ -109,7 +109,7 @@ def test_recipe_validation_in_post_init():
 
 
 def test_speed_options_are_one_frozen_dataclass_and_flat_yaml_still_loads(tmp_path):
-    from reviewgpt.speed_options import SpeedOptions
+    from reviewgpt.recipe.speed_options import SpeedOptions
 
     nested = load_recipe("gemma-7b-it")
     assert isinstance(nested.speed, SpeedOptions) and nested.speed.chunked_loss

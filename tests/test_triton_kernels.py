@@ -435,9 +435,8 @@ def test_apply_triton_kernels_patches_nothing_where_they_cannot_run(problem, tin
 
 
 def test_predict_recipe_counts_the_triton_options_only_where_triton_runs(monkeypatch):
-    from reviewgpt.memory import predict_recipe
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train.plan import ARCHITECTURES
+    from reviewgpt.train.memory import ARCHITECTURES, predict_recipe
 
     gemma, arch = load_recipe("gemma-7b-it"), ARCHITECTURES["gemma-7b"]
     assert all(getattr(gemma.speed, option) for option in TRITON_OPTIONS)
