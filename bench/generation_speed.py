@@ -245,9 +245,9 @@ def halving_on_oom(measure, prompts):
 
 def synthetic(args) -> None:
     from reviewgpt.eval.engine_model import merge_adapter_in_memory
-    from reviewgpt.memory import ARCHITECTURES
     from reviewgpt.models import load_for_inference
     from reviewgpt.train.bench_models import random_weights
+    from reviewgpt.train.memory import ARCHITECTURES
 
     base = Path(args.model) if args.model else random_weights(ARCHITECTURES[ARCHITECTURE[args.family]],
                                                              Path(args.weights_dir) / f"random-{args.family}")

@@ -8,7 +8,7 @@ default collator (loss on every token); QLoRA NF4 + double quant, LoRA r 64 / al
 batch 1 x accumulation 16, bf16, gradient checkpointing; SDPA attention (flash-attn is not on the
 GPU image). Two changes, neither changes the math: checkpointing with `use_reentrant=False` (needed
 on today's torch; transformers 4.38.2 passes none), and the model's forward wrapped to count the
-tokens it trains on (reviewgpt.train.TrainedTokens, as `reviewgpt train` counts them).
+tokens it trains on (reviewgpt.train.logs.TrainedTokens, as `reviewgpt train` counts them).
 
 It writes the adapter like `reviewgpt train` (plus `reviewgpt_recipe.yaml` naming the template
 and length it was trained with, so `reviewgpt eval` and `review` read the folder like a run) and
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import reviewgpt
     from reviewgpt.data.records import load_records
     from reviewgpt.models import load_config
-    from reviewgpt.train import TrainedTokens
+    from reviewgpt.train.logs import TrainedTokens
 
     records = load_records(args.data).records
     data = Dataset.from_dict({"input": [r.paper for r in records], "output": [r.review for r in records]})

@@ -128,7 +128,8 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     `fresh_references` (sequence lengths) in a child process each, if the budget allows. `seqs`: only
     the core rows at these sequence lengths (a confirmation call), no probe, no optional row."""
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train.bench import Bench, model_for_bench, reference_in_fresh_process
+    from reviewgpt.train.bench import Bench, reference_in_fresh_process
+    from reviewgpt.train.bench_models import model_for_bench
     from reviewgpt.train.oom import free_gpu
     from reviewgpt.train.speed import OFF, options_of
 

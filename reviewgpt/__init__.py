@@ -3,25 +3,19 @@
     import reviewgpt
     reviewgpt.formatting_func({"input": ["paper"], "output": ["review"]})   # trl 0.7.11
     bnb_config, lora_config = reviewgpt.qlora_config("gemma")
+    reviewgpt.offline_by_default()   # what the CLI does first: HF_HUB_OFFLINE=1 unless set
 
-Heavy modules (torch, transformers) load only when a function that needs them is called.
-Importing reviewgpt turns the Hugging Face hub off unless HF_HUB_OFFLINE is set (reviewgpt.offline).
+Heavy modules (torch, transformers) load only when a function that needs them is called, and
+importing reviewgpt changes nothing in the process (no environment variable, no patch).
 """
 
+from reviewgpt.data.prompt import INSTRUCTION, TEMPLATES, formatting_func, make_formatting_func
+from reviewgpt.errors import UserError
+from reviewgpt.models import qlora_config
+from reviewgpt.offline import offline_by_default
+from reviewgpt.recipe import Recipe, load_recipe
+
 __version__ = "0.1.0"
-
-from reviewgpt.offline import offline_by_default  # noqa: E402
-
-offline_by_default()  # before anything imports huggingface_hub, which reads it once
-
-from reviewgpt import moved  # noqa: E402
-
-moved.install()  # `import reviewgpt.tokenization` and the other paths from before issue 14 keep working
-
-from reviewgpt.data.prompt import INSTRUCTION, TEMPLATES, formatting_func, make_formatting_func  # noqa: E402
-from reviewgpt.errors import UserError  # noqa: E402
-from reviewgpt.models import qlora_config  # noqa: E402
-from reviewgpt.recipe import Recipe, load_recipe  # noqa: E402
 
 __all__ = [
     "INSTRUCTION",
@@ -31,5 +25,6 @@ __all__ = [
     "formatting_func",
     "load_recipe",
     "make_formatting_func",
+    "offline_by_default",
     "qlora_config",
 ]

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _offline_by_default() -> None:
-    # Offline unless HF_HUB_OFFLINE=0 (reviewgpt.offline; `import reviewgpt` did it already).
+    # Offline unless HF_HUB_OFFLINE=0 (reviewgpt.offline), before any command imports huggingface_hub.
     offline_by_default()
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # Offline, peft 0.9.0 cannot ask the hub whether the base's config exists and warns on every

@@ -55,21 +55,21 @@ def triton_interpreter_where_marked(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory):
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     return build_tiny_model("gemma", tmp_path_factory.mktemp("tiny-gemma"))
 
 
 @pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory):
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     return build_tiny_model("mistral", tmp_path_factory.mktemp("tiny-mistral"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
 

@@ -59,7 +59,7 @@ def test_log_callback_fixes_the_trainer_state_too(tmp_path):
     """transformers 4.38.x keeps its own copy of each log in state.log_history and dumps it to JSON."""
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from reviewgpt.train import make_log_callback
+    from reviewgpt.train.logs import make_log_callback
 
     state = TrainerState()
     state.global_step = 3

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from reviewgpt.env import doctor
-from reviewgpt.env.doctor import Environment, Gpu, ImportProbe
+from reviewgpt.env import doctor, gpu_checks, probe
+from reviewgpt.env.probe import Environment, Gpu, ImportProbe
 from reviewgpt.recipe import load_recipe
 
 GIB = 1024**3
@@ -107,27 +107,27 @@ def test_optional_extras_are_not_version_checked_here():
 # --- torch's CUDA build vs driver and GPU
 
 def test_cpu_torch_on_a_gpu_machine_fails():
-    check = doctor.check_torch_cuda(dataclasses.replace(CPU_ONLY, driver_cuda="12.2"))
+    check = gpu_checks.check_torch_cuda(dataclasses.replace(CPU_ONLY, driver_cuda="12.2"))
     assert check.status == "FAIL" and "CPU build" in check.detail and "cu118" in check.fix
 
 
 def test_torch_that_does_not_import_fails():
-    check = doctor.check_torch_cuda(broken(torch_version=None, torch_error="ImportError: libcudnn.so.8"))
+    check = gpu_checks.check_torch_cuda(broken(torch_version=None, torch_error="ImportError: libcudnn.so.8"))
     assert check.status == "FAIL" and "libcudnn" in check.detail
 
 
 def test_driver_older_than_torch_cuda_major_fails():
-    check = doctor.check_torch_cuda(broken(driver_cuda="10.2", driver_version="440.33"))
+    check = gpu_checks.check_torch_cuda(broken(driver_cuda="10.2", driver_version="440.33"))
     assert check.status == "FAIL" and "supports CUDA 10.2" in check.detail and "driver" in check.fix
 
 
 def test_driver_older_minor_is_a_warning():
     # CUDA minor-version compatibility: an 11.4 driver runs torch's cu118 build.
-    assert doctor.check_torch_cuda(broken(driver_cuda="11.4")).status == "WARN"
+    assert gpu_checks.check_torch_cuda(broken(driver_cuda="11.4")).status == "WARN"
 
 
 def test_torch_sees_no_gpu_fails():
-    check = doctor.check_torch_cuda(broken(cuda_available=False, gpus=(), cuda_error="RuntimeError: no device"))
+    check = gpu_checks.check_torch_cuda(broken(cuda_available=False, gpus=(), cuda_error="RuntimeError: no device"))
     assert check.status == "FAIL" and "--gpus all" in check.fix
 
 
@@ -135,15 +135,15 @@ def test_torch_without_kernels_for_the_gpu_fails():
     # torch 1.13 + CUDA 11.7 carries no sm_90: an H100 needs the cu118 image.
     env = broken(torch_version="1.13.1", torch_cuda="11.7",
                  torch_arch_list=("sm_37", "sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86"))
-    check = doctor.check_torch_cuda(env)
+    check = gpu_checks.check_torch_cuda(env)
     assert check.status == "FAIL" and "sm_90" in check.detail and "cu118" in check.fix
     a100 = dataclasses.replace(env, gpus=(Gpu("NVIDIA A100-SXM4-80GB", (8, 0), 80 * GIB, 79 * GIB),))
-    assert doctor.check_torch_cuda(a100).status == "OK"
+    assert gpu_checks.check_torch_cuda(a100).status == "OK"
 
 
 def test_gpu_without_bf16_fails():
     v100 = Gpu("Tesla V100-SXM2-32GB", (7, 0), 32 * GIB, 31 * GIB)
-    check = doctor.check_gpus(broken(gpus=(v100,)))
+    check = gpu_checks.check_gpus(broken(gpus=(v100,)))
     assert check.status == "FAIL" and "bf16" in check.detail and "NaN" in check.fix
 
 
@@ -151,7 +151,7 @@ def test_gpu_without_bf16_fails():
 
 def test_bitsandbytes_without_its_cuda_library_names_bnb_cuda_version():
     env = broken(bitsandbytes=ImportProbe("0.43.1", "RuntimeError: CUDA Setup failed despite GPU being available"))
-    check = doctor.check_bitsandbytes(env)
+    check = gpu_checks.check_bitsandbytes(env)
     assert check.status == "FAIL"
     assert "BNB_CUDA_VERSION=118" in check.fix and "python -m bitsandbytes" in check.fix
 
@@ -160,7 +160,7 @@ def test_bitsandbytes_without_its_cuda_library_names_bnb_cuda_version():
 def test_bitsandbytes_that_needs_a_newer_torch_says_so_not_cuda(env):
     """bitsandbytes 0.50.2 on torch 2.2.1: the import fails (peft's, so training's too), GPU or not."""
     error = "AttributeError: module 'torch.library' has no attribute 'register_fake'"
-    check = doctor.check_bitsandbytes(dataclasses.replace(env, torch_version="2.2.1",
+    check = gpu_checks.check_bitsandbytes(dataclasses.replace(env, torch_version="2.2.1",
                                                           bitsandbytes=ImportProbe("0.50.2", error)))
     assert check.status == "FAIL"
     assert check.detail.startswith("bitsandbytes 0.50.2 needs torch >= 2.4, this is torch 2.2.1")
@@ -168,39 +168,39 @@ def test_bitsandbytes_that_needs_a_newer_torch_says_so_not_cuda(env):
 
 
 def test_bitsandbytes_missing_matters_only_with_a_gpu():
-    assert doctor.check_bitsandbytes(broken(bitsandbytes=ImportProbe())).status == "FAIL"
-    assert doctor.check_bitsandbytes(CPU_ONLY).status == "OK"
+    assert gpu_checks.check_bitsandbytes(broken(bitsandbytes=ImportProbe())).status == "FAIL"
+    assert gpu_checks.check_bitsandbytes(CPU_ONLY).status == "OK"
 
 
 # --- flash-attn
 
 def test_flash_attn_abi_mismatch_fails_with_the_wheel_to_take():
     error = "ImportError: flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"
-    check = doctor.check_flash_attn(broken(flash_attn=ImportProbe("2.5.6", error)))
+    check = gpu_checks.check_flash_attn(broken(flash_attn=ImportProbe("2.5.6", error)))
     assert check.status == "FAIL" and "undefined symbol" in check.detail
     assert "cxx11abiFALSE" in check.fix and "2.2.1+cu118" in check.fix
 
 
 def test_flash_attn_other_import_error_fails():
-    check = doctor.check_flash_attn(broken(flash_attn=ImportProbe("2.5.6", "ModuleNotFoundError: einops")))
+    check = gpu_checks.check_flash_attn(broken(flash_attn=ImportProbe("2.5.6", "ModuleNotFoundError: einops")))
     assert check.status == "FAIL" and "einops" in check.detail
 
 
 def test_flash_attn_missing_on_ampere_is_a_warning():
-    assert doctor.check_flash_attn(broken(flash_attn=ImportProbe())).status == "WARN"
-    assert doctor.check_flash_attn(CPU_ONLY).status == "OK"
+    assert gpu_checks.check_flash_attn(broken(flash_attn=ImportProbe())).status == "WARN"
+    assert gpu_checks.check_flash_attn(CPU_ONLY).status == "OK"
 
 
 # --- triton (the triton_* speed options)
 
 def test_triton_older_than_3_or_missing_says_the_speed_options_stay_off():
-    check = doctor.check_triton(HEALTHY)  # the cu118 image: torch 2.2.1's triton 2.2.0
+    check = gpu_checks.check_triton(HEALTHY)  # the cu118 image: torch 2.2.1's triton 2.2.0
     assert check.status == "OK"  # a speed option that stays off is not a conflict, as torch-features
     assert check.detail.startswith("triton 2.2.0 is older than 3.0: the triton_* speed options stay off")
-    missing = doctor.check_triton(broken(packages={k: v for k, v in HEALTHY.packages.items() if k != "triton"}))
+    missing = gpu_checks.check_triton(broken(packages={k: v for k, v in HEALTHY.packages.items() if k != "triton"}))
     assert missing.status == "OK" and missing.detail.startswith("triton is not installed")
-    assert "stay off" in doctor.check_triton(CPU_ONLY).detail
-    ready = doctor.check_triton(with_packages(triton="3.0.0"))
+    assert "stay off" in gpu_checks.check_triton(CPU_ONLY).detail
+    ready = gpu_checks.check_triton(with_packages(triton="3.0.0"))
     assert ready.status == "OK" and "run on a CUDA GPU" in ready.detail
 
 
@@ -263,35 +263,35 @@ def test_hub_online_warns_about_peft_saves():
 
 def test_memory_estimate_grows_with_context_and_batch():
     gemma = load_recipe("gemma-7b-it")
-    base = doctor.estimate_training_bytes(gemma)
-    assert doctor.estimate_training_bytes(gemma.replace(max_seq_length=12288)) > base
-    assert doctor.estimate_training_bytes(gemma.replace(per_device_train_batch_size=2)) > base
+    base = gpu_checks.estimate_training_bytes(gemma)
+    assert gpu_checks.estimate_training_bytes(gemma.replace(max_seq_length=12288)) > base
+    assert gpu_checks.estimate_training_bytes(gemma.replace(per_device_train_batch_size=2)) > base
     # The planner's numbers (measured within 10% on the device): ~12 GiB with the speed options,
     # and ~35+ GiB on the seed recipe's path, where Gemma's fp32 logits dominate (REFERENCE.md 2).
     assert 8 * GIB < base < 20 * GIB
     seed_path = gemma.replace(chunked_loss=False, bf16_frozen_weights=False, causal_sdpa=False)
-    assert doctor.estimate_training_bytes(seed_path) > 30 * GIB
+    assert gpu_checks.estimate_training_bytes(seed_path) > 30 * GIB
     # a model the planner does not know (a fine-tune's hub id): taken as the family's 7B
-    assert doctor.estimate_training_bytes(gemma.replace(model="someone/gemma-7b-reviewer")) == base
+    assert gpu_checks.estimate_training_bytes(gemma.replace(model="someone/gemma-7b-reviewer")) == base
     llama = gemma.replace(family="llama", model="someone/llama-reviewer")
-    assert 0 < doctor.estimate_training_bytes(llama) != base
+    assert 0 < gpu_checks.estimate_training_bytes(llama) != base
 
 
 def test_recipe_that_does_not_fit_fails_and_tight_fit_warns():
     gemma = load_recipe("gemma-7b-it")
-    need = doctor.estimate_training_bytes(gemma)
+    need = gpu_checks.estimate_training_bytes(gemma)
     small = Gpu("NVIDIA T4", (7, 5), 16 * GIB, 8 * GIB)
-    check = doctor.check_gpu_memory(broken(gpus=(small,)), gemma)
+    check = gpu_checks.check_gpu_memory(broken(gpus=(small,)), gemma)
     assert check.status == "FAIL" and "--per-device-train-batch-size" in check.fix
     tight = Gpu("GPU", (8, 0), 80 * GIB, int(need / 0.95))
-    assert doctor.check_gpu_memory(broken(gpus=(tight,)), gemma).status == "WARN"
-    assert doctor.check_gpu_memory(HEALTHY, gemma).status == "OK"
+    assert gpu_checks.check_gpu_memory(broken(gpus=(tight,)), gemma).status == "WARN"
+    assert gpu_checks.check_gpu_memory(HEALTHY, gemma).status == "OK"
 
 
 def test_memory_without_recipe_or_gpu_only_reports():
-    assert doctor.check_gpu_memory(HEALTHY).status == "OK"
-    assert doctor.check_gpu_memory(CPU_ONLY, load_recipe("gemma-7b-it")).status == "OK"
-    assert doctor.check_gpu_memory(HEALTHY, load_recipe("tiny")).status == "OK"  # names no base model
+    assert gpu_checks.check_gpu_memory(HEALTHY).status == "OK"
+    assert gpu_checks.check_gpu_memory(CPU_ONLY, load_recipe("gemma-7b-it")).status == "OK"
+    assert gpu_checks.check_gpu_memory(HEALTHY, load_recipe("tiny")).status == "OK"  # names no base model
 
 
 # --- report, probe and CLI
@@ -304,7 +304,7 @@ def test_report_prints_status_and_fix_lines():
 
 
 def test_real_probe_on_this_machine():
-    env = doctor.probe_environment()
+    env = probe.probe_environment()
     assert env.packages["transformers"] == "4.38.2"
     assert env.torch_version is not None
     assert any(p.startswith("transformers==") for p in env.pins)
@@ -315,7 +315,7 @@ def test_real_probe_on_this_machine():
 def test_cli_exits_1_on_fail_and_prints_json(monkeypatch, capsys):
     from reviewgpt.cli import main
 
-    monkeypatch.setattr(doctor, "probe_environment", lambda: with_packages(numpy="2.0.2"))
+    monkeypatch.setattr(probe, "probe_environment", lambda: with_packages(numpy="2.0.2"))
     assert main(["doctor", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     statuses = {c["name"]: c["status"] for c in out["checks"]}
@@ -326,7 +326,7 @@ def test_cli_exits_1_on_fail_and_prints_json(monkeypatch, capsys):
 def test_cli_text_report_and_recipe(monkeypatch, capsys):
     from reviewgpt.cli import main
 
-    monkeypatch.setattr(doctor, "probe_environment", lambda: HEALTHY)
+    monkeypatch.setattr(probe, "probe_environment", lambda: HEALTHY)
     assert main(["doctor", "--recipe", "mistral-7b-instruct-v0.2"]) == 0
     out = capsys.readouterr().out
     assert "recipe mistral-7b-instruct-v0.2 needs about" in out and out.rstrip().endswith("0 FAIL")
@@ -335,7 +335,7 @@ def test_cli_text_report_and_recipe(monkeypatch, capsys):
 def test_cli_unknown_recipe_is_one_line_exit_2(monkeypatch, capsys):
     from reviewgpt.cli import main
 
-    monkeypatch.setattr(doctor, "probe_environment", lambda: HEALTHY)
+    monkeypatch.setattr(probe, "probe_environment", lambda: HEALTHY)
     assert main(["doctor", "--recipe", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown recipe 'nope'" in err

@@ -108,7 +108,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_tokens(family_model)
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_mistral_sliding_window_as_the_loaded_attention_does(tmp_path_factory, attention):
     # transformers 4.38.2's Mistral honours the window in eager attention and ignores it under SDPA.
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     path = build_tiny_model("mistral", tmp_path_factory.mktemp("mistral-window"), sliding_window=8)
     loaded = load_lively(path, attn_implementation=attention)
@@ -190,7 +190,7 @@ def test_sampling_filters_logits_as_generates_warpers():
 @pytest.fixture(scope="module")
 def llama_run(tiny_llama, sample_file, tmp_path_factory):
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import train
+    from reviewgpt.train.loop import train
 
     run = tmp_path_factory.mktemp("engine-run")
     recipe = load_recipe("tiny", {"model": str(tiny_llama), "max_steps": 2, "save_steps": 2, "max_seq_length": 384,
@@ -230,7 +230,7 @@ def test_nf4_base_dequantized_and_merged_equals_the_4bit_model_with_its_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     path = build_tiny_model("llama", tmp_path / "llama", hidden=128)  # bitsandbytes' CPU kernels want N % 32 == 0
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from tests.util import train_losses
 
 
@@ -79,8 +79,8 @@ def test_merge_of_a_full_run_refuses_politely_and_review_and_eval_load_it(tiny_g
 
 
 def test_the_planner_counts_a_full_fine_tune_and_refuses_a_7b_one_on_one_gpu():
-    from reviewgpt.memory import predict_recipe
-    from reviewgpt.train.plan import ARCHITECTURES, check_fits
+    from reviewgpt.train.memory import ARCHITECTURES, predict_recipe
+    from reviewgpt.train.plan import check_fits
 
     gemma = load_recipe("gemma-7b-it")
     arch = ARCHITECTURES["gemma-7b"]

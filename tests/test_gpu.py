@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from reviewgpt.env.tiny import build_tiny_model
 from reviewgpt.merge import merge
+from reviewgpt.models.tiny import build_tiny_model
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from tests.util import assert_merged_like_adapter
 
 pytestmark = pytest.mark.gpu

@@ -3,9 +3,8 @@
     data <- train, data <- eval, models <- both; eval imports nothing from train; no cycles.
 
 A unit is a sub-package (reviewgpt/data, train, eval, env, commands) or a top-level module
-(reviewgpt/models.py, run.py, recipe.py, ...). Imports inside functions count too: a lazy import
-is still a dependency. `reviewgpt/__init__.py` (the public facade, re-exports only) and
-`reviewgpt/moved.py` (old module names as strings) are not units.
+(reviewgpt/models/, run.py, recipe/, ...). Imports inside functions count too: a lazy import
+is still a dependency. `reviewgpt/__init__.py` (the public facade, re-exports only) is not a unit.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "reviewgpt"
-FACADE = {"reviewgpt", "reviewgpt.moved"}
+FACADE = {"reviewgpt"}
 MAX_LINES = 300
 
 

@@ -1,10 +1,10 @@
-"""Llama masks the size of the batch (reviewgpt.llama_mask) change nothing but the cost."""
+"""Llama masks the size of the batch (reviewgpt.models.llama_mask) change nothing but the cost."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reviewgpt.llama_mask import compact_causal_mask, patch_llama_causal_mask, unpatch_llama_causal_mask
+from reviewgpt.models.llama_mask import compact_causal_mask, patch_llama_causal_mask, unpatch_llama_causal_mask
 from tests.util import needs_sdpa
 
 

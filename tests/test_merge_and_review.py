@@ -11,7 +11,7 @@ from reviewgpt.errors import UserError
 from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from tests.util import assert_merged_like_adapter
 
 

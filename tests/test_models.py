@@ -104,6 +104,7 @@ def test_the_readme_python_runs_as_shown_without_bitsandbytes():
 
 
 def test_saving_an_adapter_from_a_script_does_not_reach_the_network(tiny_gemma, tmp_path):
+    """A script that makes the CLI's one call (reviewgpt.offline_by_default) runs offline as the CLI does."""
     import json
     import os
     import shutil
@@ -123,6 +124,7 @@ socket.getaddrinfo = refuse
 socket.socket.connect = lambda self, address: refuse(address)
 
 import reviewgpt
+reviewgpt.offline_by_default()
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 

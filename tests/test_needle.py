@@ -27,7 +27,7 @@ CONFIG = NeedleConfig(lengths=(LENGTH,), depths=(50,))
 
 @pytest.fixture(scope="module")
 def windowed_mistral(tmp_path_factory):
-    from reviewgpt.env.tiny import build_tiny_model
+    from reviewgpt.models.tiny import build_tiny_model
 
     return build_tiny_model("mistral", tmp_path_factory.mktemp("mistral-w16"), layers=LAYERS, sliding_window=WINDOW)
 

@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
 from reviewgpt.run import OOM_EVENTS_FILE, RECIPE_FILE
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from reviewgpt.train.oom import is_cuda_oom, smaller_batch
 
 
@@ -130,8 +130,8 @@ def test_oom_with_auto_kept_layers_recomputes_every_layer_first(tmp_path):
 
     @with_oom_recovery
     def fake_train(recipe, data_path, output_dir, **kwargs):
-        seen.append((recipe.checkpoint_skip_layers, recipe.per_device_train_batch_size))
-        if recipe.checkpoint_skip_layers == "auto":
+        seen.append((recipe.speed.checkpoint_skip_layers, recipe.per_device_train_batch_size))
+        if recipe.speed.checkpoint_skip_layers == "auto":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         return {"ok": True}
 

@@ -8,7 +8,8 @@ from reviewgpt import torch_support
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train.plan import ARCHITECTURES, architecture_of, check_fits, lora_params, plan, predict
+from reviewgpt.train.memory import ARCHITECTURES, architecture_of, lora_params, predict
+from reviewgpt.train.plan import check_fits, plan
 
 # Measured on the device (docs/performance.md, docs/results/): peak allocated GiB, the same on H100 and H200.
 MEASURED = [
@@ -172,7 +173,7 @@ def test_triton_kernel_rows_within_10_percent_of_the_device(arch, seq, kept, opt
 def test_lora_beyond_attention_counts_in_kept_layers():
     # SmolLM2-135M, the smollm2-135m recipe (LoRA on all seven projections, dropout 0.1), 8 x 8192, all 30
     # layers kept, Triton kernels on: 55.81 GiB allocated on an H200 (docs/results/speed3_h200/).
-    from reviewgpt.memory import architecture_from_config
+    from reviewgpt.train.memory import architecture_from_config
 
     smol = architecture_from_config({"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
                                      "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
@@ -192,7 +193,7 @@ def test_full_fine_tuning_row_within_10_percent_of_the_device():
     # The row was measured after the full-fine-tuning terms were written: it held them out.
     from unittest import mock
 
-    from reviewgpt.memory import architecture_from_config, predict_recipe
+    from reviewgpt.train.memory import architecture_from_config, predict_recipe
 
     smol = architecture_from_config({"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
                                      "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
@@ -276,16 +277,16 @@ def test_auto_keeps_what_fits_the_free_memory(triton_runs):
     recipe = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 1,
                                                       "checkpoint_skip_layers": "auto"})
     m = ARCHITECTURES["mistral-7b"]
-    assert with_planned_layers(recipe, 12288, gpu_free_gib=139.0).checkpoint_skip_layers == m.layers  # H200
-    on_24 = with_planned_layers(recipe, 12288, gpu_free_gib=23.4).checkpoint_skip_layers
+    assert with_planned_layers(recipe, 12288, gpu_free_gib=139.0).speed.checkpoint_skip_layers == m.layers  # H200
+    on_24 = with_planned_layers(recipe, 12288, gpu_free_gib=23.4).speed.checkpoint_skip_layers
     assert 0 < on_24 < m.layers
     options = {**DEFAULTS, **dict.fromkeys(TRITON, triton_runs)}  # the recipe's, as the planner counts them
     peak = predict(m, 12288, 1, options={**options, "checkpoint_skip_layers": on_24})["reserved_gib"]
     assert peak <= 23.4 * 0.95 < predict(m, 12288, 1, options={**options,
                                                                  "checkpoint_skip_layers": on_24 + 1})["reserved_gib"]
-    assert with_planned_layers(recipe, 12288, gpu_free_gib=4).checkpoint_skip_layers == 0
+    assert with_planned_layers(recipe, 12288, gpu_free_gib=4).speed.checkpoint_skip_layers == 0
     gemma = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
-    assert with_planned_layers(gemma, 8192, gpu_free_gib=139.0).checkpoint_skip_layers == 28
+    assert with_planned_layers(gemma, 8192, gpu_free_gib=139.0).speed.checkpoint_skip_layers == 28
     fixed = recipe.replace(checkpoint_skip_layers=3)
     assert with_planned_layers(fixed, 12288, gpu_free_gib=139.0) is fixed  # a number stays the number
 
@@ -295,14 +296,14 @@ def test_auto_without_a_gpu_is_no_kept_layer(monkeypatch):
 
     monkeypatch.setattr("reviewgpt.train.plan.free_gpu_gib", lambda: None)
     recipe = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
-    assert with_planned_layers(recipe, 8192).checkpoint_skip_layers == 0
+    assert with_planned_layers(recipe, 8192).speed.checkpoint_skip_layers == 0
 
 
 def test_auto_in_yaml_and_flags_and_bad_values(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("family: mistral\ncheckpoint_skip_layers: auto\n")
-    assert load_recipe(str(path)).checkpoint_skip_layers == "auto"
-    assert load_recipe(str(path), {"checkpoint_skip_layers": 4}).checkpoint_skip_layers == 4
+    assert load_recipe(str(path)).speed.checkpoint_skip_layers == "auto"
+    assert load_recipe(str(path), {"checkpoint_skip_layers": 4}).speed.checkpoint_skip_layers == 4
     path.write_text("family: mistral\ncheckpoint_skip_layers: some\n")
     with pytest.raises(UserError, match="checkpoint_skip_layers must be an integer or 'auto', got 'some'"):
         load_recipe(str(path))

@@ -17,6 +17,7 @@ import inspect
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def public_api() -> dict:
     return {
         "__all__": sorted(reviewgpt.__all__),
         "signatures": {name: str(inspect.signature(getattr(reviewgpt, name)))
-                       for name in ("formatting_func", "make_formatting_func", "qlora_config", "load_recipe")},
+                       for name in ("formatting_func", "make_formatting_func", "qlora_config", "load_recipe",
+                                    "offline_by_default")},
         "formatting_func(batch)": reviewgpt.formatting_func({"input": ["PAPER"], "output": ["REVIEW"]}),
         "formatting_func(example)": reviewgpt.formatting_func({"paper": "PAPER", "review": "REVIEW"}),
         "make_formatting_func(t)": {name: reviewgpt.make_formatting_func(name)({"paper": ["P"], "review": ["R"]})
@@ -113,6 +115,43 @@ def test_the_help_fixture_covers_every_command_and_sub_command():
 def test_the_public_api_is_unchanged():
     expected = json.loads(API_FILE.read_text(encoding="utf-8"))
     assert json.loads(json.dumps(public_api())) == expected
+
+
+IMPORT_EVERYTHING = """
+import importlib, os, pkgutil, sys
+before_env, before_finders = dict(os.environ), list(sys.meta_path)
+import reviewgpt
+for module in pkgutil.walk_packages(reviewgpt.__path__, "reviewgpt."):
+    if not module.name.endswith("__main__"):
+        importlib.import_module(module.name)
+changed = sorted(k for k in set(os.environ) | set(before_env) if os.environ.get(k) != before_env.get(k))
+assert changed == [], changed
+assert sys.meta_path == before_finders, sys.meta_path
+import huggingface_hub.constants as hub
+assert not hub.HF_HUB_OFFLINE
+assert reviewgpt.offline_by_default() and hub.HF_HUB_OFFLINE
+assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
+"""
+
+
+def test_importing_reviewgpt_changes_nothing_in_the_process():
+    """Every module imports without setting an environment variable or installing an import hook;
+    offline mode is the CLI's, and `reviewgpt.offline_by_default()` is the one call a script makes."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], env=env, check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_the_cli_runs_offline_unless_the_environment_says_otherwise(monkeypatch):
+    from reviewgpt.cli import main
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert main(["recipes"]) == 0
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    assert main(["recipes"]) == 0
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "0"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from reviewgpt.eval.likelihood import EvalSettings, batches_by_tokens, evaluate_
 from reviewgpt.eval.score import repetition, score_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from tests.util import skip_unless_bitsandbytes_quantizes_on_cpu, write_jsonl
 
 

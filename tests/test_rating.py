@@ -6,10 +6,11 @@ import json
 import pytest
 
 from reviewgpt.cli import main
+from reviewgpt.data.chat_templates import reference_ids
 from reviewgpt.data.prompt import get_template
 from reviewgpt.data.rating import decision_accepted, parse_rating, usable_rating, with_rating
 from reviewgpt.data.records import load_records, records_digest, write_jsonl
-from reviewgpt.data.tokenization import IGNORE_INDEX, PromptEncoder, reference_ids
+from reviewgpt.data.tokenization import IGNORE_INDEX, PromptEncoder
 from reviewgpt.errors import UserError
 from reviewgpt.eval.rating import accept_threshold, spearman
 from reviewgpt.eval.score import score_reviews

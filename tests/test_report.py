@@ -10,7 +10,7 @@ import pytest
 from reviewgpt.cli import main
 from reviewgpt.eval.judge.prompt import QUESTIONS
 from reviewgpt.eval.judge.run import JudgeRunConfig, run_judge
-from reviewgpt.eval.needle import CSV_FIELDS, plot_heatmap, read_rows
+from reviewgpt.eval.needle_results import CSV_FIELDS, plot_heatmap, read_rows
 from tests.judge_support.data import CANDIDATE_MARK, write_review_files
 from tests.judge_support.server import candidate_is
 

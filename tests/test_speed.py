@@ -194,7 +194,7 @@ def test_train_leaves_no_patch_and_the_sdpa_order_as_it_found_them(tiny_gemma, s
     from transformers import TrainerCallback
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import train
+    from reviewgpt.train.loop import train
     from reviewgpt.train.speed.attention import sdpa_order
 
     class Watch(TrainerCallback):

@@ -128,7 +128,7 @@ def test_apply_speedups_skips_layers_through_the_trainer(tiny_mistral, tmp_path)
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import ListDataset, PadCollator
+    from reviewgpt.train.dataset import ListDataset, PadCollator
     from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     model = get_peft_model(load(tiny_mistral), LoraConfig(r=4, target_modules=TARGETS))

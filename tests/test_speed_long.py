@@ -175,7 +175,7 @@ def test_apply_speedups_with_offload_lean_mlp_and_kept_layers_through_the_traine
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import ListDataset, PadCollator
+    from reviewgpt.train.dataset import ListDataset, PadCollator
     from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     monkeypatch.setattr(offload, "MIN_BYTES", 1)

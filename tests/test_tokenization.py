@@ -4,16 +4,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reviewgpt.data.chat_templates import chat_template_of, reference_ids
 from reviewgpt.data.prompt import TEMPLATES, get_template, make_formatting_func
-from reviewgpt.data.tokenization import (
-    CUT_MARKER,
-    IGNORE_INDEX,
-    PromptEncoder,
-    ReviewTooLong,
-    chat_template_of,
-    pad_batch,
-    reference_ids,
-)
+from reviewgpt.data.tokenization import CUT_MARKER, IGNORE_INDEX, PromptEncoder, ReviewTooLong, pad_batch
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=1500)
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -58,7 +58,7 @@ def test_training_arguments_give_the_dataloader_what_torch_accepts(monkeypatch, 
     """transformers 4.38.2 passes prefetch_factor=None to DataLoader; torch 1.13 refused it in every
     training path (train, bench: both build their arguments here)."""
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import training_arguments
+    from reviewgpt.train.arguments import training_arguments
 
     recipe = load_recipe("tiny")
     monkeypatch.setattr(torch_support, "installed_torch_version", lambda: CU117)

@@ -6,7 +6,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import newest_complete_checkpoint, train
+from reviewgpt.train.loop import train
+from reviewgpt.train.resume import newest_complete_checkpoint
 from tests.util import train_losses, write_jsonl
 
 
@@ -149,16 +150,16 @@ class RecordBatches:
     """Wraps the run's collator: the examples of every micro-batch, in order."""
 
     def __init__(self, monkeypatch):
-        import reviewgpt.train
+        from reviewgpt.train.dataset import PadCollator
 
         self.seen = []
-        collate = reviewgpt.train.PadCollator.__call__
+        collate = PadCollator.__call__
 
         def record(collator, features):
             self.seen.append([tuple(f["input_ids"]) for f in features])
             return collate(collator, features)
 
-        monkeypatch.setattr(reviewgpt.train.PadCollator, "__call__", record)
+        monkeypatch.setattr(PadCollator, "__call__", record)
 
     def samples(self):
         return [example for batch in self.seen for example in batch]

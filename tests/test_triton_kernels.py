@@ -366,7 +366,7 @@ def test_apply_speedups_puts_the_kernels_in_place_of_lean_mlp_through_the_traine
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import ListDataset, PadCollator
+    from reviewgpt.train.dataset import ListDataset, PadCollator
     from reviewgpt.train.speed import apply_speedups, remove_speedups
 
     model = get_peft_model(load(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -378,7 +378,7 @@ def test_apply_speedups_puts_the_kernels_in_place_of_lean_mlp_through_the_traine
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset([{"input_ids": ids, "labels": ids}]),
                       data_collator=PadCollator(0))
     recipe = load_recipe("tiny", {"model": str(tiny_llama), "lean_mlp": True})
-    assert all(getattr(recipe, option) for option in TRITON_OPTIONS)  # on by default
+    assert all(getattr(recipe.speed, option) for option in TRITON_OPTIONS)  # on by default
     done = apply_speedups(trainer, recipe, bf16=False)
     assert all(done[option] for option in TRITON_OPTIONS)
     assert not done["lean_mlp"] and not done["fused_rmsnorm"]  # replaced by the kernels, not in force
@@ -435,12 +435,11 @@ def test_apply_triton_kernels_patches_nothing_where_they_cannot_run(problem, tin
 
 
 def test_predict_recipe_counts_the_triton_options_only_where_triton_runs(monkeypatch):
-    from reviewgpt.memory import predict_recipe
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train.plan import ARCHITECTURES
+    from reviewgpt.train.memory import ARCHITECTURES, predict_recipe
 
     gemma, arch = load_recipe("gemma-7b-it"), ARCHITECTURES["gemma-7b"]
-    assert all(getattr(gemma, option) for option in TRITON_OPTIONS)
+    assert all(getattr(gemma.speed, option) for option in TRITON_OPTIONS)
     off = gemma.replace(**dict.fromkeys(TRITON_OPTIONS, False))
     monkeypatch.setattr(torch_support, "triton_problem", lambda: "triton is not installed")
     assert predict_recipe(gemma, arch, 32768, 1) == predict_recipe(off, arch, 32768, 1)

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
-from reviewgpt.train import train
+from reviewgpt.train.loop import train
 from tests.util import train_losses, write_jsonl
 
 

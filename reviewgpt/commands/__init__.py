@@ -12,7 +12,7 @@ from typing import Optional
 
 
 def _number_type(kind, what: str, low, high, low_open: bool, high_open: bool):
-    from reviewgpt.recipe import Range
+    from reviewgpt.recipe.fields import Range
 
     allowed = Range(low, high, low_open, high_open)
 

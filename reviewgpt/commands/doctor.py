@@ -22,7 +22,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from dataclasses import asdict
 
-    from reviewgpt.env.doctor import exit_code, format_report, probe_environment, run_checks
+    from reviewgpt.env.doctor import exit_code, format_report, run_checks
+    from reviewgpt.env.probe import probe_environment
     from reviewgpt.recipe import load_recipe
 
     recipe = load_recipe(args.recipe) if args.recipe else None  # UserError on an unknown name

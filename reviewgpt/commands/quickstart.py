@@ -24,8 +24,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from reviewgpt.cli import main
     from reviewgpt.data.sample import write_sample
-    from reviewgpt.env.tiny import TEMPLATE_OF_FAMILY
     from reviewgpt.errors import UserError
+    from reviewgpt.models.tiny import TEMPLATE_OF_FAMILY
 
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)

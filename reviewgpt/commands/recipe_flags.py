@@ -10,7 +10,8 @@ import argparse
 import typing
 from typing import Literal
 
-from reviewgpt.recipe import describe, field_types, flat_fields
+from reviewgpt.recipe import field_types, flat_fields
+from reviewgpt.recipe.fields import describe
 
 
 def _flag(name: str) -> str:

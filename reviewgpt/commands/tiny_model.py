@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.env.tiny import build_tiny_model
     from reviewgpt.errors import UserError
+    from reviewgpt.models.tiny import build_tiny_model
 
     if args.hidden % 8:
         raise UserError(f"--hidden must be a multiple of 8 (4 attention heads of an even size), got {args.hidden}.")

@@ -105,7 +105,7 @@ def _relaunch_if_asked(args, recipe) -> int | None:
 def run(args) -> int:
     from reviewgpt.commands.recipe_flags import recipe_overrides
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train import train
+    from reviewgpt.train.loop import train
 
     recipe = load_recipe(args.recipe, recipe_overrides(args))
     code = _relaunch_if_asked(args, recipe)

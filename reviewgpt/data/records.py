@@ -58,7 +58,9 @@ class LoadResult:
     unusable_ratings: List[str] = field(default_factory=list)  # sources of valid records whose rating is not 1-10
 
 
-def _digest(*parts: str) -> str:
+def text_digest(*parts: str) -> str:
+    """16 hex digits of sha256 over the parts (each ended by a NUL): a paper's or record's id when the
+    file gives none, and the records' digest."""
     h = hashlib.sha256()
     for part in parts:
         h.update(part.encode("utf-8"))
@@ -157,8 +159,8 @@ def validate(obj: object, source: str) -> Record:
     for key in ("id", "paper_id"):
         if key in obj and not isinstance(obj[key], (str, int)):
             raise UserError(f"{source}: field {key!r} must be a string or an integer, got {type(obj[key]).__name__}.")
-    paper_id = str(obj["paper_id"]) if "paper_id" in obj else "paper-" + _digest(paper)
-    record_id = str(obj["id"]) if "id" in obj else "rec-" + _digest(paper, review)
+    paper_id = str(obj["paper_id"]) if "paper_id" in obj else "paper-" + text_digest(paper)
+    record_id = str(obj["id"]) if "id" in obj else "rec-" + text_digest(paper, review)
     decision = obj.get("decision")
     return Record(id=record_id, paper_id=paper_id, paper=paper, review=review, source=source,
                   rating=usable_rating(obj.get("rating")), decision=decision if isinstance(decision, str) else None)
@@ -208,7 +210,7 @@ def write_rejects(rejected: List[Rejected], path) -> None:
 def records_digest(records: List[Record]) -> str:
     """What the records say, in order (ids, papers, reviews, ratings): a run folder records it, and a
     resume on other data is refused."""
-    return _digest(*(str(part) for r in records for part in (r.id, r.paper_id, r.paper, r.review, r.rating)))
+    return text_digest(*(str(part) for r in records for part in (r.id, r.paper_id, r.paper, r.review, r.rating)))
 
 
 def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -> Tuple[List[Record], List[Record]]:
@@ -219,7 +221,7 @@ def split_by_paper(records: List[Record], eval_fraction: float, seed: int = 0) -
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}.")
-    papers = sorted({r.paper_id for r in records}, key=lambda pid: _digest(str(seed), pid))
+    papers = sorted({r.paper_id for r in records}, key=lambda pid: text_digest(str(seed), pid))
     n_eval = math.ceil(eval_fraction * len(papers)) if eval_fraction > 0 else 0
     if n_eval >= len(papers) and n_eval > 0:
         n_eval = len(papers) - 1  # always keep something to train on
@@ -287,7 +289,7 @@ def load_papers(path) -> List[Paper]:
             raise UserError(f"{source}: field 'paper' (or 'input') is missing; every line needs the paper text.")
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{source}: field {key!r} must be a non-empty string.")
-        paper_id = str(obj.get("paper_id", obj.get("id", "paper-" + _digest(text))))
+        paper_id = str(obj.get("paper_id", obj.get("id", "paper-" + text_digest(text))))
         if paper_id in seen:
             continue
         seen.add(paper_id)

@@ -35,7 +35,6 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from reviewgpt.data.chat_templates import chat_template_of, reference_ids  # noqa: F401 - read here too
 from reviewgpt.data.prompt import Template
 from reviewgpt.errors import UserError
 

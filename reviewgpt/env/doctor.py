@@ -4,7 +4,7 @@ Two halves. `probe_environment()` (reviewgpt.env.probe) looks at this machine on
 torch's CUDA build, the driver, the GPUs, whether bitsandbytes / flash-attn / deepspeed load) and returns a
 frozen `Environment`. The checks are pure functions `Environment -> Check`, so tests build a
 broken `Environment` by hand instead of needing a GPU. Each conflict and its fix come from
-shared/REFERENCE.md section 2 and what was seen on this project's machines.
+what was seen on this project's machines with the pinned stack.
 """
 
 from __future__ import annotations
@@ -17,27 +17,19 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from reviewgpt import torch_support
-from reviewgpt.env.gpu_checks import (  # noqa: F401 - the GPU checks are read from here too
+from reviewgpt.env.gpu_checks import (
     check_bitsandbytes,
     check_flash_attn,
     check_gpu_memory,
     check_gpus,
     check_torch_cuda,
     check_triton,
-    estimate_training_bytes,
 )
-from reviewgpt.env.probe import (  # noqa: F401 - Environment, Gpu, Check, ... are read from here too
-    GIB,
-    HEADROOM,
+from reviewgpt.env.probe import (
     LOCK_HINT,
     Check,
     Environment,
-    Gpu,
-    ImportProbe,
-    Status,
-    _major_minor,
-    _v,
-    probe_environment,
+    parse_version,
 )
 
 # ----------------------------------------------------------------------------------- checks
@@ -75,7 +67,7 @@ _DS_NEW_TORCH = "0.14.4"  # first deepspeed that imports on torch >= 2.6
 
 def check_deepspeed_transformers(env: Environment) -> Check:
     """transformers 4.38.x logs grad_norm unconverted; deepspeed >= 0.13.2 makes it a tensor."""
-    ds, tf = _v(env.deepspeed.version), _v(env.packages.get("transformers"))
+    ds, tf = parse_version(env.deepspeed.version), parse_version(env.packages.get("transformers"))
     if ds is None:
         return Check("deepspeed-transformers", "OK", "deepspeed not installed (only for ZeRO across GPUs)")
     if tf is not None and tf < Version("4.39") and ds >= Version(_DS_LOG_BUG):
@@ -87,7 +79,7 @@ def check_deepspeed_transformers(env: Environment) -> Check:
 
 
 def check_deepspeed_torch(env: Environment) -> Check:
-    ds, torch = _v(env.deepspeed.version), _v(env.torch_version)
+    ds, torch = parse_version(env.deepspeed.version), parse_version(env.torch_version)
     if ds is None:
         return Check("deepspeed-torch", "OK", "deepspeed not installed")
     too_old = torch is not None and torch.release >= (2, 6) and ds < Version(_DS_NEW_TORCH)
@@ -103,8 +95,8 @@ def check_deepspeed_torch(env: Environment) -> Check:
 
 def check_datasets_stack(env: Environment) -> Check:
     """datasets 2.16 needs numpy 1.x; pyarrow >= 26 and pandas >= 3 need numpy 2."""
-    ds = _v(env.packages.get("datasets"))
-    numpy, pandas, pyarrow = (_v(env.packages.get(n)) for n in ("numpy", "pandas", "pyarrow"))
+    ds = parse_version(env.packages.get("datasets"))
+    numpy, pandas, pyarrow = (parse_version(env.packages.get(n)) for n in ("numpy", "pandas", "pyarrow"))
     if ds is None:
         return Check("datasets-stack", "FAIL", "datasets is not installed", LOCK_HINT)
     problems = []

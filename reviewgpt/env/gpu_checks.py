@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Tuple
 
 from reviewgpt import torch_support
-from reviewgpt.env.probe import GIB, HEADROOM, LOCK_HINT, Check, Environment, _major_minor
+from reviewgpt.env.probe import GIB, HEADROOM, LOCK_HINT, Check, Environment, major_minor
 
 
 def _arch_supported(capability: Tuple[int, int], arch_list: Tuple[str, ...]) -> bool:
@@ -43,7 +43,7 @@ def check_torch_cuda(env: Environment) -> Check:
     if env.driver_cuda is None:
         return Check("torch-cuda", "WARN", f"{build}, but no NVIDIA driver (libcuda.so.1) was found",
                      "run on a GPU machine; in Docker pass --gpus all (NVIDIA Container Toolkit)")
-    driver, built = _major_minor(env.driver_cuda), _major_minor(env.torch_cuda)
+    driver, built = major_minor(env.driver_cuda), major_minor(env.torch_cuda)
     driver_text = f"driver {env.driver_version or '?'} supports CUDA {env.driver_cuda}"
     if driver[0] < built[0]:
         return Check("torch-cuda", "FAIL", f"{build}, but the {driver_text}",
@@ -141,7 +141,7 @@ def check_triton(env: Environment) -> Check:
 def estimate_training_bytes(recipe) -> int:
     """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes, with
     the recipe's speed options). A model the planner does not know is taken as its family's 7B."""
-    from reviewgpt.memory import architecture_or_family_default, predict_recipe
+    from reviewgpt.train.memory import architecture_or_family_default, predict_recipe
 
     arch = architecture_or_family_default(recipe.model, recipe.family)
     predicted = predict_recipe(recipe, arch, recipe.max_seq_length, recipe.per_device_train_batch_size)

@@ -240,7 +240,8 @@ def probe_environment() -> Environment:
     )
 
 
-def _v(text: Optional[str]) -> Optional[Version]:
+def parse_version(text: Optional[str]) -> Optional[Version]:
+    """A version string as a Version; None when absent or not a version (a probe that failed)."""
     if text is None:
         return None
     try:
@@ -249,7 +250,8 @@ def _v(text: Optional[str]) -> Optional[Version]:
         return None
 
 
-def _major_minor(text: str) -> Tuple[int, int]:
+def major_minor(text: str) -> Tuple[int, int]:
+    """'12.1' -> (12, 1): CUDA versions of the driver and of torch's build, compared by the GPU checks."""
     major, minor = (text.split(".") + ["0"])[:2]
     return int(major), int(re.match(r"\d+", minor).group())
 

@@ -33,8 +33,8 @@ from typing import List, Literal, Optional
 from reviewgpt import run
 from reviewgpt.errors import UserError
 from reviewgpt.files import append_line, refuse_existing_folder, refuse_output_is_input
-from reviewgpt.generation_options import GENERATION_FIELDS
-from reviewgpt.generation_options import resolve as resolve_decoding
+from reviewgpt.recipe.generation_options import GENERATION_FIELDS
+from reviewgpt.recipe.generation_options import resolve as resolve_decoding
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ DEFAULT_MAX_NEW_TOKENS = run.DEFAULT_MAX_NEW_TOKENS
 class GenerationSettings:
     max_input_tokens: Optional[int] = None  # None: the recipe's, else the trained length - max_new_tokens
     max_new_tokens: Optional[int] = None  # None: the recipe's, else 1024
-    # Decoding: None takes the model's recipe's `generation:` block (reviewgpt.generation_options), else its default.
+    # Decoding: None takes the model's recipe's `generation:` block (recipe.generation_options), else its default.
     temperature: Optional[float] = None  # 0 = greedy
     top_p: Optional[float] = None
     template: Optional[str] = None

@@ -29,7 +29,7 @@ from typing import Dict, List, Sequence
 
 from reviewgpt import run
 from reviewgpt.errors import UserError
-from reviewgpt.eval.needle_results import CSV_FIELDS, plot_heatmap, read_rows  # noqa: F401 - read here too
+from reviewgpt.eval.needle_results import CSV_FIELDS, plot_heatmap, read_rows
 
 log = logging.getLogger(__name__)
 

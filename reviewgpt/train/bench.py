@@ -35,15 +35,10 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from reviewgpt.train.bench_models import (  # noqa: F401 - scripts import random_weights from here
-    _free,
-    load_prepared,
-    model_for_bench,
-    random_weights,
-    transformers_config,
-)
+from reviewgpt.train.bench_models import free_memory, load_prepared, model_for_bench
 from reviewgpt.train.bench_timing import StepProfiler, StepTimer, versions
-from reviewgpt.train.plan import Architecture, architecture_of, free_gpu_gib, with_planned_layers
+from reviewgpt.train.memory import CALIBRATION, Architecture, architecture_of, predict_recipe
+from reviewgpt.train.plan import free_gpu_gib, with_planned_layers
 from reviewgpt.train.speed import OFF, options_of, speedups
 
 log = logging.getLogger(__name__)
@@ -64,7 +59,6 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
 
     from reviewgpt.train.arguments import training_arguments
     from reviewgpt.train.dataset import ListDataset, PadCollator
-    from reviewgpt.train.plan import predict_recipe
 
     cuda = torch.cuda.is_available()
     profile = profile if cuda else 0
@@ -89,7 +83,7 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
         trainer.add_callback(profiler.callback())
     # the row's options are in force for its steps only: patches and the SDPA order end with the row
     with speedups(trainer, run, bf16=run.bf16 and cuda) as in_force:
-        _free()
+        free_memory()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -116,7 +110,7 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
         row["profile_top_kernels"] = profiler.top(profile)
     row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())
     del trainer
-    _free()
+    free_memory()
     return row
 
 
@@ -168,8 +162,6 @@ class Bench:
 
     def __init__(self, recipe, model_dir: str, arch: Architecture, steps: int = 4, warmup: int = 2,
                  emit=None, gpu_mem_gib: Optional[float] = None):
-        from reviewgpt.train.plan import CALIBRATION
-
         self.recipe, self.arch, self.steps, self.warmup, self.emit = recipe, arch, steps, warmup, emit
         # What `checkpoint_skip_layers: auto` plans for: a card of gpu_mem_gib, or what is free now
         # (before the model is loaded: the planner counts the model itself).

@@ -13,12 +13,13 @@ from typing import Optional
 
 import torch
 
-from reviewgpt.memory import ARCHITECTURES, Architecture, architecture_of
+from reviewgpt.train.memory import ARCHITECTURES, Architecture, architecture_of
 
 log = logging.getLogger(__name__)
 
 
-def _free() -> None:
+def free_memory() -> None:
+    """Collect garbage and return the CUDA allocator's cached blocks: between bench rows."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -46,7 +47,7 @@ def random_weights(arch: Architecture, directory) -> Path:
     """A bf16 safetensors checkpoint of `arch` with random weights (+ a local tokenizer), made once."""
     from transformers import AutoModelForCausalLM
 
-    from reviewgpt.env.tiny import build_tokenizer
+    from reviewgpt.models.tiny import build_tokenizer
 
     directory = Path(directory)
     if (directory / "config.json").is_file():
@@ -63,7 +64,7 @@ def random_weights(arch: Architecture, directory) -> Path:
     tokenizer.save_pretrained(directory)
     log.info("random %s weights written to %s in %.0f s", arch.name, directory, time.time() - started)
     del model
-    _free()
+    free_memory()
     return directory
 
 

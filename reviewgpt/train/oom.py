@@ -30,7 +30,7 @@ from pathlib import Path
 from reviewgpt import run
 from reviewgpt.errors import UserError
 from reviewgpt.files import append_line
-from reviewgpt.speed_options import options_of
+from reviewgpt.recipe.speed_options import options_of
 from reviewgpt.train.distributed import world_size
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
     reviewgpt plan --recipe gemma-7b-it --seq 12288 --gpu-mem 24
 
-The prediction itself (architectures, calibration, `predict`) is reviewgpt.memory, which `doctor`
+The prediction itself (architectures, calibration, `predict`) is reviewgpt.train.memory, which `doctor`
 reads too. `train` calls `check_fits` before loading the model and refuses a configuration that
 will not fit; `checkpoint_skip_layers: auto` is resolved here (`with_planned_layers`).
 """
@@ -15,18 +15,11 @@ from typing import Optional
 
 from reviewgpt import torch_support
 from reviewgpt.errors import UserError
-from reviewgpt.memory import (  # noqa: F401 - ARCHITECTURES, predict, ... are read here by scripts and tests
-    ARCHITECTURES,
+from reviewgpt.train.memory import (
     CALIBRATION,
-    FAMILY_DEFAULTS,
     GIB,
-    HUB_IDS,
     Architecture,
-    architecture_from_config,
     architecture_of,
-    architecture_or_family_default,
-    lora_params,
-    predict,
     predict_recipe,
 )
 

@@ -40,7 +40,7 @@ stamp "issue 5: tiny fine-tune -> reviews -> local judge -> needle -> report"
 
 stamp "issue 6: random gemma-7b weights"
 python bench/long_sample.py /tmp/long.jsonl 48
-python -c "from reviewgpt.train.bench import random_weights; from reviewgpt.train.plan import ARCHITECTURES; \
+python -c "from reviewgpt.train.bench_models import random_weights; from reviewgpt.train.memory import ARCHITECTURES; \
 random_weights(ARCHITECTURES['gemma-7b'], '/tmp/gemma7b')" 2>&1 | tail -n 2
 common="--recipe gemma-7b-it --model /tmp/gemma7b --data /tmp/long.jsonl --max-steps $STEPS --save-steps 1000 \
  --logging-steps 1 --max-seq-length $SEQ --per-device-train-batch-size 1 --gradient-accumulation-steps 4 --lora-dropout 0.0"

@@ -10,7 +10,7 @@ pip install -q --no-deps --target /tmp/pydeps .gpuwheels/*.whl 2>&1 | tail -1
 export PYTHONPATH=/tmp/pydeps:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 W=/tmp/weights/reviewgpt-random-mistral-7b
-python -c "from reviewgpt.train.bench import random_weights; from reviewgpt.train.plan import ARCHITECTURES; \
+python -c "from reviewgpt.train.bench_models import random_weights; from reviewgpt.train.memory import ARCHITECTURES; \
 random_weights(ARCHITECTURES['mistral-7b'], '$W')" 2>&1 | tail -n 1
 python bench/long_sample.py /tmp/long.jsonl 128
 t0=$(date +%s)

@@ -7,7 +7,7 @@ DS_BUILD_OPS=0 pip install -q --no-deps --no-build-isolation --target /tmp/dsdep
 export PYTHONPATH=/tmp/dsdeps:/tmp/pydeps:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python -c "import deepspeed, torch; print('deepspeed', deepspeed.__version__, 'torch', torch.__version__)" 2>&1 | tail -3
 [ -f /tmp/long.jsonl ] || python bench/long_sample.py /tmp/long.jsonl 48
-python -c "from reviewgpt.train.bench import random_weights; from reviewgpt.train.plan import ARCHITECTURES; \
+python -c "from reviewgpt.train.bench_models import random_weights; from reviewgpt.train.memory import ARCHITECTURES; \
 random_weights(ARCHITECTURES['gemma-7b'], '/tmp/gemma7b')" 2>&1 | tail -n 2
 common="--recipe gemma-7b-it --model /tmp/gemma7b --data /tmp/long.jsonl --max-steps $STEPS --save-steps 1000 \
  --logging-steps 1 --max-seq-length $SEQ --per-device-train-batch-size 1 --gradient-accumulation-steps 4 --lora-dropout 0.0"

@@ -40,7 +40,7 @@ class Pair:
 
 
 def load_reviews(path) -> List[ReviewEntry]:
-    from reviewgpt.data.records import _digest, json_objects
+    from reviewgpt.data.records import json_objects, text_digest
 
     path = Path(path)
     entries = []
@@ -58,7 +58,7 @@ def load_reviews(path) -> List[ReviewEntry]:
         if "paper_id" in obj or "id" in obj:
             paper_id = str(obj.get("paper_id", obj.get("id")))
         elif paper:
-            paper_id = "paper-" + _digest(paper)
+            paper_id = "paper-" + text_digest(paper)
         else:
             raise UserError(
                 f"{source}: no 'paper_id', 'id' or 'paper' to tell which paper this review is "

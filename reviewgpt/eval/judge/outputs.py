@@ -3,7 +3,7 @@ both orders' winners and reasons, scores, coverage) and summary.json / summary.m
 intervals, position consistency, coverage; strict JSON, never NaN). Each file is written under a
 temporary name and renamed into place, so a kill mid-write leaves the previous file whole.
 
-The counts partition what they count (issue 19 item 9): papers judged = papers with a judged pair;
+The counts partition what they count: papers judged = papers with a judged pair;
 pairs = judged + unparsable + missing; judgments (two per pair) = from the cache + asked this run,
 and = parsable + unparsable + missing.
 """
@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
 from reviewgpt.data.prompt import CRITERIA
 from reviewgpt.eval.coverage import covered_criteria
+from reviewgpt.eval.judge.data import Pair, ReviewEntry
 from reviewgpt.eval.judge.prompt import JUDGE_PROMPT_VERSION, QUESTIONS, Verdict
 from reviewgpt.eval.judge.stats import CANDIDATE_POSITION, is_position_consistent, pair_score, summarize
 from reviewgpt.files import atomic_path, atomic_write_text
 
 
-def _finite(value):
+def finite(value):
     """`value` with every NaN or infinity replaced by None."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -47,26 +49,32 @@ def _coverage_rates(reviews) -> Dict[str, float]:
     return {c: sum(cov[c] for cov in covered) / len(covered) for c in CRITERIA}
 
 
-def _write_outputs(
-    output_dir: Path,
-    pairs,
-    per_pair,
-    candidates,
-    references,
-    identity,
-    config,
-    candidate_path,
-    reference_path,
-    papers_trimmed: int = 0,
-    candidate_papers_without_reference: int = 0,
-    this_run: dict | None = None,
-) -> dict:
-    """`this_run`: what this run asked and got (judgments_asked/answered/cached, concurrency, judge_gone)."""
+@dataclass(frozen=True)
+class JudgedPairs:
+    """What one `reviewgpt judge` run has once every judgment is in: what `write_outputs` writes."""
+
+    pairs: List[Pair]
+    per_pair: List[Dict[str, dict]]  # for each pair: order ("AB", "BA") -> its cache entry
+    candidates: List[ReviewEntry]
+    references: List[ReviewEntry]
+    identity: str  # the judge
+    candidate_path: str
+    reference_path: str
+    pairing: str
+    paper_chars: int
+    limit: Optional[int]
+    papers_trimmed: int = 0
+    candidate_papers_without_reference: int = 0
+    this_run: Optional[dict] = None  # what this run asked and got (judgments_asked/answered/cached, concurrency, ...)
+
+
+def write_outputs(output_dir: Path, judged: JudgedPairs) -> dict:
+    """verdicts.jsonl, summary.json and summary.md of `judged`; returns the summary."""
     from reviewgpt.eval.judge.report import summary_markdown
 
     stats_input, judged_papers = [], set()
     with atomic_path(output_dir / "verdicts.jsonl") as temporary, open(temporary, "w", encoding="utf-8") as f:
-        for pair, orders in zip(pairs, per_pair):
+        for pair, orders in zip(judged.pairs, judged.per_pair):
             verdicts = {o: _verdict_or_none(e) for o, e in orders.items()}
             stats_input.append(
                 {o: {"status": e.get("status"), "verdict": verdicts[o]} for o, e in orders.items()}
@@ -78,7 +86,7 @@ def _write_outputs(
                 "paper_id": pair.paper_id,
                 "candidate_id": pair.candidate.review_id,
                 "reference_id": pair.reference.review_id,
-                "judge": identity,
+                "judge": judged.identity,
                 "prompt_version": JUDGE_PROMPT_VERSION,
                 "score": score,
                 "criteria_scores": {q: pair_score(verdicts, q) for q in QUESTIONS},
@@ -100,30 +108,30 @@ def _write_outputs(
             }
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
     stats = summarize(stats_input)
-    paired_candidates = [p.candidate for p in pairs]
-    paired_references = [p.reference for p in pairs]
+    paired_candidates = [p.candidate for p in judged.pairs]
+    paired_references = [p.reference for p in judged.pairs]
     summary = {
-        "judge": identity,
+        "judge": judged.identity,
         "prompt_version": JUDGE_PROMPT_VERSION,
-        "candidate": str(candidate_path),
-        "reference": str(reference_path),
-        "pairing": config.pairing,
-        "paper_chars": config.paper_chars,
-        "limit": config.limit,
-        "candidate_papers": len({c.paper_id for c in candidates}),
-        "reference_papers": len({r.paper_id for r in references}),
-        "candidate_papers_without_reference": candidate_papers_without_reference,
-        "papers_paired": len({p.paper_id for p in pairs}),  # in both files (and within --limit)
+        "candidate": str(judged.candidate_path),
+        "reference": str(judged.reference_path),
+        "pairing": judged.pairing,
+        "paper_chars": judged.paper_chars,
+        "limit": judged.limit,
+        "candidate_papers": len({c.paper_id for c in judged.candidates}),
+        "reference_papers": len({r.paper_id for r in judged.references}),
+        "candidate_papers_without_reference": judged.candidate_papers_without_reference,
+        "papers_paired": len({p.paper_id for p in judged.pairs}),  # in both files (and within --limit)
         "papers_judged": len(judged_papers),  # with at least one judged pair
-        "papers_trimmed_to_judge_context": papers_trimmed,
+        "papers_trimmed_to_judge_context": judged.papers_trimmed,
         **stats.to_dict(),
-        **(this_run or {}),
+        **(judged.this_run or {}),
         "coverage": {
             "candidate": _coverage_rates(paired_candidates),
             "reference": _coverage_rates(paired_references),
         },
     }
     # Strict JSON (null, never NaN): Node's JSON.parse and other strict readers refuse a bare NaN.
-    atomic_write_text(output_dir / "summary.json", json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(output_dir / "summary.json", json.dumps(finite(summary), indent=2, allow_nan=False) + "\n")
     atomic_write_text(output_dir / "summary.md", summary_markdown(summary))
     return summary

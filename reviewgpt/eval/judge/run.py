@@ -27,7 +27,7 @@ from reviewgpt.errors import UserError
 from reviewgpt.eval.http import RequestFailed
 from reviewgpt.eval.judge.cache import CACHE_FILE, VerdictCache, cache_key
 from reviewgpt.eval.judge.data import Pair, ReviewEntry, load_paper_texts, load_reviews, make_pairs
-from reviewgpt.eval.judge.outputs import _finite, _write_outputs  # noqa: F401 - _finite: read here too
+from reviewgpt.eval.judge.outputs import JudgedPairs, write_outputs
 from reviewgpt.eval.judge.prompt import (
     JUDGE_PROMPT_VERSION,
     UnparsableVerdict,
@@ -256,7 +256,9 @@ def run_judge(
         "concurrency_final": min(workers, lowered_to or workers),
         "judge_gone": getattr(backend, "gave_up", None),  # why the client stopped asking, if it did
     }
-    return _write_outputs(
-        output_dir, pairs, per_pair, candidates, references, identity, config, candidate_path, reference_path,
-        papers_trimmed=trimmed, candidate_papers_without_reference=without_reference, this_run=this_run,
-    )
+    judged = JudgedPairs(
+        pairs=pairs, per_pair=per_pair, candidates=candidates, references=references, identity=identity,
+        candidate_path=str(candidate_path), reference_path=str(reference_path), pairing=config.pairing,
+        paper_chars=config.paper_chars, limit=config.limit, papers_trimmed=trimmed,
+        candidate_papers_without_reference=without_reference, this_run=this_run)
+    return write_outputs(output_dir, judged)

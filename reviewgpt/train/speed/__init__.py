@@ -31,8 +31,8 @@ import logging
 
 import torch
 
-from reviewgpt.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
-from reviewgpt.speed_options import COUNTS, OFF, OPTIONS, SWITCHES, options_of  # noqa: F401
+from reviewgpt.models.llama_mask import patch_llama_causal_mask, unpatch_llama_causal_mask
+from reviewgpt.recipe.speed_options import COUNTS, OFF, OPTIONS, SWITCHES, options_of  # noqa: F401
 from reviewgpt.train.speed.attention import (
     patch_gemma_causal_sdpa,
     prefer_cudnn_attention,

@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from reviewgpt.llama_mask import attend, patch_causal_sdpa, project_qkv, unpatch_causal_sdpa
+from reviewgpt.models.llama_mask import attend, patch_causal_sdpa, project_qkv, unpatch_causal_sdpa
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ the module's own code runs.
 
 RoPE is a function of the modeling modules, not a module: it is swapped in those Python modules for
 the duration of `speedups` (like the SDPA backend order) and put back after; the patched attention
-forwards of reviewgpt.llama_mask and train.speed.attention look it up at call time, so they take it too.
+forwards of reviewgpt.models.llama_mask and train.speed.attention look it up at call time, so they take it too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import torch
 
 from reviewgpt import torch_support
-from reviewgpt.speed_options import TRITON_OPTIONS
+from reviewgpt.recipe.speed_options import TRITON_OPTIONS
 from reviewgpt.train.speed.mlp import gated_mlps
 from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 

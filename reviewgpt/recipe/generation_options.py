@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 
-from reviewgpt.fields import AT_LEAST_0, POSITIVE, Range, help_field, range_problem
+from reviewgpt.recipe.fields import AT_LEAST_0, POSITIVE, Range, help_field, range_problem
 
 
 @dataclass(frozen=True)

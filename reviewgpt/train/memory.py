@@ -6,7 +6,7 @@ The prediction adds up what is known exactly (4-bit weights, bf16/fp32 embedding
 and gradients, one checkpointed hidden state per layer) and what was measured (the working set of
 one layer's recompute + backward, the reference loss's fp32 logits), per token, with coefficients
 calibrated on the GPU device (CALIBRATION, docs/performance.md). It answers for the recipe's
-speed options (reviewgpt.speed_options) or for the reference path (`reference=True`). bitsandbytes'
+speed options (reviewgpt.recipe.speed_options) or for the reference path (`reference=True`). bitsandbytes'
 paged optimizer states live in CUDA unified memory, outside PyTorch's allocator, and are not counted.
 """
 
@@ -20,7 +20,7 @@ from typing import Optional
 from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 from reviewgpt.models import FAMILIES
-from reviewgpt.speed_options import TRITON_OPTIONS, options_of
+from reviewgpt.recipe.speed_options import TRITON_OPTIONS, options_of
 
 GIB = 1 << 30
 

@@ -4,13 +4,22 @@ judge and needle models all load here, with one set of family fixes and one pad 
 Over 300 lines: the loader and the facts it applies (families, QLoRA config, attention choice,
 tokenizer policy) are read together, and each part is used only by the loader and its callers.
 
+A package: the loader is the package itself (`from reviewgpt.models import load_model`), and beside
+it what both training and inference use without either importing the other:
+
+    llama_mask.py  Llama's batch-sized causal mask (applied here at inference, by train.speed in training)
+    tiny.py        `reviewgpt tiny-model`: tiny random Gemma/Mistral/Llama models and tokenizers, built
+                   locally for the tests, the quickstart and bench's random weights
+
+Imports nothing from train, eval, env or the CLI.
+
     load_model          any causal LM folder or hub id -> (model, family, attention)
     load_base_model     the base for training (4-bit NF4 when asked, no KV cache)
     load_for_inference  a run folder (adapter on its base), a merged model or a plain model, eval mode
     load_prompt_tokenizer  what load_for_inference gives but the weights (`review --server`)
     load_tokenizer      the one pad policy
 
-Pinned-stack fixes applied here (REFERENCE.md section 2):
+Pinned-stack fixes applied here:
 - Gemma on transformers 4.38.2 reads `hidden_act="gelu"` (exact GELU) but was trained with the
   tanh approximation: set `gelu_pytorch_tanh` (transformers 4.39 made the same change).
 - Gemma needs `<bos>` first (the tokenizer adds it; our templates keep it) and right padding.
@@ -18,7 +27,7 @@ Pinned-stack fixes applied here (REFERENCE.md section 2):
   in collators that pad with -100 by id); a tokenizer with neither pad nor unk pads with `eos`.
 - 4-bit loading without CUDA fails in transformers with a misleading "requires Accelerate ...
   pip install bitsandbytes" message: check first and say what to do.
-- Llama under SDPA gets a causal mask the size of the batch (reviewgpt.llama_mask) at inference.
+- Llama under SDPA gets a causal mask the size of the batch (reviewgpt.models.llama_mask) at inference.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Family:
     name: str
-    # Attention projections, as the baseline (BASELINE.md) measured; recipes may add the MLP.
+    # Attention projections, as the reference runs trained them; recipes may add the MLP.
     lora_targets: Tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     hidden_act: Optional[str] = None
 
@@ -389,7 +398,7 @@ def load_for_inference(model_dir, quantize: Optional[bool] = None, attn_implemen
     model.eval()
     model.config.use_cache = True
     if attention == "sdpa" and family == "llama":
-        from reviewgpt.llama_mask import patch_llama_causal_mask
+        from reviewgpt.models.llama_mask import patch_llama_causal_mask
 
         patch_llama_causal_mask(model)  # 4.38.2 builds a context x context mask per forward otherwise
     tokenizer = load_tokenizer(str(_tokenizer_folder(model_dir, base)), family)

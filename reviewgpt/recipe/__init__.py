@@ -3,6 +3,18 @@
 The YAML files in `reviewgpt/recipes/` hold hyper-parameters only; model facts (LoRA targets,
 template quirks, the transformers 4.38.2 Gemma fixes) live in `reviewgpt.models`. The CLI's
 `train` flags are generated from `Recipe`'s fields, so there is one source of truth.
+
+A package because a recipe is several typed blocks read by different layers; `Recipe` and its
+YAML, what every caller wants, are the package itself (`from reviewgpt.recipe import load_recipe`),
+and the blocks it nests sit beside it:
+
+    speed_options.py       `Recipe.speed`: the speed and memory options (train.speed applies them,
+                           train.memory predicts with them, bench varies them, OOM recovery reads them)
+    generation_options.py  `Recipe.generation`: review's decoding defaults (eval reads them)
+    fields.py              the typed, range-checked field machinery all three are built from
+
+The blocks import nothing from reviewgpt but fields (and fields nothing but errors), so eval can read
+the decoding defaults and train the speed options without this module's YAML loading.
 """
 
 from __future__ import annotations
@@ -18,22 +30,21 @@ import yaml
 from reviewgpt import run
 from reviewgpt.data.prompt import TEMPLATES
 from reviewgpt.errors import UserError
-from reviewgpt.fields import (  # noqa: F401 - Range and describe are read from here too
+from reviewgpt.recipe.fields import (
     AT_LEAST_0,
     AT_LEAST_1,
     FRACTION,
     POSITIVE,
     Range,
     coerce,
-    describe,
     range_problem,
 )
-from reviewgpt.fields import help_field as _help
-from reviewgpt.generation_options import GENERATION_FIELDS, GenerationOptions
-from reviewgpt.speed_options import OPTIONS as SPEED_FIELDS
-from reviewgpt.speed_options import LayerCount, SpeedOptions  # noqa: F401 - LayerCount: read from here too
+from reviewgpt.recipe.fields import help_field as _help
+from reviewgpt.recipe.generation_options import GENERATION_FIELDS, GenerationOptions
+from reviewgpt.recipe.speed_options import OPTIONS as SPEED_FIELDS
+from reviewgpt.recipe.speed_options import SpeedOptions
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPE_DIR = Path(__file__).parent.parent / "recipes"  # reviewgpt/recipes/*.yaml, package data
 
 
 @dataclass(frozen=True)
@@ -93,10 +104,10 @@ class Recipe:
     max_new_tokens: int = _help("longest generated review", AT_LEAST_1, default=run.DEFAULT_MAX_NEW_TOKENS)
     # Speed and memory (issue 4; docs/performance.md): one frozen dataclass, flags and flat YAML keys as before.
     speed: SpeedOptions = field(default_factory=SpeedOptions, metadata={
-        "help": "speed and memory options (reviewgpt.speed_options; flags --chunked-loss, ...)"})
-    # review's decoding defaults (reviewgpt.generation_options): YAML `generation:`, saved with the run
+        "help": "speed and memory options (reviewgpt.recipe.speed_options; flags --chunked-loss, ...)"})
+    # review's decoding defaults (reviewgpt.recipe.generation_options): YAML `generation:`, saved with the run
     generation: GenerationOptions = field(default_factory=GenerationOptions, metadata={
-        "help": "review's decoding defaults (reviewgpt.generation_options; `review` flags override them)"})
+        "help": "review's decoding defaults (reviewgpt.recipe.generation_options; `review` flags override them)"})
     memory_check: bool = _help("refuse to start when `reviewgpt plan` predicts the GPU is too small",
                                default=True)
     oom_recovery: bool = _help("on CUDA out-of-memory: halve the micro-batch, double grad accumulation, "
@@ -113,13 +124,6 @@ class Recipe:
             problem = None if f.name in ("speed", "generation") else field_problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} {problem}")
-
-    def __getattr__(self, name):
-        """`recipe.chunked_loss` reads `recipe.speed.chunked_loss` (code written before the speed
-        options moved into one dataclass)."""
-        if name in SPEED_FIELDS:
-            return getattr(self.speed, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def quantize(self) -> bool:

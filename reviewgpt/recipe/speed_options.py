@@ -1,11 +1,11 @@
-"""The recipe's speed and memory options (issue 4): one frozen dataclass, `Recipe.speed`.
+"""The recipe's speed and memory options: one frozen dataclass, `Recipe.speed`.
 
-`reviewgpt.train.speed` applies them, `reviewgpt.memory` / `reviewgpt plan` predict with them,
+`reviewgpt.train.speed` applies them, `reviewgpt.train.memory` / `reviewgpt plan` predict with them,
 `reviewgpt bench` varies them and OOM recovery gives the kept layers up first. Their `train` flags
 (`--chunked-loss`, ...) and YAML keys keep the names they had as top-level recipe fields: a recipe
 may write them flat (as before) or under `speed:`; both load the same.
 
-Imports nothing from reviewgpt but the field machinery, so recipe, memory and train all read it.
+Imports nothing from reviewgpt but the field machinery, so the recipe, the planner and train all read it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from reviewgpt.fields import AT_LEAST_0, help_field, range_problem
+from reviewgpt.recipe.fields import AT_LEAST_0, help_field, range_problem
 
 # A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.train.plan).
 LayerCount = Union[int, Literal["auto"]]
