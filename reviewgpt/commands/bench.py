@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--weights-dir", help="where --random-init keeps its weights (default: the temp folder)")
     p.add_argument("--reference", action="store_true",
                    help="also measure the seed recipe's path (every speed option off), each grid point in a "
-                        "fresh process as BASELINE.md does (the first in this one, before anything else)")
+                        "fresh process, as the reference measurements did (the first in this one, before "
+                        "anything else)")
     p.add_argument("--reference-in-process", action="store_true",
                    help="with --reference: measure every reference grid point in this process, one after "
                         "another on one loaded model (the older way; later rows inherit earlier rows' state)")

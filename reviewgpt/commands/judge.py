@@ -168,7 +168,7 @@ def run(args) -> int:
 
 
 def last_line(summary: dict, output) -> str:
-    """The run in one line, with the counts summary.json and summary.md give (issue 19 item 9)."""
+    """The run in one line, with the counts summary.json and summary.md give."""
     from reviewgpt.eval.judge.report import plural
 
     w = summary["overall"]

@@ -10,7 +10,7 @@ Two kinds, tokenized the way each model's own tooling does it (tests compare the
 - **Alpaca texts** (`alpaca-reference`, `alpaca`) are tokenized as trl 0.7.11's SFTTrainer does:
   the whole text with the tokenizer's own special tokens (`add_special_tokens=True`: Gemma's and
   Llama's BOS). `alpaca-reference` reproduces the reference recipe's text byte for byte (no
-  newlines between sections, as REFERENCE.md records it) and, like trl, adds no EOS; `alpaca`
+  newlines between sections, as the reference recipe wrote it) and, like trl, adds no EOS; `alpaca`
   adds newlines and the EOS, so a model trained on it learns to stop.
 - **Chat formats** (`gemma-it`, `mistral-inst`, `smollm2-chatml`) write their control tokens,
   BOS included, in the text: their ids equal `tokenizer.apply_chat_template` of the two-turn

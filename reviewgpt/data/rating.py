@@ -1,4 +1,4 @@
-"""A review's rating (issue 21 item 3): the line training writes, the parser `review` reads it back
+"""A review's rating: the line training writes, the parser `review` reads it back
 with, and which paper decisions count as accept. Format and parser live together so they agree.
 
 With the recipe's `review_rating: true`, each training review whose record carries a rating 1-10

@@ -1,7 +1,7 @@
 """Token ids and labels that keep the review whole, tokenized as each model's own tooling does.
 
 trl 0.7.11 tokenizes with `truncation=True, max_length=max_seq_length`, which cuts the *tail*
-of each text - the review, the only part worth learning (REFERENCE.md sections 2 and 4: 60% of
+of each text - the review, the only part worth learning (in the reference recipe: 60% of
 real ICLR records exceed 8,192 tokens). Here the whole text of a template
 
     head + paper + tail + review + end

@@ -28,7 +28,7 @@ from packaging.version import InvalidVersion, Version
 Status = Literal["OK", "WARN", "FAIL"]
 GIB = 1024**3
 # Ask for this much headroom above the estimate: the reference Mistral run at 47 of 48 GB died
-# of out-of-memory at 4 a.m. (REFERENCE.md 1b).
+# of out-of-memory at 4 a.m. (the reference recipe's Mistral run).
 HEADROOM = 0.10
 
 

@@ -2,7 +2,7 @@
 
 A server with one slot (llama.cpp's, llama-cpp-python's) queues concurrent requests: with 4 in flight the
 last waits for three answers, times out, is retried, and the server still generates every abandoned
-answer, so the queue never drains (issue 19 item 14: 13 minutes, no verdict). Halving the requests in
+answer, so the queue never drains (seen: 13 minutes, no verdict). Halving the requests in
 flight on each timeout, down to one, lets such a server answer in turn.
 """
 

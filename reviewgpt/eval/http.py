@@ -7,7 +7,7 @@ judge's chat-completions client uses it (`eval/judge/client.py`), and so does th
 - **A refusal a retry cannot change stops the run at once** (`Refused`, a `UserError`: one line with the server's own
   words): 401/403 (the key), any other 4xx but 408/409/425/429, 501, and a 5xx whose text names the
   request's fields: llama-cpp-python answers a `response_format` it does not know with HTTP 500 and
-  pydantic's "Input should be 'text' or 'json_object'" (issue 19 item 14), the same for every retry.
+  pydantic's "Input should be 'text' or 'json_object'", the same for every retry.
 - **Busy or failing** (408/409/425/429, other 5xx, a 200 that `parse` refuses with `BadAnswer`): retried
   with exponential backoff and jitter, honouring `Retry-After`; the log shows the server's error text.
 - **Slow** (no answer within `timeout_s`): a server with one slot (llama.cpp) queues concurrent requests,

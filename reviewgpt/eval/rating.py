@@ -1,4 +1,4 @@
-"""`reviewgpt score`'s ratings (issue 21 item 3): a generated review's rating against the humans'.
+"""`reviewgpt score`'s ratings: a generated review's rating against the humans'.
 
 Per paper, the candidate's rating (its row's `rating`, from `review`; a row without the key is parsed
 from its text with `reviewgpt.data.rating.parse_rating`) is compared with the **mean rating of the

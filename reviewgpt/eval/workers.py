@@ -3,7 +3,7 @@ within a moment.
 
 concurrent.futures' ThreadPoolExecutor joins its workers when the interpreter exits, so a worker waiting
 for a slow server held the process open after Ctrl-C until its request timed out (119.5 s with the judge's
-120 s timeout, issue 19 item 14). These threads are daemons: the process exits with their requests still
+120 s timeout). These threads are daemons: the process exits with their requests still
 open. Whatever the work has already handed back stays: the judge caches each verdict as it arrives.
 """
 

@@ -1,6 +1,6 @@
 """What `reviewgpt train` refuses before it tokenizes or loads any weights: settings that the model or
 the data cannot honour, which would otherwise train something other than what was asked without a
-word (issue 19 item 10). Each refusal is one sentence naming the flag and the fix.
+word. Each refusal is one sentence naming the flag and the fix.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def plural(n: int, word: str) -> str:
 
 
 def _count_lines(summary: dict) -> list:
-    """Papers, pairs and judgments, each counted once; a summary from before issue 19 as it was written."""
+    """Papers, pairs and judgments, each counted once; an older summary (without those counts) as it was written."""
     s = summary
     if "papers_paired" not in s:  # its papers_judged counted papers with a pair, judged or not
         return [f"- Papers judged: {s['papers_judged']} (candidate file {s['candidate_papers']}, reference file "

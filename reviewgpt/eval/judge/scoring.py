@@ -1,7 +1,7 @@
 """Log-probabilities of chosen tokens without materialising the full logits.
 
 transformers 4.38.2's `*ForCausalLM.forward` computes fp32 logits for every position (T x vocab;
-~8 GiB at 8K tokens for Gemma's 256K vocabulary, REFERENCE.md section 2). Scoring an answer needs
+~8 GiB at 8K tokens for Gemma's 256K vocabulary). Scoring an answer needs
 only the few positions before it, so these helpers run the decoder (`model.base_model`) and apply
 the output embedding to those positions alone. Shared by the local judge and the needle test.
 """
