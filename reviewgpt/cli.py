@@ -116,6 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` relaunches itself with these
+    args.run_command = main  # quickstart runs other commands through it (commands never import cli)
     # reviewgpt's own progress at INFO; other libraries only when they warn (datasets' "PyTorch
     # version ... available" would otherwise come before every one-line error).
     logging.basicConfig(

@@ -30,7 +30,9 @@ def imported(name: str, path: Path, known: dict) -> set:
     """The reviewgpt modules `name` imports (a `from X import y` of a sub-module counts as X.y)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    source = path.read_text(encoding="utf-8")
+    loads_by_name = "importlib" in source
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -39,6 +41,8 @@ def imported(name: str, path: Path, known: dict) -> set:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        elif isinstance(node, ast.Constant) and node.value in known and node.value != name and loads_by_name:
+            targets = [node.value]  # a module named in a string: what importlib.import_module loads (cli's commands)
         else:
             continue
         found.update(t for t in targets if t == "reviewgpt" or t.startswith("reviewgpt."))
@@ -105,6 +109,11 @@ def test_no_cycles_between_units():
 
     for node in sorted(graph):
         visit(node)
+
+
+def test_modules_named_for_importlib_count_as_imports():
+    known = modules()
+    assert "reviewgpt.commands.quickstart" in imported("reviewgpt.cli", known["reviewgpt.cli"], known)
 
 
 def test_no_cycles_between_modules():

@@ -22,7 +22,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from reviewgpt.cli import main
     from reviewgpt.data.sample import write_sample
     from reviewgpt.errors import UserError
     from reviewgpt.models.tiny import TEMPLATE_OF_FAMILY
@@ -50,7 +49,7 @@ def run(args) -> int:
     started = time.time()
     for step in steps:
         print(f"\n$ reviewgpt {shlex.join(step)}", flush=True)
-        code = main(step)
+        code = args.run_command(step)
         if code != 0:
             raise UserError(f"quickstart step `reviewgpt {step[0]}` failed (exit {code}); see the message above.")
     print(f"\nquickstart done in {time.time() - started:.0f} s: adapter in {run_dir}, loss curve "

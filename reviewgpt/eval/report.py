@@ -59,7 +59,7 @@ def training_section(run_dir: Path, report_dir: Path) -> List[str]:
         )
     if not train and not evals:
         lines.append("The training log holds no loss yet.")
-    png = run_dir / "loss_curve.png"
+    png = run_dir / run.LOSS_CURVE_FILE
     if png.is_file():
         lines += ["", f"![loss curve]({_rel(png, report_dir)})"]
     return lines + [""]
