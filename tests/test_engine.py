@@ -22,7 +22,11 @@ from reviewgpt.eval.engine_model import (
 from reviewgpt.eval.engine_sampling import Decoding, NgramTable, TokenChooser
 from reviewgpt.eval.generate_hf import generate_hf
 from reviewgpt.models import load_for_inference
-from tests.util import skip_unless_bitsandbytes_quantizes_on_cpu
+from tests.util import needs_sdpa, skip_unless_bitsandbytes_quantizes_on_cpu
+
+# The engine attends with scaled_dot_product_attention: on torch < 2.1.1 (the cu117 image) review takes
+# transformers' generate instead (test_a_torch_without_sdpa_is_named_and_review_takes_generate).
+pytestmark = needs_sdpa
 
 LENGTHS = (23, 41, 17, 35, 29, 12, 38)
 
@@ -360,3 +364,15 @@ def test_a_failing_or_slow_benchmark_row_prints_its_error_and_the_next_row_runs(
     assert rows[0]["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 9 GiB"
     assert rows[1]["error"] == "TimeoutError: row ran past --row-seconds 1" and rows[1]["wall_seconds"] < 2.5
     assert rows[2]["generated_tokens_per_s"] == 1.0 and "error" not in rows[2]
+
+
+def test_a_torch_without_sdpa_is_named_and_review_takes_generate(tiny_llama, monkeypatch, caplog):
+    from reviewgpt import torch_support
+    from reviewgpt.eval.generate import choose_engine
+
+    loaded = load_for_inference(tiny_llama)
+    assert unsupported_reason(loaded.model) is None
+    monkeypatch.setattr(torch_support, "installed_torch_version", lambda: "1.13.1+cu117")
+    with caplog.at_level("WARNING", logger="reviewgpt"):
+        assert choose_engine("fast", loaded) == "hf"
+    assert "torch 1.13.1+cu117 has no scaled_dot_product_attention" in caplog.text

@@ -26,7 +26,7 @@ import sys
 from typing import List, Optional
 
 import torch
-from torch.nn.functional import scaled_dot_product_attention
+from torch.nn import functional
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def prefill(parts, cache: KVCache, slots: List[int], ids, start: int, last: Opti
         k, v = repeat_kv(k, attention.num_key_value_groups), repeat_kv(v, attention.num_key_value_groups)
         if mask is not None and q.device.type == "cuda":
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # pytorch#112577, as transformers does
-        out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        out = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return attention.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
 
     hidden = _embed(parts, ids)
@@ -141,7 +141,7 @@ def decode(parts, cache: KVCache, tokens, positions, rows, keys: int):
         cached_values[rows, :, positions] = v[:, :, 0]
         # Query heads 0..groups-1 share kv head 0, and so on (repeat_kv's order): one query of `groups` rows.
         q = q.reshape(count, parts.kv_heads, groups, parts.head_dim)
-        out = scaled_dot_product_attention(q, cached_keys[:count, :, :keys], cached_values[:count, :, :keys],
+        out = functional.scaled_dot_product_attention(q, cached_keys[:count, :, :keys], cached_values[:count, :, :keys],
                                            attn_mask=mask)
         return attention.o_proj(out.reshape(count, 1, -1))
 

@@ -36,6 +36,11 @@ def unsupported_reason(model) -> Optional[str]:
     """Why the engine cannot run `model` (one phrase), or None when it can."""
     import torch
 
+    from reviewgpt import torch_support
+
+    if not torch_support.has("sdpa"):  # the cu117 image's torch 1.13 has no scaled_dot_product_attention
+        return f"torch {torch_support.installed_torch_version()} has no scaled_dot_product_attention (torch >= 2.1.1)"
+
     lm = causal_lm_of(model)
     config = lm.config
     family = getattr(config, "model_type", None)
