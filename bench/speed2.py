@@ -128,10 +128,10 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     `fresh_references` (sequence lengths) in a child process each, if the budget allows. `seqs`: only
     the core rows at these sequence lengths (a confirmation call), no probe, no optional row."""
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.recipe.speed_options import SpeedOptions
     from reviewgpt.train.bench import Bench, reference_in_fresh_process
     from reviewgpt.train.bench_models import model_for_bench
     from reviewgpt.train.oom import free_gpu
-    from reviewgpt.train.speed import OFF, options_of
 
     name, reference_seq, rows = PLANS[family]
     scale = 256 if tiny else 1
@@ -151,18 +151,18 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     started = time.time()
     bench = Bench(recipe, model_dir, arch, emit=emit)
     log.info("%s loaded in %.0f s", model_dir, time.time() - started)
-    bench.row(reference_seq // scale, 1, dict(OFF), "reference", warmup=2, steps=3)
+    bench.row(reference_seq // scale, 1, SpeedOptions.off(), "reference", warmup=2, steps=3)
     probe = None if seqs else probe_causal_mask(bench)
     if probe:
         emit(probe)
-    ours = options_of(recipe)
+    ours = recipe.speed
 
     def measure(row: Row, end: float):
         if time.time() + row.seconds > end:
             log.warning("skipped (time budget): %s at %d", row.label, row.seq)
             return
         try:
-            bench.row(row.seq // scale, 1, {**ours, **row.options}, row.label, warmup=row.warmup, steps=row.steps)
+            bench.row(row.seq // scale, 1, ours.replace(**row.options), row.label, warmup=row.warmup, steps=row.steps)
         except Exception as exc:  # noqa: BLE001 - one failed row must not cost the call's other rows
             log.exception("row failed: %s at %d", row.label, row.seq)
             emit({"path": "reviewgpt", "label": row.label, "recipe": recipe.name, "architecture": arch.name,
