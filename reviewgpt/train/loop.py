@@ -105,15 +105,17 @@ class Prepared:
     do_eval: bool
     counts: dict
     callbacks: Sequence
+    deepspeed_config: Optional[str]
 
 
 def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: bool = False,
-          skip_invalid: bool = False, callbacks: Sequence = ()) -> dict:
+          skip_invalid: bool = False, callbacks: Sequence = (), deepspeed_config: Optional[str] = None) -> dict:
     """Run one training job; returns a summary (also written to OUTPUT/train_summary.json).
 
     The records are read, checked and tokenized once, and `checkpoint_skip_layers: auto` becomes the
     number of layers the GPU holds at the longest example; then the training runs, again from the newest
-    checkpoint with less memory after a CUDA out-of-memory (train.oom, recipe.oom_recovery)."""
+    checkpoint with less memory after a CUDA out-of-memory (train.oom, recipe.oom_recovery).
+    `deepspeed_config`: the DeepSpeed JSON of a process that `reviewgpt train --deepspeed` launched."""
     from reviewgpt.data.prompt import get_template
     from reviewgpt.models import load_tokenizer
     from reviewgpt.train.plan import with_planned_layers
@@ -177,7 +179,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "max_tokens": train_split.max_tokens,
     }
     prepared = Prepared(output_dir, identity, loaded.rejected, tokenizer, train_split, eval_split, max_steps,
-                        do_eval and eval_split is not None, counts, tuple(callbacks))
+                        do_eval and eval_split is not None, counts, tuple(callbacks), deepspeed_config)
     return with_oom_recovery(functools.partial(train_from, prepared), recipe, output_dir, checkpoint)
 
 
@@ -212,7 +214,7 @@ def train_from(prepared: Prepared, recipe: Recipe, checkpoint: Optional[Path]) -
         return finish_run(output_dir, final_checkpoint(output_dir, state, do_eval, summary), summary, state,
                           None, 0.0, main_process)
 
-    args = training_arguments(recipe, output_dir, do_eval, cuda)
+    args = training_arguments(recipe, output_dir, do_eval, cuda, prepared.deepspeed_config)
     args.max_steps = max_steps
     if checkpoint is not None:
         log.info("resuming from %s (step %d of %d)", checkpoint, state["global_step"], max_steps)
