@@ -9,14 +9,14 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 ABLATE=${ABLATE:-1}; TRAIN=${TRAIN:-1}; PYTESTS=${PYTESTS:-1}
 pip install -q --no-deps --target /tmp/pydeps .gpuwheels/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/pydeps:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export REVIEWGPT_RANDOM_WEIGHTS=/tmp/weights
+WEIGHTS=/tmp/weights  # random weights of the real architectures, made once
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 ab=""; [ "$ABLATE" = 1 ] && ab="--ablate"
 t0=$(date +%s)
-python -m reviewgpt bench --recipe gemma-7b-it --random-init --seq 8192,12288 --reference $ab \
+python -m reviewgpt bench --recipe gemma-7b-it --random-init --weights-dir "$WEIGHTS" --seq 8192,12288 --reference $ab \
   --output "$OUT/bench.jsonl" 2>&1 | grep -v Warning | tail -n 30
 echo "gemma done after $(( $(date +%s) - t0 )) s"
-python -m reviewgpt bench --recipe mistral-7b-instruct-v0.2 --random-init --seq 12288 --batch 1,3 --reference $ab \
+python -m reviewgpt bench --recipe mistral-7b-instruct-v0.2 --random-init --weights-dir "$WEIGHTS" --seq 12288 --batch 1,3 --reference $ab \
   --output "$OUT/bench.jsonl" 2>&1 | grep -v Warning | tail -n 30
 echo "mistral done after $(( $(date +%s) - t0 )) s"
 if [ "$TRAIN" = 1 ]; then

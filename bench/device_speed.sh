@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; MODEL=${MODEL:-mistral}; PROFILE=${PROFIL
 t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 pip install -q --no-deps --target /tmp/pydeps .gpuwheels/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/pydeps:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export REVIEWGPT_RANDOM_WEIGHTS=/tmp/weights
+WEIGHTS=/tmp/weights  # random weights of the real architectures, made once
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "$MODEL" = mistral ]; then
   args="--recipe mistral-7b-instruct-v0.2 --seq 12288 --batch ${BATCH:-1,3} --skip-layers ${SKIP:-4,8,16}"
@@ -18,7 +18,7 @@ else
   args="--recipe gemma-7b-it --seq ${SEQ:-8192,12288} --batch 1 --skip-layers ${SKIP:-4}"
 fi
 stamp "bench $args"
-python -m reviewgpt bench $args --random-init --reference ${ABLATE:---ablate} --profile "$PROFILE" \
+python -m reviewgpt bench $args --random-init --weights-dir "$WEIGHTS" --reference ${ABLATE:---ablate} --profile "$PROFILE" \
   --output "$OUT/$MODEL.jsonl" 2>&1 | grep -E '^\{|Error|error|Traceback' | cut -c1-400
 stamp "done"
 python - "$OUT/$MODEL.jsonl" <<'PY'

@@ -19,7 +19,7 @@ BUDGET_S=${BUDGET_S:-480}   # optional rows start only before this; no row start
 HARD_S=${HARD_S:-560}
 REF12K=${REF12K:-1}
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export REVIEWGPT_RANDOM_WEIGHTS=/tmp/weights
+WEIGHTS=/tmp/weights  # random weights of the real architectures, made once
 t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, transformers, peft, trl, bitsandbytes; print('torch', torch.__version__, \
@@ -29,7 +29,7 @@ ends="--budget-end $(( t0 + BUDGET_S )) --hard-end $(( t0 + HARD_S ))"
 
 stamp "mistral-7b"
 tiny=""; [ -n "${TINY_MISTRAL:-}" ] && tiny="--tiny $TINY_MISTRAL"
-python bench/speed2.py run mistral --output "$OUT/speed2.jsonl" $ends $tiny 2> "$OUT/mistral.log" \
+python bench/speed2.py run mistral --weights-dir "$WEIGHTS" --output "$OUT/speed2.jsonl" $ends $tiny 2> "$OUT/mistral.log" \
   | grep -v -E "^\{'train_runtime'" | cut -c1-200
 grep -E "Traceback|Error|WARNING speed2|auto:" "$OUT/mistral.log" | cut -c1-300 | tail -n 8
 rm -rf /tmp/weights/reviewgpt-random-mistral-7b   # disk and page cache for gemma
@@ -37,7 +37,7 @@ rm -rf /tmp/weights/reviewgpt-random-mistral-7b   # disk and page cache for gemm
 stamp "gemma-7b"
 more=""; [ "$REF12K" = 1 ] && more="--fresh-reference 12288"
 tiny=""; [ -n "${TINY_GEMMA:-}" ] && tiny="--tiny $TINY_GEMMA"
-python bench/speed2.py run gemma --output "$OUT/speed2.jsonl" $ends $more $tiny 2> "$OUT/gemma.log" \
+python bench/speed2.py run gemma --weights-dir "$WEIGHTS" --output "$OUT/speed2.jsonl" $ends $more $tiny 2> "$OUT/gemma.log" \
   | grep -v -E "^\{'train_runtime'" | cut -c1-200
 grep -E "Traceback|Error|WARNING speed2|auto:|offload" "$OUT/gemma.log" | cut -c1-300 | tail -n 8
 

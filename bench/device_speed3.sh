@@ -12,7 +12,7 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 HARD_S=${HARD_S:-560}; BUDGET_S=${BUDGET_S:-500}
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export REVIEWGPT_RANDOM_WEIGHTS=/tmp/weights
+WEIGHTS=/tmp/weights  # random weights of the real architectures, made once
 t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, triton, transformers, peft, bitsandbytes; print('torch', torch.__version__, 'triton', \
@@ -25,7 +25,7 @@ python bench/triton_kernels.py --family gemma --seq 8192 --output "$OUT/kernels.
 python bench/triton_kernels.py --family mistral --seq 12288 --output "$OUT/kernels.jsonl" 2>&1 | tail -n 4
 for family in ${FAMILIES:-gemma-triton mistral-triton}; do
   stamp "$family"
-  python bench/speed2.py run "$family" --output "$OUT/speed3.jsonl" $ends 2> "$OUT/$family.log" \
+  python bench/speed2.py run "$family" --weights-dir "$WEIGHTS" --output "$OUT/speed3.jsonl" $ends 2> "$OUT/$family.log" \
     | grep -v -E "^\{'train_runtime'" | cut -c1-200
   grep -E "Traceback|Error|WARNING speed2|auto:|triton" "$OUT/$family.log" | cut -c1-300 | tail -n 8
   rm -rf /tmp/weights/reviewgpt-random-mistral-7b  # disk and page cache; gemma's stay for device_realdata.sh

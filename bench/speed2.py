@@ -122,21 +122,22 @@ def probe_causal_mask(bench, repeats: int = 3) -> Optional[dict]:
 
 
 def run(family: str, output: Path, budget_end: float, hard_end: float = float("inf"), tiny: Optional[str] = None,
-        fresh_references=(), seqs=()) -> int:
+        fresh_references=(), seqs=(), weights_dir: Optional[str] = None) -> int:
     """Load the model, measure the reference, time the causal-mask probe, then our rows (a row
     that would end after `hard_end` is skipped, an optional one after `budget_end`), then
     `fresh_references` (sequence lengths) in a child process each, if the budget allows. `seqs`: only
-    the core rows at these sequence lengths (a confirmation call), no probe, no optional row."""
+    the core rows at these sequence lengths (a confirmation call), no probe, no optional row.
+    `weights_dir`: where the random weights are made once (default: the temp folder)."""
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.recipe.speed_options import SpeedOptions
     from reviewgpt.train.bench import Bench, reference_in_fresh_process
     from reviewgpt.train.bench_models import model_for_bench
     from reviewgpt.train.oom import free_gpu
-    from reviewgpt.train.speed import OFF, options_of
 
     name, reference_seq, rows = PLANS[family]
     scale = 256 if tiny else 1
     recipe = load_recipe(name)
-    model_dir, arch = model_for_bench(recipe, tiny, random_init=tiny is None)
+    model_dir, arch = model_for_bench(recipe, tiny, random_init=tiny is None, weights_dir=weights_dir)
 
     def emit(row):
         with open(output, "a", encoding="utf-8") as f:
@@ -151,18 +152,18 @@ def run(family: str, output: Path, budget_end: float, hard_end: float = float("i
     started = time.time()
     bench = Bench(recipe, model_dir, arch, emit=emit)
     log.info("%s loaded in %.0f s", model_dir, time.time() - started)
-    bench.row(reference_seq // scale, 1, dict(OFF), "reference", warmup=2, steps=3)
+    bench.row(reference_seq // scale, 1, SpeedOptions.off(), "reference", warmup=2, steps=3)
     probe = None if seqs else probe_causal_mask(bench)
     if probe:
         emit(probe)
-    ours = options_of(recipe)
+    ours = recipe.speed
 
     def measure(row: Row, end: float):
         if time.time() + row.seconds > end:
             log.warning("skipped (time budget): %s at %d", row.label, row.seq)
             return
         try:
-            bench.row(row.seq // scale, 1, {**ours, **row.options}, row.label, warmup=row.warmup, steps=row.steps)
+            bench.row(row.seq // scale, 1, ours.replace(**row.options), row.label, warmup=row.warmup, steps=row.steps)
         except Exception as exc:  # noqa: BLE001 - one failed row must not cost the call's other rows
             log.exception("row failed: %s at %d", row.label, row.seq)
             emit({"path": "reviewgpt", "label": row.label, "recipe": recipe.name, "architecture": arch.name,
@@ -254,6 +255,7 @@ def main(argv=None) -> int:
                    help="unix time after which no row starts (the device call's limit)")
     r.add_argument("--fresh-reference", type=int, action="append", default=[], metavar="SEQ",
                    help="at the end, if the budget allows: the reference at SEQ in a fresh process")
+    r.add_argument("--weights-dir", help="where the random weights are made once (default: the temp folder)")
     r.add_argument("--tiny", help="a tiny local model directory: the same plan on the CPU, sequences / 256")
     r.add_argument("--seq", type=int, action="append", default=[], dest="seqs",
                    help="only the core rows at this sequence length (repeatable): a confirmation call")
@@ -263,7 +265,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "run":
-        return run(args.family, args.output, args.budget_end, args.hard_end, args.tiny, args.fresh_reference, args.seqs)
+        return run(args.family, args.output, args.budget_end, args.hard_end, args.tiny, args.fresh_reference, args.seqs,
+                   args.weights_dir)
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     print(table([r for r in rows if "probe" not in r], args.scale))
     for probe in (r for r in rows if "probe" in r):

@@ -8,6 +8,8 @@ a folder does not record a value, live here; nothing else spells them.
     RUN/train_log.jsonl         one JSON row per Trainer log (read_log / append_log / truncate_log)
     RUN/train_summary.json      what `train` returns (write_summary)
     RUN/loss_curve.png, RUN/rejects.jsonl, RUN/adapter_config.json (peft: adapter_base)
+    RUN/checkpoint-N/           the Trainer's checkpoints (checkpoint_folder, checkpoint_step; what a
+                                complete one holds: CHECKPOINT_WEIGHTS, TRAINER_STATE_FILE, ...)
     MERGED/reviewgpt.json       what `merge` records about a merged model (merge_metadata)
     RUN/needle/needle.csv       `reviewgpt needle`'s cells (+ needle_config.json, needle_heatmap.png)
 
@@ -51,6 +53,14 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", ADAPTER_CONFI
 OTHER_RUN_FILES = ("training_args.bin", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "runs")
 CHECKPOINT_PREFIXES = ("checkpoint-", "tmp-checkpoint-")
+CHECKPOINT_GLOB = "checkpoint-*"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE_FILE = "trainer_state.json"
+# A checkpoint is complete with its weights (an adapter, or a full fine-tune's model), the optimizer's
+# and scheduler's state, the trainer state and the RNG state, which transformers 4.38.2 writes last.
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE)
+RNG_STATE_GLOB = "rng_state*.pth"
 # A full fine-tune's model (finetune full): config, generation config, weights (sharded or not).
 MODEL_FILE = re.compile(r"^(config\.json|generation_config\.json|model[-.\w]*\.(safetensors|bin|json))$")
 # What a checkpoint holds for the Trainer alone; everything else in it is the run's model and tokenizer.
@@ -61,6 +71,17 @@ TRAINER_FILE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|trainer_sta
 DEFAULT_TEMPLATE = "alpaca-reference"  # the reference's prompt
 REFERENCE_MAX_INPUT_TOKENS = 7168  # the reference truncated its inputs to 7168 tokens (8192 - 1024)
 DEFAULT_MAX_NEW_TOKENS = 1024  # the longest review the reference generated
+
+
+def checkpoint_folder(run_dir, step: int) -> Path:
+    """The Trainer's checkpoint of `step` in a run folder."""
+    return Path(run_dir) / f"checkpoint-{step}"
+
+
+def checkpoint_step(folder) -> Optional[int]:
+    """The step of a `checkpoint-N` folder name (None for any other name, tmp-checkpoint-N included)."""
+    match = CHECKPOINT_RE.match(Path(folder).name)
+    return int(match.group(1)) if match else None
 
 
 def is_run(folder) -> bool:

@@ -136,9 +136,9 @@ def install(point: str, k: int) -> None:
 
         owner.append_line = append_line
     elif point == "final_adapter":  # the run's adapter being put in place from the last checkpoint
-        import reviewgpt.train.loop as loop
+        import reviewgpt.train.run_files as run_files
 
-        real_os = loop.os
+        real_os = run_files.os
 
         class OsWithKill:
             def __getattr__(self, name):
@@ -150,7 +150,7 @@ def install(point: str, k: int) -> None:
                     die()
                 return real_os.replace(src, dst)
 
-        loop.os = OsWithKill()
+        run_files.os = OsWithKill()
     elif point in ("loss_curve", "summary", "merge_metadata", "prepare_write"):
         import reviewgpt.files as files
         import reviewgpt.train.logs as logs  # imports atomic_path by name: patched there too

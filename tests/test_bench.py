@@ -38,12 +38,12 @@ def test_ablation_rows_chain_the_techniques_then_add_memory_for_speed_rows():
                       "+triton_rmsnorm", "+triton_rope", "+triton_mlp",
                       "defaults+checkpoint_keep_attention", "defaults+checkpoint_offload", "defaults+lean_mlp",
                       "defaults+checkpoint_skip_layers=4", "defaults+checkpoint_skip_layers=auto"]
-    assert mistral[0][1]["chunked_loss"] and not mistral[0][1]["fused_lora"]
-    assert mistral[5][1]["fused_rmsnorm"] and mistral[5][1]["triton_rmsnorm"] and not mistral[5][1]["triton_rope"]
-    assert all(mistral[7][1][name] for name in ("fused_lora", "triton_rmsnorm", "triton_rope", "triton_mlp"))
-    assert mistral[-1][1]["checkpoint_skip_layers"] == "auto" and mistral[-1][1]["fused_lora"]
-    assert mistral[-1][1]["triton_mlp"]  # the recipe's own: on by default
-    assert mistral[9][1]["checkpoint_offload"] and not mistral[9][1]["lean_mlp"]
+    assert mistral[0][1].chunked_loss and not mistral[0][1].fused_lora
+    assert mistral[5][1].fused_rmsnorm and mistral[5][1].triton_rmsnorm and not mistral[5][1].triton_rope
+    assert all(getattr(mistral[7][1], name) for name in ("fused_lora", "triton_rmsnorm", "triton_rope", "triton_mlp"))
+    assert mistral[-1][1].checkpoint_skip_layers == "auto" and mistral[-1][1].fused_lora
+    assert mistral[-1][1].triton_mlp  # the recipe's own: on by default
+    assert mistral[9][1].checkpoint_offload and not mistral[9][1].lean_mlp
     gemma = [label for label, _ in chain_steps("gemma")]
     assert "+causal_sdpa" in gemma and "+fused_rmsnorm" not in gemma
     assert gemma[-3:] == ["+triton_rmsnorm", "+triton_rope", "+triton_mlp"]  # Gemma's RMSNorm has a kernel too

@@ -82,6 +82,8 @@ def test_launch_command_is_accelerate_with_ddp_or_zero2():
     assert ds[ds.index("--deepspeed_config_file") + 1].endswith("envs/distributed/deepspeed-zero2.json")
     config = json.loads(Path(ds[ds.index("--deepspeed_config_file") + 1]).read_text())
     assert config["zero_optimization"]["stage"] == 2 and config["gradient_accumulation_steps"] == "auto"
+    # the children read the config from their own arguments, not from an environment variable
+    assert ds[-2:] == ["--deepspeed-config", ds[ds.index("--deepspeed_config_file") + 1]]
     with pytest.raises(UserError, match="--nodes > 1 needs --main-addr"):
         distributed.launch_command([], gpus=1, nodes=2)
 

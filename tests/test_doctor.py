@@ -269,7 +269,7 @@ def test_memory_estimate_grows_with_context_and_batch():
     # The planner's numbers (measured within 10% on the device): ~12 GiB with the speed options,
     # and ~35+ GiB on the seed recipe's path, where Gemma's fp32 logits dominate (REFERENCE.md 2).
     assert 8 * GIB < base < 20 * GIB
-    seed_path = gemma.replace(chunked_loss=False, bf16_frozen_weights=False, causal_sdpa=False)
+    seed_path = gemma.with_speed(chunked_loss=False, bf16_frozen_weights=False, causal_sdpa=False)
     assert gpu_checks.estimate_training_bytes(seed_path) > 30 * GIB
     # a model the planner does not know (a fine-tune's hub id): taken as the family's 7B
     assert gpu_checks.estimate_training_bytes(gemma.replace(model="someone/gemma-7b-reviewer")) == base

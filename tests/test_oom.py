@@ -64,9 +64,9 @@ class OOMWhileKeeping(TrainerCallback):
         self.step, self.raised = step, 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from reviewgpt.train.speed.checkpointing import SkipCheckpointFor, _decoder_stack
+        from reviewgpt.train.speed.checkpointing import LayerCheckpointing, decoder_stack
 
-        kept = isinstance(getattr(_decoder_stack(model), "_gradient_checkpointing_func", None), SkipCheckpointFor)
+        kept = isinstance(getattr(decoder_stack(model), "_gradient_checkpointing_func", None), LayerCheckpointing)
         if state.global_step == self.step and kept:
             self.raised += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
@@ -107,36 +107,44 @@ def test_oom_under_several_processes_stops_all_with_the_rerun_command(monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "2")
     calls = []
 
-    @with_oom_recovery
-    def fake_train(recipe, data_path, output_dir, **kwargs):
+    def attempt(recipe, checkpoint):
         calls.append(recipe.per_device_train_batch_size)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
     r = load_recipe("tiny", {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4})
     with pytest.raises(UserError, match=r"under 2 processes .* --per-device-train-batch-size 1 "
                                         r"--gradient-accumulation-steps 8: it resumes"):
-        fake_train(r, "d.jsonl", tmp_path)
+        with_oom_recovery(attempt, r, tmp_path)
     assert calls == [2]  # no retry inside one rank
     with pytest.raises(UserError, match=r"--per-device-train-batch-size 2 --gradient-accumulation-steps 4 "
                                         r"--checkpoint-skip-layers 0: it resumes"):
-        fake_train(r.replace(checkpoint_skip_layers=4), "d.jsonl", tmp_path)
+        with_oom_recovery(attempt, r.with_speed(checkpoint_skip_layers=4), tmp_path)
 
 
-def test_oom_with_auto_kept_layers_recomputes_every_layer_first(tmp_path):
-    """`checkpoint_skip_layers: auto` is a choice of kept layers too: the first recovery gives them up."""
+def test_auto_kept_layers_are_a_number_before_the_first_attempt(tiny_gemma, sample_file, tmp_path, monkeypatch):
+    """`checkpoint_skip_layers: auto` is planned once, before training: every attempt, its run files and OOM
+    recovery read the number (recovery gives those layers up first, and records the number)."""
+    import reviewgpt.train.loop as loop
     from reviewgpt.train.oom import with_oom_recovery
 
     seen = []
 
-    @with_oom_recovery
-    def fake_train(recipe, data_path, output_dir, **kwargs):
-        seen.append((recipe.speed.checkpoint_skip_layers, recipe.per_device_train_batch_size))
-        if recipe.speed.checkpoint_skip_layers == "auto":
+    def attempt(recipe, checkpoint):
+        seen.append((recipe.speed.checkpoint_skip_layers, recipe.per_device_train_batch_size, checkpoint))
+        if recipe.speed.checkpoint_skip_layers:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         return {"ok": True}
 
     r = load_recipe("tiny", {"per_device_train_batch_size": 2, "checkpoint_skip_layers": "auto"})
-    assert fake_train(r, "d.jsonl", tmp_path) == {"ok": True}
-    assert seen == [("auto", 2), (0, 2)]
+    with pytest.raises(ValueError, match="'auto'"):  # the run resolves it before the first attempt
+        with_oom_recovery(attempt, r, tmp_path)
+    assert seen == []
+    assert with_oom_recovery(attempt, r.with_speed(checkpoint_skip_layers=3), tmp_path) == {"ok": True}
+    assert seen == [(3, 2, None), (0, 2, None)]
     event = json.loads((tmp_path / OOM_EVENTS_FILE).read_text())
-    assert event["checkpoint_skip_layers"] == ["auto", 0] and event["from"] == event["to"] == [2, 1]
+    assert event["checkpoint_skip_layers"] == [3, 0] and event["from"] == event["to"] == [2, 1]
+
+    planned = []  # through `train`: the planner's number (none kept without a GPU) reaches the attempts
+    monkeypatch.setattr(loop, "with_oom_recovery", lambda fn, recipe, *a: planned.append(recipe) or {"ok": True})
+    loop.train(recipe(tiny_gemma, checkpoint_skip_layers="auto"), sample_file, tmp_path / "run")
+    assert [p.speed.checkpoint_skip_layers for p in planned] == [0]

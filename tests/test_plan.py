@@ -8,6 +8,7 @@ from reviewgpt import torch_support
 from reviewgpt.cli import main
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import load_recipe
+from reviewgpt.recipe.speed_options import SpeedOptions
 from reviewgpt.train.memory import ARCHITECTURES, architecture_of, lora_params, predict
 from reviewgpt.train.plan import check_fits, plan
 
@@ -18,7 +19,8 @@ MEASURED = [
     ("gemma-7b", 8192, 1, True, 34.87), ("gemma-7b", 12288, 1, True, 48.64),
     ("mistral-7b", 12288, 1, True, 16.40), ("mistral-7b", 12288, 3, True, 38.92),
 ]
-DEFAULTS = {"chunked_loss": True, "bf16_frozen_weights": True, "causal_sdpa": True}
+# The options the calibration's rows were measured with (the recipes' defaults before the Triton kernels).
+DEFAULTS = SpeedOptions.off().replace(chunked_loss=True, bf16_frozen_weights=True, causal_sdpa=True)
 # Issue 13's rerun on an H200 (recipe defaults, b1): (arch, seq, allocated GiB, reserved GiB).
 LONG = [("gemma-7b", 32768, 23.0, 25.24), ("gemma-7b", 65536, 40.45, 44.75)]
 # Layers kept from recompute (checkpoint_skip_layers), H200: (arch, seq, layers kept, measured GiB).
@@ -60,21 +62,20 @@ def triton_runs(request, monkeypatch):
 
 @pytest.mark.parametrize("seq,options,allocated,reserved", MEMORY_ROWS)
 def test_memory_options_within_10_percent_of_the_device(seq, options, allocated, reserved):
-    got = predict(ARCHITECTURES["gemma-7b"], seq, 1, options={**DEFAULTS, **options})
+    got = predict(ARCHITECTURES["gemma-7b"], seq, 1, speed=DEFAULTS.replace(**options))
     assert abs(got["allocated_gib"] - allocated) <= 0.10 * allocated
     assert abs(got["reserved_gib"] - reserved) <= 0.10 * reserved
 
 
 @pytest.mark.parametrize("arch,seq,batch,reference,measured", MEASURED)
 def test_prediction_within_10_percent_of_the_device_measurements(arch, seq, batch, reference, measured):
-    got = predict(ARCHITECTURES[arch], seq, batch, options=DEFAULTS, reference=reference)["allocated_gib"]
+    got = predict(ARCHITECTURES[arch], seq, batch, speed=None if reference else DEFAULTS)["allocated_gib"]
     assert abs(got - measured) <= 0.10 * measured
 
 
 @pytest.mark.parametrize("arch,seq,kept,measured", KEPT)
 def test_prediction_with_layers_kept_within_10_percent(arch, seq, kept, measured):
-    options = {**DEFAULTS, "checkpoint_skip_layers": kept}
-    got = predict(ARCHITECTURES[arch], seq, 1, options=options)["allocated_gib"]
+    got = predict(ARCHITECTURES[arch], seq, 1, speed=DEFAULTS.replace(checkpoint_skip_layers=kept))["allocated_gib"]
     assert abs(got - measured) <= 0.10 * measured
 
 
@@ -82,16 +83,16 @@ def test_known_parts_are_exact():
     gemma = ARCHITECTURES["gemma-7b"]
     assert gemma.linear_params == 28 * (2 * 3072 * 4096 * 2 + 3 * 3072 * 24576)
     assert lora_params(gemma, 64, ["q_proj"]) == 28 * 64 * (3072 + 4096)
-    p = predict(gemma, 8192, 1, options=DEFAULTS)["parts_gib"]
+    p = predict(gemma, 8192, 1, speed=DEFAULTS)["parts_gib"]
     assert p["embedding"] == round(256000 * 3072 * 2 / 2**30, 2)
     assert p["checkpoints"] == round(28 * 8192 * 3072 * 2 / 2**30, 2)
-    ref = predict(gemma, 12288, 1, reference=True)["parts_gib"]
+    ref = predict(gemma, 12288, 1)["parts_gib"]  # every option off: the reference path
     assert ref["attention_mask"] > 0 and abs(ref["embedding"] - 2 * p["embedding"]) <= 0.02
 
 
 def test_peak_grows_with_batch_and_sequence():
     m = ARCHITECTURES["mistral-7b"]
-    peaks = [predict(m, s, b, options=DEFAULTS)["allocated_gib"] for s, b in ((4096, 1), (8192, 1), (8192, 2))]
+    peaks = [predict(m, s, b, speed=DEFAULTS)["allocated_gib"] for s, b in ((4096, 1), (8192, 1), (8192, 2))]
     assert peaks == sorted(peaks) and len(set(peaks)) == 3
 
 
@@ -146,9 +147,9 @@ def test_plan_cli_prints_a_table_or_json(capsys):
 
 def test_layers_kept_from_recompute_cost_memory_and_plan_says_how_many_fit():
     m = ARCHITECTURES["mistral-7b"]
-    base = predict(m, 12288, 1, options=DEFAULTS)
-    four = predict(m, 12288, 1, options={**DEFAULTS, "checkpoint_skip_layers": 4})
-    eight = predict(m, 12288, 1, options={**DEFAULTS, "checkpoint_skip_layers": 8})
+    base = predict(m, 12288, 1, speed=DEFAULTS)
+    four = predict(m, 12288, 1, speed=DEFAULTS.replace(checkpoint_skip_layers=4))
+    eight = predict(m, 12288, 1, speed=DEFAULTS.replace(checkpoint_skip_layers=8))
     step = four["allocated_gib"] - base["allocated_gib"]
     assert step > 0 and eight["allocated_gib"] - four["allocated_gib"] == pytest.approx(step, abs=0.02)
     assert four["parts_gib"]["checkpoints"] < base["parts_gib"]["checkpoints"]  # kept layers store no checkpoint
@@ -158,14 +159,14 @@ def test_layers_kept_from_recompute_cost_memory_and_plan_says_how_many_fit():
                     for mem in (24, 80))
     assert 0 <= small < large < m.layers  # 80 GiB does not hold every layer's activations at 12K
     with pytest.raises(UserError, match=f"--checkpoint-skip-layers {large}"):
-        check_fits(recipe.replace(checkpoint_skip_layers=m.layers), 12288, gpu_mem_gib=80)
-    assert check_fits(recipe.replace(checkpoint_skip_layers=large), 12288, gpu_mem_gib=80)["batches"][-1]["fits"]
+        check_fits(recipe.with_speed(checkpoint_skip_layers=m.layers), 12288, gpu_mem_gib=80)
+    assert check_fits(recipe.with_speed(checkpoint_skip_layers=large), 12288, gpu_mem_gib=80)["batches"][-1]["fits"]
 
 
 @pytest.mark.parametrize("arch,seq,kept,options,allocated,reserved", TRITON_ROWS)
 def test_triton_kernel_rows_within_10_percent_of_the_device(arch, seq, kept, options, allocated, reserved):
-    wanted = {**DEFAULTS, **ALL_TRITON, "checkpoint_skip_layers": kept, **options}
-    got = predict(ARCHITECTURES[arch], seq, 1, options=wanted)
+    wanted = DEFAULTS.replace(**ALL_TRITON, checkpoint_skip_layers=kept).replace(**options)
+    got = predict(ARCHITECTURES[arch], seq, 1, speed=wanted)
     assert abs(got["allocated_gib"] - allocated) <= 0.06 * allocated  # re-fitted on these rows: -5.3%..+3.8%
     assert abs(got["reserved_gib"] - reserved) <= 0.10 * reserved
 
@@ -179,11 +180,11 @@ def test_lora_beyond_attention_counts_in_kept_layers():
                                      "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
                                      "num_key_value_heads": 3, "tie_word_embeddings": True}, "smollm2-135m")
     seven = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    options = {**DEFAULTS, **ALL_TRITON, "checkpoint_skip_layers": 30}
-    got = predict(smol, 8192, 8, lora_targets=seven, options=options)["allocated_gib"]
+    options = DEFAULTS.replace(**ALL_TRITON, checkpoint_skip_layers=30)
+    got = predict(smol, 8192, 8, lora_targets=seven, speed=options)["allocated_gib"]
     assert abs(got - 55.81) <= 0.10 * 55.81
-    attention_only = predict(smol, 8192, 8, lora_targets=seven[:4], options=options)["allocated_gib"]
-    no_dropout = predict(smol, 8192, 8, lora_targets=seven, options=options, lora_dropout=0.0)["allocated_gib"]
+    attention_only = predict(smol, 8192, 8, lora_targets=seven[:4], speed=options)["allocated_gib"]
+    no_dropout = predict(smol, 8192, 8, lora_targets=seven, speed=options, lora_dropout=0.0)["allocated_gib"]
     assert attention_only < no_dropout < got  # each adapted MLP projection keeps its input only with dropout
 
 
@@ -217,7 +218,7 @@ def test_where_triton_mlp_runs_plan_turns_to_offload_not_lean_mlp(triton_runs):
 def test_triton_mlp_counts_as_lean_mlp_where_triton_runs(triton_runs):
     mistral = load_recipe("mistral-7b-instruct-v0.2", {"per_device_train_batch_size": 1,
                                                        "gradient_accumulation_steps": 16})
-    off = mistral.replace(**dict.fromkeys(TRITON, False))
+    off = mistral.with_speed(**dict.fromkeys(TRITON, False))
     for mem in (24, 40, 80):  # the gated MLP keeps less per layer: as many layers kept, or more
         kept = plan(mistral, 12288, mem, max_batch=1)["recommendation"]["checkpoint_skip_layers"]
         assert kept >= plan(off, 12288, mem, max_batch=1)["recommendation"]["checkpoint_skip_layers"]
@@ -226,28 +227,28 @@ def test_triton_mlp_counts_as_lean_mlp_where_triton_runs(triton_runs):
     assert "lean_mlp" not in rec and "checkpoint_offload" not in rec
     assert check_fits(gemma, 32768, gpu_mem_gib=26)["batches"][0]["fits"]
     with pytest.raises(UserError, match="pass --lean-mlp. See"):
-        check_fits(gemma.replace(triton_mlp=False), 32768, gpu_mem_gib=26)
+        check_fits(gemma.with_speed(triton_mlp=False), 32768, gpu_mem_gib=26)
 
 
 @pytest.mark.parametrize("arch,seq,allocated,reserved", LONG)
 def test_long_context_prediction_and_reserved_within_10_percent(arch, seq, allocated, reserved):
-    got = predict(ARCHITECTURES[arch], seq, 1, options=DEFAULTS)
+    got = predict(ARCHITECTURES[arch], seq, 1, speed=DEFAULTS)
     assert abs(got["allocated_gib"] - allocated) <= 0.10 * allocated
     assert abs(got["reserved_gib"] - reserved) <= 0.10 * reserved
 
 
 def test_offload_and_lean_mlp_lower_the_peak_by_what_they_move():
     gemma = ARCHITECTURES["gemma-7b"]
-    base = predict(gemma, 32768, 1, options=DEFAULTS)
-    offloaded = predict(gemma, 32768, 1, options={**DEFAULTS, "checkpoint_offload": True})
-    both = predict(gemma, 32768, 1, options={**DEFAULTS, "checkpoint_offload": True, "lean_mlp": True})
+    base = predict(gemma, 32768, 1, speed=DEFAULTS)
+    offloaded = predict(gemma, 32768, 1, speed=DEFAULTS.replace(checkpoint_offload=True))
+    both = predict(gemma, 32768, 1, speed=DEFAULTS.replace(checkpoint_offload=True, lean_mlp=True))
     layer_input = 32768 * 3072 * 2 / 2**30
     assert offloaded["host_pinned_gib"] == round(28 * layer_input, 2) and base["host_pinned_gib"] == 0
     assert offloaded["parts_gib"]["checkpoints"] == round(layer_input, 2)  # the one layer being recomputed
     lean = 32768 * 24576 * (12 - 8.7) / 2**30  # three sequence x intermediate bf16 tensors fewer, as measured
     assert offloaded["allocated_gib"] - both["allocated_gib"] == pytest.approx(lean, abs=0.02)
     assert both["reserved_gib"] <= 22 < base["reserved_gib"]
-    kept = predict(gemma, 32768, 1, options={**DEFAULTS, "checkpoint_offload": True, "checkpoint_skip_layers": 28})
+    kept = predict(gemma, 32768, 1, speed=DEFAULTS.replace(checkpoint_offload=True, checkpoint_skip_layers=28))
     assert kept["host_pinned_gib"] == 0 and "kept_layers" in kept["parts_gib"]
 
 
@@ -265,8 +266,8 @@ def test_plan_turns_to_the_memory_options_when_nothing_else_fits():
     assert "lean_mlp" not in plan(recipe, 8192, 24, max_batch=1)["recommendation"]
     with pytest.raises(UserError, match="pass --lean-mlp. See"):
         check_fits(recipe, 32768, gpu_mem_gib=26)
-    assert check_fits(recipe.replace(lean_mlp=True), 32768, gpu_mem_gib=26)["batches"][0]["fits"]
-    both = recipe.replace(lean_mlp=True, checkpoint_offload=True)
+    assert check_fits(recipe.with_speed(lean_mlp=True), 32768, gpu_mem_gib=26)["batches"][0]["fits"]
+    both = recipe.with_speed(lean_mlp=True, checkpoint_offload=True)
     assert check_fits(both, 32768, gpu_mem_gib=24)["batches"][0]["fits"]
 
 
@@ -280,14 +281,14 @@ def test_auto_keeps_what_fits_the_free_memory(triton_runs):
     assert with_planned_layers(recipe, 12288, gpu_free_gib=139.0).speed.checkpoint_skip_layers == m.layers  # H200
     on_24 = with_planned_layers(recipe, 12288, gpu_free_gib=23.4).speed.checkpoint_skip_layers
     assert 0 < on_24 < m.layers
-    options = {**DEFAULTS, **dict.fromkeys(TRITON, triton_runs)}  # the recipe's, as the planner counts them
-    peak = predict(m, 12288, 1, options={**options, "checkpoint_skip_layers": on_24})["reserved_gib"]
-    assert peak <= 23.4 * 0.95 < predict(m, 12288, 1, options={**options,
-                                                                 "checkpoint_skip_layers": on_24 + 1})["reserved_gib"]
+    options = DEFAULTS.replace(**dict.fromkeys(TRITON, triton_runs))  # the recipe's, as the planner counts them
+    peak = predict(m, 12288, 1, speed=options.replace(checkpoint_skip_layers=on_24))["reserved_gib"]
+    assert peak <= 23.4 * 0.95 < predict(m, 12288, 1,
+                                         speed=options.replace(checkpoint_skip_layers=on_24 + 1))["reserved_gib"]
     assert with_planned_layers(recipe, 12288, gpu_free_gib=4).speed.checkpoint_skip_layers == 0
     gemma = load_recipe("gemma-7b-it", {"checkpoint_skip_layers": "auto"})
     assert with_planned_layers(gemma, 8192, gpu_free_gib=139.0).speed.checkpoint_skip_layers == 28
-    fixed = recipe.replace(checkpoint_skip_layers=3)
+    fixed = recipe.with_speed(checkpoint_skip_layers=3)
     assert with_planned_layers(fixed, 12288, gpu_free_gib=139.0) is fixed  # a number stays the number
 
 

@@ -121,7 +121,9 @@ def test_speed_options_are_one_frozen_dataclass_and_flat_yaml_still_loads(tmp_pa
     assert (old.speed.chunked_loss, old.speed.checkpoint_skip_layers, old.speed.lean_mlp) == (False, "auto", True)
     with pytest.raises(AttributeError):  # one way to read an option: recipe.speed
         old.lean_mlp  # noqa: B018
-    assert old.replace(lean_mlp=False).speed.lean_mlp is False  # flat names in replace and overrides
+    assert old.with_speed(lean_mlp=False).speed.lean_mlp is False
+    with pytest.raises(TypeError):  # replace takes the recipe's own fields; with_speed the options
+        old.replace(lean_mlp=False)
     assert load_recipe(str(flat), {"lean_mlp": False}).speed.lean_mlp is False
     saved = tmp_path / "saved.yaml"  # what a run folder holds: the options under `speed:`
     from reviewgpt.recipe import save_recipe

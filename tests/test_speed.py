@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from reviewgpt import torch_support
 from reviewgpt.models import resolve_attention
-from reviewgpt.train.speed import apply_speedups, remove_speedups
+from reviewgpt.train.speed import speedups
 from reviewgpt.train.speed.attention import patch_gemma_causal_sdpa, unpatch_gemma_causal_sdpa
 from reviewgpt.train.speed.loss import IGNORE_INDEX, causal_lm_loss, patch_chunked_loss, unpatch_chunked_loss
 from reviewgpt.train.speed.precision import float_parameter_bytes, keep_frozen_weights_in
@@ -132,7 +132,7 @@ def test_frozen_weights_back_in_bf16_keep_the_loss(family, tiny_models):
     assert abs(restored.item() - native.item()) <= 2e-2 * abs(native.item())
 
 
-def test_apply_speedups_on_a_peft_trainer_changes_nothing_but_speed(tiny_gemma, tmp_path):
+def test_speedups_on_a_peft_trainer_change_nothing_but_speed(tiny_gemma, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
@@ -146,20 +146,20 @@ def test_apply_speedups_on_a_peft_trainer_changes_nothing_but_speed(tiny_gemma, 
     model.train()
     ref_loss, ref_grads = loss_and_grads(model, ids, labels)
     recipe = load_recipe("tiny", {"model": str(tiny_gemma)})
-    done = apply_speedups(trainer, recipe, bf16=False)
-    assert done["chunked_loss"] and not done["bf16_frozen_weights"]
-    assert done["causal_sdpa"] == torch_support.has("sdpa")  # an eager model (torch < 2.1.1) is left alone
-    loss, grads = loss_and_grads(model, ids, labels)
-    remove_speedups(trainer)
+    with speedups(trainer.model, recipe.speed, bf16=False, args=trainer.args) as done:
+        assert done.chunked_loss and not done.bf16_frozen_weights
+        assert done.causal_sdpa == torch_support.has("sdpa")  # an eager model (torch < 2.1.1) is left alone
+        loss, grads = loss_and_grads(model, ids, labels)
     assert abs(loss.item() - ref_loss.item()) <= REL * abs(ref_loss.item())
     for name in ref_grads:
         assert_close(grads[name], ref_grads[name])
 
 
 def _patched(model) -> list:
-    """Modules that carry an instance-level attribute a speed option sets (a patched forward, ...)."""
-    return [f"{name}.{attr}" for name, module in model.named_modules()
-            for attr in ("forward", "_update_causal_mask", "loss_function") if attr in vars(module)]
+    """Modules that carry an instance-level attribute a speed option sets (a patched forward, what a
+    patch stored for it, ...)."""
+    return [f"{name}.{attr}" for name, module in model.named_modules() for attr in vars(module)
+            if attr in ("forward", "_update_causal_mask", "loss_function") or attr.startswith("_reviewgpt")]
 
 
 def test_speedups_undoes_every_patch_and_the_sdpa_order_after_the_block(tiny_gemma, tmp_path):
@@ -168,7 +168,6 @@ def test_speedups_undoes_every_patch_and_the_sdpa_order_after_the_block(tiny_gem
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train.speed import speedups
     from reviewgpt.train.speed.attention import sdpa_order, set_sdpa_order
 
     model = get_peft_model(load(tiny_gemma), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -179,15 +178,40 @@ def test_speedups_undoes_every_patch_and_the_sdpa_order_after_the_block(tiny_gem
     recipe = load_recipe("tiny", {"model": str(tiny_gemma), "bf16_frozen_weights": True, "sdpa_cudnn": True,
                                   "chunked_loss": True, "causal_sdpa": True})
     try:
-        with speedups(trainer, recipe, bf16=True) as done:
-            assert done["bf16_frozen_weights"] and done["chunked_loss"]
+        with speedups(trainer.model, recipe.speed, bf16=True, args=trainer.args) as done:
+            assert done.bf16_frozen_weights and done.chunked_loss
             assert any(type(m).__name__ == "GemmaRMSNorm" and "forward" in vars(m) for m in model.modules())
             if custom is not None:
-                assert done["sdpa_cudnn"] and sdpa_order() != custom
+                assert done.sdpa_cudnn and sdpa_order() != custom
         assert _patched(model) == []
         assert sdpa_order() == custom
     finally:
         set_sdpa_order(before)
+
+
+def test_speedups_put_back_the_trainers_checkpointing_arguments(tiny_gemma, tmp_path):
+    """checkpoint_keep_attention changes the arguments the Trainer re-enables checkpointing with: only
+    for the block, which ends the same way when it fails."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from reviewgpt.recipe.speed_options import SpeedOptions
+
+    model = get_peft_model(load(tiny_gemma), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    asked = {"use_reentrant": False}
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True,
+                             gradient_checkpointing_kwargs=dict(asked))
+    trainer = Trainer(model=model, args=args)
+    speed = SpeedOptions.off().replace(checkpoint_keep_attention=True, chunked_loss=True)
+    with speedups(trainer.model, speed, bf16=False, args=trainer.args) as done:
+        assert done.checkpoint_keep_attention and "context_fn" in trainer.args.gradient_checkpointing_kwargs
+    assert trainer.args.gradient_checkpointing_kwargs == asked and _patched(model) == []
+    auto = speed.replace(checkpoint_skip_layers="auto")  # the run resolves it first
+    with pytest.raises(ValueError, match="checkpoint_skip_layers is 'auto'"), speedups(trainer.model, auto):
+        pass
+    with pytest.raises(RuntimeError, match="injected"), speedups(trainer.model, speed, bf16=False, args=trainer.args):
+        raise RuntimeError("injected")
+    assert trainer.args.gradient_checkpointing_kwargs == asked and _patched(model) == []
 
 
 def test_train_leaves_no_patch_and_the_sdpa_order_as_it_found_them(tiny_gemma, sample_file, tmp_path):

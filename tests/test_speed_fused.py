@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from reviewgpt.torch_support import dataloader_prefetch_factor
-from reviewgpt.train.speed.checkpointing import keep_last_layers, recompute_all_layers
+from reviewgpt.train.speed.checkpointing import checkpoint_layers, recompute_all_layers
 from reviewgpt.train.speed.lora import patch_fused_lora, unpatch_fused_lora
 from reviewgpt.train.speed.norm import patch_fused_rmsnorm, unpatch_fused_rmsnorm
 from tests.test_speed import assert_close, batch, load, loss_and_grads
@@ -109,7 +109,7 @@ def test_skipping_checkpoints_keeps_grads_and_runs_kept_layers_once(tiny_mistral
     counts = _count_layer_forwards(model)
     ref_loss, ref_grads = loss_and_grads(model, ids, labels)
     assert counts == dict.fromkeys(range(layers), 2)  # every layer recomputed in backward
-    assert keep_last_layers(model, 1) == 1
+    assert checkpoint_layers(model, keep_last=1) == 1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # as Trainer does
     counts.clear()
     loss, grads = loss_and_grads(model, ids, labels)
@@ -121,15 +121,15 @@ def test_skipping_checkpoints_keeps_grads_and_runs_kept_layers_once(tiny_mistral
     counts.clear()
     loss_and_grads(model, ids, labels)
     assert counts == dict.fromkeys(range(layers), 2)
-    assert keep_last_layers(model, 99) == layers  # more than there are: all of them
+    assert checkpoint_layers(model, keep_last=99) == layers  # more than there are: all of them
 
 
-def test_apply_speedups_skips_layers_through_the_trainer(tiny_mistral, tmp_path):
+def test_speedups_skip_layers_through_the_trainer(tiny_mistral, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
     from reviewgpt.train.dataset import ListDataset, PadCollator
-    from reviewgpt.train.speed import apply_speedups, remove_speedups
+    from reviewgpt.train.speed import speedups
 
     model = get_peft_model(load(tiny_mistral), LoraConfig(r=4, target_modules=TARGETS))
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True,
@@ -140,14 +140,13 @@ def test_apply_speedups_skips_layers_through_the_trainer(tiny_mistral, tmp_path)
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset([{"input_ids": ids, "labels": ids}]),
                       data_collator=PadCollator(0))
     recipe = load_recipe("tiny", {"model": str(tiny_mistral), "checkpoint_skip_layers": 1})
-    done = apply_speedups(trainer, recipe, bf16=False)
-    assert done["checkpoint_skip_layers"] == 1 and done["fused_lora"]
-    assert done["fused_rmsnorm"] == hasattr(F, "rms_norm")  # off, with one log line, on torch < 2.4
-    counts = _count_layer_forwards(model.base_model.model)
-    trainer.train()  # re-enables gradient checkpointing itself; the kept layer must stay kept
+    with speedups(trainer.model, recipe.speed, bf16=False, args=trainer.args) as done:
+        assert done.checkpoint_skip_layers == 1 and done.fused_lora
+        assert done.fused_rmsnorm == hasattr(F, "rms_norm")  # off, with one log line, on torch < 2.4
+        counts = _count_layer_forwards(model.base_model.model)
+        trainer.train()  # re-enables gradient checkpointing itself; the kept layer must stay kept
     layers = model.config.num_hidden_layers
     assert counts == {**dict.fromkeys(range(layers - 1), 2), layers - 1: 1}
-    remove_speedups(trainer)
     assert "gradient_checkpointing_enable" not in vars(model.base_model.model)
 
 
@@ -156,7 +155,7 @@ def test_skip_layers_must_not_be_negative():
     from reviewgpt.recipe import load_recipe
 
     with pytest.raises(UserError, match="checkpoint_skip_layers must be >= 0"):
-        load_recipe("tiny").replace(checkpoint_skip_layers=-1)
+        load_recipe("tiny").with_speed(checkpoint_skip_layers=-1)
 
 
 def test_fused_rmsnorm_is_a_no_op_on_a_torch_without_rms_norm(tiny_mistral, monkeypatch, caplog):

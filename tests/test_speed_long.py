@@ -170,13 +170,13 @@ def test_lean_mlp_leaves_unknown_activations_alone(tiny_mistral):
 
 
 @needs_offload
-def test_apply_speedups_with_offload_lean_mlp_and_kept_layers_through_the_trainer(tiny_llama, tmp_path,
-                                                                                  monkeypatch, caplog):
+def test_speedups_with_offload_lean_mlp_and_kept_layers_through_the_trainer(tiny_llama, tmp_path, monkeypatch,
+                                                                             caplog):
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
     from reviewgpt.train.dataset import ListDataset, PadCollator
-    from reviewgpt.train.speed import apply_speedups, remove_speedups
+    from reviewgpt.train.speed import speedups
 
     monkeypatch.setattr(offload, "MIN_BYTES", 1)
     model = get_peft_model(load(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -189,35 +189,42 @@ def test_apply_speedups_with_offload_lean_mlp_and_kept_layers_through_the_traine
                       data_collator=PadCollator(0))
     recipe = load_recipe("tiny", {"model": str(tiny_llama), "checkpoint_skip_layers": 1,
                                   "checkpoint_offload": True, "lean_mlp": True})
-    done = apply_speedups(trainer, recipe, bf16=False)
-    assert done["checkpoint_offload"] and done["lean_mlp"] and done["checkpoint_skip_layers"] == 1
     stack = model.base_model.model.model
-    trainer.train()  # re-enables checkpointing itself: the wrapper (kept layer + offload) must be back
-    func = stack._gradient_checkpointing_func
-    assert func.offload is not None and func.offload.packed == model.config.num_hidden_layers - 1
-    remove_speedups(trainer)
+    with speedups(trainer.model, recipe.speed, bf16=False, args=trainer.args) as done:
+        assert done.checkpoint_offload and done.lean_mlp and done.checkpoint_skip_layers == 1
+        trainer.train()  # re-enables checkpointing itself: the wrapper (kept layer + offload) must be back
+        func = stack._gradient_checkpointing_func
+        assert func.offload is not None and func.offload.packed == model.config.num_hidden_layers - 1
     assert not any("forward" in vars(m) for m in stack.modules())
 
     # on a torch that lacks what offloading needs: off, with one log line
     monkeypatch.setattr("reviewgpt.train.speed.offload_supported", lambda: False)
-    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"):
-        done = apply_speedups(trainer, recipe.replace(checkpoint_skip_layers=0, lean_mlp=False), bf16=False)
-    assert not done["checkpoint_offload"]
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"), speedups(
+            trainer.model, recipe.with_speed(checkpoint_skip_layers=0, lean_mlp=False).speed, bf16=False,
+            args=trainer.args) as done:
+        assert not done.checkpoint_offload
     assert any("checkpoint_offload needs torch >= 2.1" in r.message for r in caplog.records)
-    remove_speedups(trainer)
 
 
-def test_auto_without_a_gpu_keeps_no_layers(tiny_mistral, tmp_path, caplog):
+def test_auto_is_a_number_before_the_speed_options_apply(tiny_mistral, tmp_path, monkeypatch, caplog):
+    """The planner turns `auto` into a number at the start of a run (none kept without a GPU); the speed
+    options refuse an `auto` that was not."""
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
-    from reviewgpt.train.speed import apply_speedups, remove_speedups
+    from reviewgpt.train.plan import with_planned_layers
+    from reviewgpt.train.speed import speedups
 
     model = load(tiny_mistral)
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True)
     trainer = Trainer(model=model, args=args)
-    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"):
-        done = apply_speedups(trainer, load_recipe("tiny", {"checkpoint_skip_layers": "auto"}), bf16=False)
-    assert done["checkpoint_skip_layers"] == 0
+    recipe = load_recipe("tiny", {"model": str(tiny_mistral), "checkpoint_skip_layers": "auto"})
+    with pytest.raises(ValueError, match="'auto'"), speedups(trainer.model, recipe.speed, args=trainer.args):
+        pass
+    monkeypatch.setattr("reviewgpt.train.plan.free_gpu_gib", lambda: None)
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.plan"):
+        planned = with_planned_layers(recipe, 64)
+    assert planned.speed.checkpoint_skip_layers == 0
     assert any("checkpoint_skip_layers auto" in r.message for r in caplog.records)
-    remove_speedups(trainer)
+    with speedups(trainer.model, planned.speed, bf16=False, args=trainer.args) as done:
+        assert done.checkpoint_skip_layers == 0

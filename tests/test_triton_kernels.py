@@ -20,8 +20,8 @@ from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
 
 from reviewgpt import torch_support
-from reviewgpt.train.speed import kernels
-from reviewgpt.train.speed.kernels import TRITON_OPTIONS, apply_triton_kernels, remove_triton_kernels
+from reviewgpt.recipe.speed_options import TRITON_OPTIONS, SpeedOptions
+from reviewgpt.train.speed import kernels, speedups
 from tests.test_speed import assert_close, batch, load, loss_and_grads
 from tests.test_speed_long import checkpointed
 
@@ -33,7 +33,7 @@ if not PROBLEM:
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FAMILIES = ["gemma", "mistral", "llama"]
 MODELING = {"gemma": modeling_gemma, "mistral": modeling_mistral, "llama": modeling_llama}
-ALL_ON = dict.fromkeys(TRITON_OPTIONS, True)
+ALL_ON = SpeedOptions.off().replace(**dict.fromkeys(TRITON_OPTIONS, True))  # the kernels, nothing else
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda g: F.gelu(g, approximate="tanh"), "silu": F.silu}
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 ORIGINAL_ROPE = {name: module.apply_rotary_pos_emb for name, module in MODELING.items()}
@@ -303,25 +303,26 @@ def test_triton_kernels_equal_the_modules_with_checkpointing_and_lora(family, ti
     ref_loss, ref_grads = loss_and_grads(model, ids, labels)
     with torch.no_grad():
         ref_logits = model(input_ids=ids).logits
-    assert apply_triton_kernels(model, ALL_ON) == ALL_ON
-    layers = model.config.num_hidden_layers
-    assert sum("forward" in vars(m) for m in model.modules()) == layers + 2 * layers + 1  # MLPs, norms
-    assert MODELING[family].apply_rotary_pos_emb.reviewgpt_original is ORIGINAL_ROPE[family]
+    with speedups(model, ALL_ON, bf16=False) as done:
+        assert done == ALL_ON
+        layers = model.config.num_hidden_layers
+        assert sum("forward" in vars(m) for m in model.modules()) == layers + 2 * layers + 1  # MLPs, norms
+        assert MODELING[family].apply_rotary_pos_emb.reviewgpt_original is ORIGINAL_ROPE[family]
 
-    loss, grads = loss_and_grads(model, ids, labels)
-    # Each layer runs forward twice (checkpointing recomputes it) and backward once, plus the final norm:
-    # the kernels ran everywhere, no fallback.
-    assert launches == {"_gated_forward_kernel": 2 * layers, "_gated_backward_kernel": layers,
-                        "_rope_kernel": 2 * (2 * layers) + 2 * layers,
-                        "_rmsnorm_forward_kernel": 2 * (2 * layers) + 1, "_rmsnorm_backward_kernel": 2 * layers + 1}
-    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
-    assert set(grads) == set(ref_grads) and all("lora_" in name for name in grads)
-    for name in ref_grads:
-        assert_close(grads[name], ref_grads[name], 1e-5)
-    with torch.no_grad():  # evaluation: the kernels too, same logits
-        torch.testing.assert_close(model(input_ids=ids).logits, ref_logits, rtol=1e-5, atol=1e-5)
+        loss, grads = loss_and_grads(model, ids, labels)
+        # Each layer runs forward twice (checkpointing recomputes it) and backward once, plus the final norm:
+        # the kernels ran everywhere, no fallback.
+        assert launches == {"_gated_forward_kernel": 2 * layers, "_gated_backward_kernel": layers,
+                            "_rope_kernel": 2 * (2 * layers) + 2 * layers,
+                            "_rmsnorm_forward_kernel": 2 * (2 * layers) + 1,
+                            "_rmsnorm_backward_kernel": 2 * layers + 1}
+        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+        assert set(grads) == set(ref_grads) and all("lora_" in name for name in grads)
+        for name in ref_grads:
+            assert_close(grads[name], ref_grads[name], 1e-5)
+        with torch.no_grad():  # evaluation: the kernels too, same logits
+            torch.testing.assert_close(model(input_ids=ids).logits, ref_logits, rtol=1e-5, atol=1e-5)
 
-    remove_triton_kernels(model)
     assert_nothing_patched(model)
     launches.clear()
     assert torch.equal(loss_and_grads(model, ids, labels)[0], ref_loss) and not launches
@@ -333,9 +334,8 @@ def test_triton_kernels_under_bf16_autocast_with_lora(tiny_gemma, launches):
     ids, labels = small_batch(model.config.vocab_size)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         ref_loss, ref_grads = loss_and_grads(model, ids, labels)
-        apply_triton_kernels(model, ALL_ON)
-        loss, grads = loss_and_grads(model, ids, labels)
-    remove_triton_kernels(model)
+        with speedups(model, ALL_ON, bf16=False):
+            loss, grads = loss_and_grads(model, ids, labels)
     assert set(launches) == {"_gated_forward_kernel", "_gated_backward_kernel", "_rope_kernel",
                              "_rmsnorm_forward_kernel", "_rmsnorm_backward_kernel"}  # bf16 GeGLU and RoPE too
     assert abs(loss.item() - ref_loss.item()) <= 1e-2 * abs(ref_loss.item())
@@ -348,27 +348,24 @@ def test_norms_whose_weight_trains_run_their_own_forward(tiny_mistral, launches)
     model = checkpointed(tiny_mistral).to(DEVICE)  # no LoRA: the norms' weights train too
     ids, labels = small_batch(model.config.vocab_size)
     ref_loss, ref_grads = loss_and_grads(model, ids, labels)
-    done = apply_triton_kernels(model, {"triton_rmsnorm": True})
-    assert done == {"triton_mlp": False, "triton_rope": False, "triton_rmsnorm": True}
-    loss, grads = loss_and_grads(model, ids, labels)
-    assert not launches  # the kernel's backward gives no weight gradient: the module's forward ran
-    assert torch.equal(loss, ref_loss) and all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads)
-    with torch.no_grad():  # no weight gradient wanted: the kernel
-        model(input_ids=ids)
-    assert launches == {"_rmsnorm_forward_kernel": 2 * model.config.num_hidden_layers + 1}
-    remove_triton_kernels(model)
+    with speedups(model, SpeedOptions.off().replace(triton_rmsnorm=True), bf16=False) as done:
+        assert (done.triton_mlp, done.triton_rope, done.triton_rmsnorm) == (False, False, True)
+        loss, grads = loss_and_grads(model, ids, labels)
+        assert not launches  # the kernel's backward gives no weight gradient: the module's forward ran
+        assert torch.equal(loss, ref_loss) and all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads)
+        with torch.no_grad():  # no weight gradient wanted: the kernel
+            model(input_ids=ids)
+        assert launches == {"_rmsnorm_forward_kernel": 2 * model.config.num_hidden_layers + 1}
     assert_nothing_patched(model)
 
 
 @needs_triton
-def test_apply_speedups_puts_the_kernels_in_place_of_lean_mlp_through_the_trainer(tiny_llama, tmp_path, launches,
-                                                                                  monkeypatch, caplog):
+def test_speedups_put_the_kernels_in_place_of_lean_mlp_through_the_trainer(tiny_llama, tmp_path, launches,
+                                                                           monkeypatch, caplog):
     from transformers import Trainer, TrainingArguments
 
     from reviewgpt.recipe import load_recipe
     from reviewgpt.train.dataset import ListDataset, PadCollator
-    from reviewgpt.train.speed import apply_speedups, remove_speedups
-
     model = get_peft_model(load(tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     model.enable_input_require_grads()  # as peft's k-bit preparation does: the residual stream needs grad
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=DEVICE == "cpu", gradient_checkpointing=True,
@@ -379,23 +376,21 @@ def test_apply_speedups_puts_the_kernels_in_place_of_lean_mlp_through_the_traine
                       data_collator=PadCollator(0))
     recipe = load_recipe("tiny", {"model": str(tiny_llama), "lean_mlp": True})
     assert all(getattr(recipe.speed, option) for option in TRITON_OPTIONS)  # on by default
-    done = apply_speedups(trainer, recipe, bf16=False)
-    assert all(done[option] for option in TRITON_OPTIONS)
-    assert not done["lean_mlp"] and not done["fused_rmsnorm"]  # replaced by the kernels, not in force
-    trainer.train()
+    with speedups(trainer.model, recipe.speed, bf16=False, args=trainer.args) as done:
+        assert all(getattr(done, option) for option in TRITON_OPTIONS)
+        assert not done.lean_mlp and not done.fused_rmsnorm  # replaced by the kernels, not in force
+        trainer.train()
     layers = model.config.num_hidden_layers
     assert launches["_gated_backward_kernel"] == layers and launches["_rope_kernel"] == 6 * layers
     assert launches["_rmsnorm_backward_kernel"] == 2 * layers + 1  # input grads: the first norm's too
-    remove_speedups(trainer)
     assert_nothing_patched(model)
 
     # torch 2.2's triton: the kernels off with one line, lean_mlp in force as the recipe asks
     monkeypatch.setattr(torch_support, "triton_problem", lambda: "triton 2.2.0 is older than 3.0")
-    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"):
-        done = apply_speedups(trainer, recipe, bf16=False)
-    assert done["lean_mlp"] and not any(done[option] for option in TRITON_OPTIONS)
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"), speedups(
+            trainer.model, recipe.speed, bf16=False, args=trainer.args) as done:
+        assert done.lean_mlp and not any(getattr(done, option) for option in TRITON_OPTIONS)
     assert "triton_mlp, triton_rope, triton_rmsnorm off: triton 2.2.0 is older than 3.0" in caplog.messages
-    remove_speedups(trainer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,30 +412,29 @@ def test_triton_problem_says_why_the_kernels_cannot_run(tiny_gemma, monkeypatch)
 
 
 @pytest.mark.parametrize("problem", ["triton is not installed", "triton 2.2.0 is older than 3.0", ""])
-def test_apply_triton_kernels_patches_nothing_where_they_cannot_run(problem, tiny_gemma, monkeypatch, caplog):
+def test_the_kernels_patch_nothing_where_they_cannot_run(problem, tiny_gemma, monkeypatch, caplog):
     monkeypatch.setattr(torch_support, "triton_problem", lambda: problem)
     model = load(tiny_gemma)
-    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed.kernels"):
-        done = apply_triton_kernels(model, {**ALL_ON, "lean_mlp": True})
-    assert done == dict.fromkeys(TRITON_OPTIONS, False)
-    # only this module's messages: on torch 1.13 the loader also says it has no SDPA (the cu117 image)
-    kernel_messages = [r.getMessage() for r in caplog.records if r.name == "reviewgpt.train.speed.kernels"]
-    assert kernel_messages == [f"triton_mlp, triton_rope, triton_rmsnorm off: "
-                               f"{problem or 'the model is on cpu, not a CUDA GPU'}"]
-    assert_nothing_patched(model)
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"), speedups(model, ALL_ON, bf16=False) as done:
+        assert not any(getattr(done, option) for option in TRITON_OPTIONS)
+        assert_nothing_patched(model)
+    # only this package's "off" lines: on torch 1.13 the loader also says it has no SDPA (the cu117 image)
+    off = [r.getMessage() for r in caplog.records if r.name == "reviewgpt.train.speed" and " off: " in r.getMessage()]
+    assert off == [f"triton_mlp, triton_rope, triton_rmsnorm off: {problem or 'the model is on cpu, not a CUDA GPU'}"]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed.kernels"):
-        assert apply_triton_kernels(model, {"triton_rope": False}) == dict.fromkeys(TRITON_OPTIONS, False)
-    assert not [r for r in caplog.records if r.name == "reviewgpt.train.speed.kernels"]  # none asked: nothing said
+    with caplog.at_level(logging.INFO, logger="reviewgpt.train.speed"), speedups(model, SpeedOptions.off()):
+        pass
+    assert not [r for r in caplog.records if " off: " in r.getMessage()]  # none asked: nothing said
 
 
 def test_predict_recipe_counts_the_triton_options_only_where_triton_runs(monkeypatch):
     from reviewgpt.recipe import load_recipe
     from reviewgpt.train.memory import ARCHITECTURES, predict_recipe
 
-    gemma, arch = load_recipe("gemma-7b-it"), ARCHITECTURES["gemma-7b"]
+    # kept layers a number, as the planner leaves them: the prediction refuses an unresolved `auto`
+    gemma, arch = load_recipe("gemma-7b-it").with_speed(checkpoint_skip_layers=0), ARCHITECTURES["gemma-7b"]
     assert all(getattr(gemma.speed, option) for option in TRITON_OPTIONS)
-    off = gemma.replace(**dict.fromkeys(TRITON_OPTIONS, False))
+    off = gemma.with_speed(**dict.fromkeys(TRITON_OPTIONS, False))
     monkeypatch.setattr(torch_support, "triton_problem", lambda: "triton is not installed")
     assert predict_recipe(gemma, arch, 32768, 1) == predict_recipe(off, arch, 32768, 1)
     monkeypatch.setattr(torch_support, "triton_problem", lambda: "")

@@ -75,8 +75,6 @@ def _add_train_flags(p, recipe=None) -> None:
 
 def _relaunch_if_asked(args, recipe) -> int | None:
     """Run this same command under `accelerate launch` when --gpus/--nodes ask for several processes."""
-    import os
-
     from reviewgpt.errors import UserError
     from reviewgpt.train import distributed
 
@@ -97,21 +95,22 @@ def _relaunch_if_asked(args, recipe) -> int | None:
     cmd = distributed.launch_command(distributed.strip_launch_flags(argv), args.gpus or 1, args.nodes,
                                      args.node_rank, args.main_addr, args.main_port, args.deepspeed,
                                      args.deepspeed_config, bf16=recipe.bf16)
-    if args.deepspeed:
-        os.environ["REVIEWGPT_DEEPSPEED_CONFIG"] = cmd[cmd.index("--deepspeed_config_file") + 1]
     return distributed.relaunch(cmd)
 
 
 def run(args) -> int:
     from reviewgpt.commands.recipe_flags import recipe_overrides
     from reviewgpt.recipe import load_recipe
+    from reviewgpt.train.distributed import world_size
     from reviewgpt.train.loop import train
 
     recipe = load_recipe(args.recipe, recipe_overrides(args))
     code = _relaunch_if_asked(args, recipe)
     if code is not None:
         return code
+    # --deepspeed-config counts in the processes `accelerate launch` started (the launcher passes it to them)
+    deepspeed_config = args.deepspeed_config if world_size() > 1 else None
     summary = train(recipe, args.data, args.output, resume_from=args.resume_from, do_eval=args.eval,
-                    skip_invalid=args.skip_invalid)
+                    skip_invalid=args.skip_invalid, deepspeed_config=deepspeed_config)
     print(json.dumps(summary))
     return 0

@@ -140,11 +140,13 @@ def check_triton(env: Environment) -> Check:
 
 def estimate_training_bytes(recipe) -> int:
     """Peak GPU memory of one training process, as `reviewgpt plan` predicts it (reserved bytes, with
-    the recipe's speed options). A model the planner does not know is taken as its family's 7B."""
+    the recipe's speed options; `checkpoint_skip_layers: auto` as no layer kept, its floor). A model the
+    planner does not know is taken as its family's 7B."""
     from reviewgpt.train.memory import architecture_or_family_default, predict_recipe
+    from reviewgpt.train.plan import at_auto_floor
 
     arch = architecture_or_family_default(recipe.model, recipe.family)
-    predicted = predict_recipe(recipe, arch, recipe.max_seq_length, recipe.per_device_train_batch_size)
+    predicted = predict_recipe(at_auto_floor(recipe), arch, recipe.max_seq_length, recipe.per_device_train_batch_size)
     return int(predicted["reserved_gib"] * GIB)
 
 

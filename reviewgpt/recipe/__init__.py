@@ -145,12 +145,16 @@ class Recipe:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def replace(self, **changes) -> Recipe:
-        """A copy with `changes`; speed options may be named flat (`lean_mlp=True`)."""
+        """A copy with `changes` to the recipe's own fields (`with_speed` changes its speed options)."""
         try:
-            flat = {k: changes.pop(k) for k in list(changes) if k in SPEED_FIELDS}
-            if flat:
-                changes["speed"] = dataclasses.replace(changes.get("speed", self.speed), **flat)
             return dataclasses.replace(self, **changes)
+        except ValueError as exc:
+            raise UserError(f"recipe {self.name!r}: {exc}.") from None
+
+    def with_speed(self, **changes) -> Recipe:
+        """A copy whose speed options have `changes` (`recipe.with_speed(lean_mlp=True)`)."""
+        try:
+            return dataclasses.replace(self, speed=self.speed.replace(**changes))
         except ValueError as exc:
             raise UserError(f"recipe {self.name!r}: {exc}.") from None
 

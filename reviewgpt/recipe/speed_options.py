@@ -1,7 +1,10 @@
 """The recipe's speed and memory options: one frozen dataclass, `Recipe.speed`.
 
-`reviewgpt.train.speed` applies them, `reviewgpt.train.memory` / `reviewgpt plan` predict with them,
-`reviewgpt bench` varies them and OOM recovery gives the kept layers up first. Their `train` flags
+They travel typed from the recipe to every step that reads them: `reviewgpt.train.speed` applies them,
+`reviewgpt.train.memory` / `reviewgpt plan` predict with them, `reviewgpt bench` varies them and OOM
+recovery gives the kept layers up first. `checkpoint_skip_layers: auto` is turned into a number once,
+at the start of a run (reviewgpt.train.plan.with_planned_layers); every later step reads that number
+(`kept_layers`) and refuses an unresolved `auto`. Their `train` flags
 (`--chunked-loss`, ...) and YAML keys keep the names they had as top-level recipe fields: a recipe
 may write them flat (as before) or under `speed:`; both load the same.
 
@@ -60,21 +63,26 @@ class SpeedOptions:
             if problem:
                 raise ValueError(f"{f.name} {problem}")
 
+    @classmethod
+    def off(cls) -> SpeedOptions:
+        """Every option off: the seed recipe's path (bench's and the planner's reference)."""
+        return cls(**{**dict.fromkeys(OPTIONS, False), "checkpoint_skip_layers": 0})
 
+    def replace(self, **changes) -> SpeedOptions:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def kept_layers(self) -> int:
+        """checkpoint_skip_layers as the number it is once a run has resolved `auto`
+        (reviewgpt.train.plan.with_planned_layers, at the start of train and of each bench row)."""
+        if self.checkpoint_skip_layers == "auto":
+            raise ValueError("checkpoint_skip_layers is 'auto': the planner turns it into a number at the start of "
+                             "a run (reviewgpt.train.plan.with_planned_layers); pass that number")
+        return self.checkpoint_skip_layers
+
+
+OPTIONS = tuple(f.name for f in dataclasses.fields(SpeedOptions))
 TRITON_OPTIONS = ("triton_mlp", "triton_rope", "triton_rmsnorm")  # off where triton >= 3.0 cannot run them
-COUNTS = ("checkpoint_skip_layers",)  # integer options (or "auto"); 0 = off
-SWITCHES = tuple(f.name for f in dataclasses.fields(SpeedOptions) if f.name not in COUNTS)
-OPTIONS = SWITCHES + COUNTS
-OFF = {**dict.fromkeys(SWITCHES, False), **dict.fromkeys(COUNTS, 0)}
-
-
-def _count(value):
-    return value if value == "auto" else int(value or 0)
-
-
-def options_of(recipe) -> dict:
-    """{option: value} of a recipe's speed options (`recipe.speed`), or of any object with those
-    attributes (a SpeedOptions, a namespace)."""
-    source = getattr(recipe, "speed", recipe)
-    return {**{name: bool(getattr(source, name, False)) for name in SWITCHES},
-            **{name: _count(getattr(source, name, 0)) for name in COUNTS}}

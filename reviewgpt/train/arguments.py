@@ -4,8 +4,8 @@ say what is missing before the Trainer fails on it."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+from typing import Optional
 
 from reviewgpt.errors import UserError
 from reviewgpt.recipe import Recipe
@@ -40,7 +40,10 @@ def check_report_to(report_to) -> None:
                             f"pip install {packages[0]}, or pass --report-to none.")
 
 
-def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bool):
+def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bool,
+                       deepspeed_config: Optional[str] = None):
+    """The Trainer's arguments for `recipe`; `deepspeed_config`: a DeepSpeed JSON (processes that
+    `reviewgpt train --deepspeed` launched), None without DeepSpeed."""
     from transformers import TrainingArguments
 
     bf16 = recipe.bf16 and cuda
@@ -87,8 +90,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, do_eval: bool, cuda: bo
         save_safetensors=True,
         disable_tqdm=False,
         use_cpu=not cuda,
-        # Set by `reviewgpt train --deepspeed zero2` for the processes it launches.
-        deepspeed=os.environ.get("REVIEWGPT_DEEPSPEED_CONFIG") or None,
+        deepspeed=deepspeed_config,
         # Every LoRA weight gets a gradient; the unused-parameter search only costs time under DDP.
         ddp_find_unused_parameters=False if processes > 1 else None,
     )

@@ -1,13 +1,13 @@
 """`reviewgpt bench`: timed QLoRA training steps of a recipe, reference path and ours.
 
-Method (BASELINE.md): weights of the real architecture (random, saved once as bf16 safetensors,
+Method (the baseline measurements'): weights of the real architecture (random, saved once as bf16 safetensors,
 when no local model is given: no hub), loaded in 4-bit NF4; peft's `prepare_model_for_kbit_training`
 + the recipe's LoRA, as trl 0.7.11's SFTTrainer does; the transformers Trainer step (paged AdamW,
 bf16, gradient checkpointing); sequences of random token ids with labels = input ids; `warmup`
 steps, then the median of `steps` timed steps; peak = torch.cuda.max_memory_allocated/reserved.
 
 Reference rows (every speed option off: the seed recipe's path) are each measured in a fresh
-process, as BASELINE.md measures them: the first grid point in this process before anything else
+process, as the baseline was measured: the first grid point in this process before anything else
 runs in it, the others in a child process each (`python -m reviewgpt.train.bench SPEC.json`). Measured
 one after another on one loaded model, later reference rows inherited what earlier rows left in
 the process (docs/performance.md, "The in-process reference"); `reference_in_process=True` keeps
@@ -35,11 +35,12 @@ from typing import Iterable, List, Optional
 
 import torch
 
+from reviewgpt.recipe.speed_options import SpeedOptions
 from reviewgpt.train.bench_models import free_memory, load_prepared, model_for_bench
 from reviewgpt.train.bench_timing import StepProfiler, StepTimer, versions
 from reviewgpt.train.memory import CALIBRATION, Architecture, architecture_of, predict_recipe
 from reviewgpt.train.plan import free_gpu_gib, with_planned_layers
-from reviewgpt.train.speed import OFF, options_of, speedups
+from reviewgpt.train.speed import speedups
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -51,10 +52,11 @@ EXTRAS = ("checkpoint_keep_attention", "checkpoint_offload", "lean_mlp")
 ONLY_FOR = {"causal_sdpa": ("gemma",), "fused_rmsnorm": ("mistral", "llama")}
 
 
-def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, options: dict, output_dir,
+def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, speed: SpeedOptions, output_dir,
             arch: Optional[Architecture] = None, label: str = "", profile: int = 0) -> dict:
-    """One configuration: a fresh Trainer over `model`, `warmup + steps` optimizer steps (and one
-    more under the profiler when `profile` > 0: its N costliest GPU kernels go into the row)."""
+    """One configuration: a fresh Trainer over `model` with the speed options `speed` (kept layers a
+    number), `warmup + steps` optimizer steps (and one more under the profiler when `profile` > 0: its N
+    costliest GPU kernels go into the row)."""
     from transformers import Trainer
 
     from reviewgpt.train.arguments import training_arguments
@@ -64,7 +66,7 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     profile = profile if cuda else 0
     run = recipe.replace(per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                          max_steps=warmup + steps + (1 if profile else 0), save_steps=10**9,
-                         logging_steps=10**9, **options)
+                         logging_steps=10**9, speed=speed)
     args = training_arguments(run, Path(output_dir), do_eval=False, cuda=cuda)
     args.disable_tqdm = True
     g = torch.Generator().manual_seed(seq * 31 + batch)
@@ -76,13 +78,13 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
     timer = StepTimer()
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset(examples), data_collator=PadCollator(0),
                       callbacks=[timer.callback()])
-    row = {"path": "reference" if not any(options.values()) else "reviewgpt", "label": label,
+    row = {"path": "reference" if speed == SpeedOptions.off() else "reviewgpt", "label": label,
            "recipe": recipe.name, "architecture": arch.name if arch else None, "seq": seq, "batch": batch}
     profiler = StepProfiler(warmup + steps) if profile else None
     if profiler:
         trainer.add_callback(profiler.callback())
     # the row's options are in force for its steps only: patches and the SDPA order end with the row
-    with speedups(trainer, run, bf16=run.bf16 and cuda) as in_force:
+    with speedups(trainer.model, run.speed, bf16=run.bf16 and cuda, args=trainer.args) as in_force:
         free_memory()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -108,30 +110,30 @@ def measure(model, recipe, seq: int, batch: int, steps: int, warmup: int, option
         row["predicted"] = predict_recipe(measured, arch, seq, batch)
     if profiler:
         row["profile_top_kernels"] = profiler.top(profile)
-    row.update(options=in_force, lora_dropout=run.lora_dropout, versions=versions())
+    row.update(options=in_force.as_dict(), lora_dropout=run.lora_dropout, versions=versions())
     del trainer
     free_memory()
     return row
 
 
 def chain_steps(family: str) -> List[tuple]:
-    """(label, options) rows switching CHAIN on one technique at a time, from every option off."""
-    on: dict = dict(OFF)
+    """(label, SpeedOptions) rows switching CHAIN on one technique at a time, from every option off."""
+    on = SpeedOptions.off()
     rows = []
     for name in CHAIN:
         if family not in ONLY_FOR.get(name, (family,)):
             continue
-        on = {**on, name: True}
-        rows.append((f"+{name}", dict(on)))
+        on = on.replace(**{name: True})
+        rows.append((f"+{name}", on))
     return rows
 
 
 def on_top_steps(recipe, extras: Iterable[str] = EXTRAS, skip_layers: Iterable = ()) -> List[tuple]:
-    """(label, options) rows adding memory-for-speed (or speed-for-memory) options to the recipe's own;
+    """(label, SpeedOptions) rows adding memory-for-speed (or speed-for-memory) options to the recipe's own;
     a skip-layers entry may be "auto" (resolved per row by `Bench.row`)."""
-    ours = options_of(recipe)
-    rows = [(f"defaults+{name}", {**ours, name: True}) for name in extras]
-    rows += [(f"defaults+checkpoint_skip_layers={n}", {**ours, "checkpoint_skip_layers": n}) for n in skip_layers]
+    ours = recipe.speed
+    rows = [(f"defaults+{name}", ours.replace(**{name: True})) for name in extras]
+    rows += [(f"defaults+checkpoint_skip_layers={n}", ours.replace(checkpoint_skip_layers=n)) for n in skip_layers]
     return rows
 
 
@@ -158,7 +160,7 @@ class ProcessState:
 
 
 class Bench:
-    """One loaded model (the BASELINE method's load) and the rows measured on it, one after another."""
+    """One loaded model (the baseline method's load) and the rows measured on it, one after another."""
 
     def __init__(self, recipe, model_dir: str, arch: Architecture, steps: int = 4, warmup: int = 2,
                  emit=None, gpu_mem_gib: Optional[float] = None):
@@ -171,16 +173,18 @@ class Bench:
         self.out_dir = tempfile.mkdtemp(prefix="reviewgpt-bench-")
         self.rows: List[dict] = []
 
-    def row(self, seq: int, batch: int, options: dict, label: str, steps: Optional[int] = None,
+    def row(self, seq: int, batch: int, speed: SpeedOptions, label: str, steps: Optional[int] = None,
             warmup: Optional[int] = None, profile: int = 0) -> dict:
-        if options.get("checkpoint_skip_layers") == "auto":
-            planned = with_planned_layers(self.recipe.replace(**options), seq, batch, self.free_gib, arch=self.arch)
-            kept = planned.speed.checkpoint_skip_layers
-            options = {**options, "checkpoint_skip_layers": kept}
+        """Measure one row with the speed options `speed`; `checkpoint_skip_layers: auto` becomes the
+        planner's number for this row's sequence and batch first (and the label says which)."""
+        if speed.checkpoint_skip_layers == "auto":
+            planned = with_planned_layers(self.recipe.replace(speed=speed), seq, batch, self.free_gib, arch=self.arch)
+            speed = planned.speed
+            kept = speed.kept_layers
             label = label.replace("=auto", f"=auto({kept})") if "=auto" in label else f"{label}, auto({kept})"
         try:
             row = measure(self.model, self.recipe, seq, batch, self.steps if steps is None else steps,
-                          self.warmup if warmup is None else warmup, options, self.out_dir, self.arch, label,
+                          self.warmup if warmup is None else warmup, speed, self.out_dir, self.arch, label,
                           profile=profile)
         finally:
             self.state.restore()
@@ -194,7 +198,7 @@ class Bench:
 def reference_in_fresh_process(recipe, model_dir: str, seq: int, batch: int, steps: int = 4, warmup: int = 2,
                                label: str = "reference") -> dict:
     """The reference path (every option off) at one grid point, in a child process that loads the
-    model, measures this one row and exits: BASELINE.md's method."""
+    model, measures this one row and exits: the baseline method."""
     from reviewgpt.recipe import save_recipe
 
     with tempfile.TemporaryDirectory(prefix="reviewgpt-reference-") as tmp:
@@ -219,7 +223,7 @@ def _reference_process(spec_path: str) -> int:
     recipe = load_recipe(spec["recipe"])
     arch = architecture_of(spec["model"])
     bench = Bench(recipe, spec["model"], arch, spec["steps"], spec["warmup"])
-    row = bench.row(spec["seq"], spec["batch"], dict(OFF), spec["label"])
+    row = bench.row(spec["seq"], spec["batch"], SpeedOptions.off(), spec["label"])
     Path(spec["row"]).write_text(json.dumps(row))
     return 0
 
@@ -231,7 +235,7 @@ def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 
     """Measure the grid (seq x batch); returns the rows (and passes each to `emit` as it is made)."""
     model_dir, arch = model_for_bench(recipe, model_dir, random_init, weights_dir)
     grid = [(s, b) for s in seqs for b in batches]
-    ours = options_of(recipe)
+    ours = recipe.speed
     rows: List[dict] = []
     if reference and not reference_in_process:  # before this process loads anything (one GPU, one model)
         for s, b in grid[1:]:
@@ -241,7 +245,7 @@ def run_bench(recipe, seqs: Iterable[int], batches: Iterable[int], steps: int = 
     bench = Bench(recipe, model_dir, arch, steps, warmup, emit, gpu_mem_gib)
     first = grid[0]
     for s, b in (grid if reference_in_process else grid[:1]) if reference else ():
-        bench.row(s, b, dict(OFF), "reference")
+        bench.row(s, b, SpeedOptions.off(), "reference")
     for label, opts in chain_steps(arch.family) if ablate else ():
         if opts != ours:  # the chain's last row is usually the recipe's own options, measured next
             bench.row(*first, opts, label)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -94,7 +93,7 @@ def model_for_bench(recipe, model_dir: Optional[str] = None, random_init: bool =
         if not random_init:
             model_dir = recipe.model
         else:
-            base = weights_dir or os.environ.get("REVIEWGPT_RANDOM_WEIGHTS") or tempfile.gettempdir()
+            base = weights_dir or tempfile.gettempdir()
             model_dir = str(random_weights(arch, Path(base) / f"reviewgpt-random-{arch.name}"))
     arch = architecture_of(model_dir) if Path(model_dir, "config.json").is_file() else arch
     return model_dir, arch

@@ -120,12 +120,14 @@ def launch_command(train_argv: List[str], gpus: int, nodes: int = 1, node_rank: 
            "--dynamo_backend", "no"]
     if main_addr:
         cmd += ["--main_process_ip", main_addr]
+    child_flags = []
     if deepspeed:
         config = deepspeed_config or str(deepspeed_config_path(deepspeed))
         cmd += ["--use_deepspeed", "--deepspeed_config_file", config]
+        child_flags = ["--deepspeed-config", config]  # the children's Trainer reads the config from their argv
     else:
         cmd += ["--multi_gpu"]
-    return cmd + ["-m", "reviewgpt", "train", *train_argv]
+    return cmd + ["-m", "reviewgpt", "train", *train_argv, *child_flags]
 
 
 def strip_launch_flags(argv: List[str]) -> List[str]:
@@ -149,8 +151,7 @@ def relaunch(cmd: List[str]) -> int:
     import subprocess
 
     log.info("launching: %s", " ".join(cmd))
-    env = dict(os.environ, REVIEWGPT_LAUNCHED="1")
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd)
 
 
 def drop_empty_param_groups(trainer) -> None:

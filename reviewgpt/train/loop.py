@@ -6,7 +6,8 @@
     logs.py       JSONL log callback, loss curve, peak memory
     arguments.py  recipe -> TrainingArguments
     distributed.py  processes, DeepSpeed's optimizer fix
-    oom.py        CUDA OOM recovery (wraps `train`)
+    oom.py        CUDA OOM recovery (around each training attempt)
+    run_files.py  what the run writes into its folder before the first step and at the end
     speed/        the recipe's speed options, applied for the duration of the run and undone after it
 
 Running the same command again is always safe. The run folder must be empty, absent or a reviewgpt
@@ -14,52 +15,58 @@ run, and a run trained with other settings or data is refused (resume.check_same
 anything is written. A finished run says so and changes nothing; a larger --max-steps or
 --num-train-epochs continues it. Otherwise the run resumes from its newest complete checkpoint. The
 last step always saves a checkpoint, and the run's final files (adapter, tokenizer, loss curve,
-train_summary.json last) are made from it (`finish_run`): a run killed while writing them finishes
-from that checkpoint without training again.
+train_summary.json last) are made from it (run_files.finish_run): a run killed while writing them
+finishes from that checkpoint without training again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from reviewgpt import run
-from reviewgpt.data.records import load_records, records_digest, split_by_paper, write_rejects
+from reviewgpt.data.records import load_records, records_digest, split_by_paper
 from reviewgpt.data.tokenization import PromptEncoder
 from reviewgpt.errors import UserError
-from reviewgpt.files import remove_stale_temporaries, temporary_name
 from reviewgpt.recipe import Recipe
 from reviewgpt.train.arguments import check_report_to, training_arguments
-from reviewgpt.train.best import best_eval, make_best_callback, stopped_early
+from reviewgpt.train.best import make_best_callback, stopped_early
 from reviewgpt.train.checks import check_job
-from reviewgpt.train.dataset import ListDataset, PadCollator, in_order, planned_steps, run_order, tokenize_records
+from reviewgpt.train.dataset import (
+    ListDataset,
+    PadCollator,
+    TokenizedSplit,
+    in_order,
+    planned_steps,
+    run_order,
+    tokenize_records,
+)
 from reviewgpt.train.distributed import (
     ddp_skip_constant_buffers,
     drop_empty_param_groups,
     is_main_process,
     world_size,
 )
-from reviewgpt.train.logs import TrainedTokens, logs_to_stderr, make_log_callback, peak_memory_per_gpu, plot_loss_curve
+from reviewgpt.train.logs import TrainedTokens, logs_to_stderr, make_log_callback
 from reviewgpt.train.oom import with_oom_recovery
 from reviewgpt.train.resume import (
     check_same_run,
     checkpoint_state,
     is_complete_checkpoint,
-    logged_mean_loss,
     newest_complete_checkpoint,
-    remove_partial_checkpoints,
     resume_batch,
     run_identity,
     run_mean_loss,
     saved_identity,
     trusted_checkpoint_loading,
 )
+from reviewgpt.train.run_files import final_checkpoint, finish_run, write_run_files
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +90,41 @@ def refuse_foreign_folder(output_dir: Path) -> None:
                         "or new folder (or the folder of the run to resume).")
 
 
-@with_oom_recovery  # issue 4: a CUDA OOM halves the micro-batch and resumes (recipe.oom_recovery)
-def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: bool = False,
-          skip_invalid: bool = False, callbacks: Sequence = ()) -> dict:
-    """Run one training job; returns a summary (also written to OUTPUT/train_summary.json)."""
-    from transformers import set_seed
-    from trl import SFTTrainer
+@dataclass(frozen=True)
+class Prepared:
+    """What every attempt of one run reads, made once by `train`: the records tokenized, what defines the
+    run, and the counts its summary reports."""
 
-    from reviewgpt.data.prompt import get_template, make_formatting_func
-    from reviewgpt.models import load_base_model, load_tokenizer, qlora_config
-    from reviewgpt.train.plan import check_fits, with_planned_layers
-    from reviewgpt.train.speed import speedups
+    output_dir: Path
+    identity: dict
+    rejected: list
+    tokenizer: object
+    train_split: TokenizedSplit
+    eval_split: Optional[TokenizedSplit]
+    max_steps: int
+    do_eval: bool
+    counts: dict
+    callbacks: Sequence
+    deepspeed_config: Optional[str]
+
+
+def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: bool = False,
+          skip_invalid: bool = False, callbacks: Sequence = (), deepspeed_config: Optional[str] = None) -> dict:
+    """Run one training job; returns a summary (also written to OUTPUT/train_summary.json).
+
+    The records are read, checked and tokenized once, and `checkpoint_skip_layers: auto` becomes the
+    number of layers the GPU holds at the longest example; then the training runs, again from the newest
+    checkpoint with less memory after a CUDA out-of-memory (train.oom, recipe.oom_recovery).
+    `deepspeed_config`: the DeepSpeed JSON of a process that `reviewgpt train --deepspeed` launched."""
+    from reviewgpt.data.prompt import get_template
+    from reviewgpt.models import load_tokenizer
+    from reviewgpt.train.plan import with_planned_layers
 
     if not recipe.model:
         raise UserError(f"recipe {recipe.name!r} names no model; pass --model DIR.")
     recipe = local_paths_absolute(recipe)
     output_dir = Path(output_dir)
     refuse_foreign_folder(output_dir)
-    cuda = torch.cuda.is_available()
 
     loaded = load_records(data_path, skip_invalid=skip_invalid)
     if loaded.duplicates:
@@ -140,16 +164,10 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
                  run.SUMMARY_FILE)
         return finished
 
-    # checkpoint_skip_layers auto: the most layers the GPU's free memory holds at the longest example
-    step_recipe = with_planned_layers(recipe, train_split.max_tokens)
-    if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
-        check_fits(step_recipe, train_split.max_tokens)
-    check_report_to(recipe.report_to)
-
-    main_process = is_main_process()  # under several processes only rank 0 writes files
-    log_path = output_dir / run.LOG_FILE
-    epochs_per_step = recipe.effective_batch_size / len(train_split.examples)
-    summary = {
+    # checkpoint_skip_layers auto: the most layers the GPU's free memory holds at the longest example,
+    # decided here once; every attempt, its run files and OOM recovery read that number.
+    recipe = with_planned_layers(recipe, train_split.max_tokens)
+    counts = {
         "output": str(output_dir),
         "recipe": recipe.name,
         "train_records": len(train_split.examples),
@@ -159,9 +177,35 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         "papers_truncated": train_split.papers_truncated + (eval_split.papers_truncated if eval_split else 0),
         "reviews_skipped": train_split.reviews_skipped + (eval_split.reviews_skipped if eval_split else 0),
         "max_tokens": train_split.max_tokens,
-        "resumed_from": str(checkpoint) if checkpoint else None,
     }
-    do_eval = do_eval and eval_split is not None
+    prepared = Prepared(output_dir, identity, loaded.rejected, tokenizer, train_split, eval_split, max_steps,
+                        do_eval and eval_split is not None, counts, tuple(callbacks), deepspeed_config)
+    return with_oom_recovery(functools.partial(train_from, prepared), recipe, output_dir, checkpoint)
+
+
+def train_from(prepared: Prepared, recipe: Recipe, checkpoint: Optional[Path]) -> dict:
+    """One attempt: train `recipe` (its kept layers a number) from `checkpoint` (None: from the start)
+    to the end of the run and write the run's final files."""
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from reviewgpt.data.prompt import make_formatting_func
+    from reviewgpt.models import load_base_model, qlora_config
+    from reviewgpt.train.plan import check_fits
+    from reviewgpt.train.speed import speedups
+
+    output_dir, max_steps, do_eval, train_split = (prepared.output_dir, prepared.max_steps, prepared.do_eval,
+                                                   prepared.train_split)
+    cuda = torch.cuda.is_available()
+    if cuda:  # refuse before loading what `reviewgpt plan` predicts will not fit (recipe.memory_check)
+        check_fits(recipe, train_split.max_tokens)
+    check_report_to(recipe.report_to)
+
+    state = checkpoint_state(checkpoint) if checkpoint is not None else None
+    main_process = is_main_process()  # under several processes only rank 0 writes files
+    log_path = output_dir / run.LOG_FILE
+    epochs_per_step = recipe.effective_batch_size / len(train_split.examples)
+    summary = {**prepared.counts, "resumed_from": str(checkpoint) if checkpoint else None}
     if state is not None and (state["global_step"] == max_steps or (do_eval and stopped_early(
             state["log_history"], recipe.early_stopping_patience))):  # trained to the end, killed after
         log.info("resuming from %s: the training is done; writing the run's files", checkpoint)
@@ -170,7 +214,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
         return finish_run(output_dir, final_checkpoint(output_dir, state, do_eval, summary), summary, state,
                           None, 0.0, main_process)
 
-    args = training_arguments(recipe, output_dir, do_eval, cuda)
+    args = training_arguments(recipe, output_dir, do_eval, cuda, prepared.deepspeed_config)
     args.max_steps = max_steps
     if checkpoint is not None:
         log.info("resuming from %s (step %d of %d)", checkpoint, state["global_step"], max_steps)
@@ -187,7 +231,7 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     # SFTTrainer builds the LoRA layers (random A matrices) before the Trainer seeds anything:
     # seed first, or two runs of the same command start from different adapters.
     set_seed(recipe.seed)
-    collator = PadCollator(tokenizer.pad_token_id)
+    eval_split = prepared.eval_split
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -195,26 +239,26 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
                                             recipe.seed)),
         eval_dataset=ListDataset(eval_split.examples) if eval_split and args.do_eval else None,
         peft_config=lora,
-        tokenizer=tokenizer,
-        data_collator=collator,
+        tokenizer=prepared.tokenizer,
+        data_collator=PadCollator(prepared.tokenizer.pad_token_id),
         formatting_func=make_formatting_func(recipe.template),  # unused: the data is pre-tokenized
         max_seq_length=recipe.max_seq_length,
         packing=False,
         callbacks=[*([make_best_callback(recipe.early_stopping_patience)] if do_eval else []),
-                   make_log_callback(log_path, lambda step: step * epochs_per_step), *callbacks],
+                   make_log_callback(log_path, lambda step: step * epochs_per_step), *prepared.callbacks],
     )
     in_order(trainer)
     logs_to_stderr(trainer)  # stdout holds only the JSON result
-    write_run_files(output_dir, recipe, identity, loaded.rejected, state, main_process)
+    write_run_files(output_dir, recipe, prepared.identity, prepared.rejected, state, main_process)
     drop_empty_param_groups(trainer)
     if world_size() > 1:
         ddp_skip_constant_buffers(trainer.model)  # torch 1.13's gloo cannot broadcast Gemma's bool mask
     started = time.time()
-    # issue 4's speed options, in force for this run only: undone when it ends (or fails)
-    # TrainedTokens last: it counts at the forward the speed options may have replaced (a full fine-tune's
-    # model is itself the module chunked_loss patches).
-    with speedups(trainer, step_recipe, bf16=args.bf16), TrainedTokens(trainer.model) as trained, \
-            trusted_checkpoint_loading(checkpoint):
+    # The speed options, in force for this run only: undone when it ends (or fails). TrainedTokens last:
+    # it counts at the forward the speed options may have replaced (a full fine-tune's model is itself
+    # the module chunked_loss patches).
+    with speedups(trainer.model, recipe.speed, bf16=args.bf16, args=trainer.args), \
+            TrainedTokens(trainer.model) as trained, trusted_checkpoint_loading(checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trained_s = max(time.time() - started, 1e-9)  # the training itself: saving and plotting are not in tokens/s
     summary["train_loss"] = run_mean_loss(result.training_loss, trainer.state.global_step, state)
@@ -226,40 +270,6 @@ def train(recipe: Recipe, data_path, output_dir, *, resume_from=None, do_eval: b
     return finish_run(output_dir, final, summary, None, trainer.state.global_step, trained_s, main_process)
 
 
-def final_checkpoint(output_dir: Path, state: dict, do_eval: bool, summary: dict) -> Path:
-    """The checkpoint whose weights the run keeps: the best by held-out loss with --eval (recorded in
-    the summary), else the last one (the last step always saves)."""
-    if do_eval:
-        best_step, best_loss, _ = best_eval(state["log_history"])
-        if best_step is not None:
-            summary.update(best_step=best_step, best_eval_loss=best_loss)
-            return output_dir / f"checkpoint-{best_step}"
-    return output_dir / f"checkpoint-{state['global_step']}"
-
-
-def write_run_files(output_dir: Path, recipe: Recipe, identity: dict, rejected, state: Optional[dict],
-                    main_process: bool) -> None:
-    """What a run writes before its first step, once every check has passed and the model is loaded (a
-    run that fails before training leaves nothing): leftovers of a killed save removed, the rejects,
-    the log cut back to the checkpoint resumed (or started anew), what defines the run, the recipe."""
-    if not main_process:
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for partial in remove_partial_checkpoints(output_dir):
-        log.warning("removed %s, a checkpoint cut short while saving", partial)
-    remove_stale_temporaries(output_dir)
-    if rejected:
-        write_rejects(rejected, output_dir / run.REJECTS_FILE)
-        log.warning("%d invalid record(s) set aside in %s", len(rejected), output_dir / run.REJECTS_FILE)
-    log_path = output_dir / run.LOG_FILE
-    if state is not None:
-        run.truncate_log(log_path, state["global_step"])
-    else:
-        log_path.unlink(missing_ok=True)
-    run.write_identity(output_dir, identity)
-    run.write_recipe(recipe, output_dir)
-
-
 def _checkpoint_to_resume(resume_from, output_dir: Path) -> Optional[Path]:
     if resume_from:
         checkpoint = Path(resume_from)
@@ -267,33 +277,3 @@ def _checkpoint_to_resume(resume_from, output_dir: Path) -> Optional[Path]:
             raise UserError(f"--resume-from {resume_from}: not a complete checkpoint folder.")
         return checkpoint
     return newest_complete_checkpoint(output_dir) if output_dir.is_dir() else None
-
-
-def finish_run(output_dir: Path, final: Path, summary: dict, state: Optional[dict], global_step: Optional[int],
-               trained_s: float, main_process: bool) -> dict:
-    """The run's final files, from a checkpoint (the last, or the best by held-out loss): its adapter or
-    model and its tokenizer (linked, each file renamed into place whole), the loss curve, then
-    train_summary.json, whose presence says the run is finished. `state` is the last checkpoint's
-    trainer state when nothing was trained in this process."""
-    if state is not None:  # finishing a run that trained to the end before it was killed
-        global_step = state["global_step"]
-        summary.update(train_loss=logged_mean_loss(state), train_tokens=0, tokens_per_s=None)
-    summary.update(global_step=global_step, seconds=round(trained_s, 1), world_size=world_size(),
-                   peak_allocated_gib_per_gpu=peak_memory_per_gpu(), loss_curve=None)
-    if not main_process:
-        return summary
-    remove_stale_temporaries(output_dir)  # what a killed finish left
-    for source in sorted(final.iterdir()):
-        if source.is_file() and not run.TRAINER_FILE.match(source.name):
-            temporary = temporary_name(output_dir / source.name)
-            temporary.unlink(missing_ok=True)
-            try:
-                os.link(source, temporary)  # the checkpoint's own bytes, no copy of a large model
-            except OSError:
-                shutil.copyfile(source, temporary)
-            os.replace(temporary, output_dir / source.name)
-            temporary.unlink(missing_ok=True)  # rename does nothing when both are links to one file already
-    png = plot_loss_curve(output_dir / run.LOG_FILE, output_dir / run.LOSS_CURVE_FILE)
-    summary["loss_curve"] = str(png) if png else None
-    run.write_summary(output_dir, summary)
-    return summary

@@ -5,9 +5,10 @@ memory check, OOM recovery and `reviewgpt doctor` all ask.
 The prediction adds up what is known exactly (4-bit weights, bf16/fp32 embedding, LoRA weights
 and gradients, one checkpointed hidden state per layer) and what was measured (the working set of
 one layer's recompute + backward, the reference loss's fp32 logits), per token, with coefficients
-calibrated on the GPU device (CALIBRATION, docs/performance.md). It answers for the recipe's
-speed options (reviewgpt.recipe.speed_options) or for the reference path (`reference=True`). bitsandbytes'
-paged optimizer states live in CUDA unified memory, outside PyTorch's allocator, and are not counted.
+calibrated on the GPU device (CALIBRATION, docs/performance.md). It answers for a `SpeedOptions`
+(the recipe's, or every option off: the reference path) whose kept layers are a number: `auto` is the
+planner's to choose (reviewgpt.train.plan), and is refused here. bitsandbytes' paged optimizer states
+live in CUDA unified memory, outside PyTorch's allocator, and are not counted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Optional
 from reviewgpt import torch_support
 from reviewgpt.errors import UserError
 from reviewgpt.models import FAMILIES
-from reviewgpt.recipe.speed_options import TRITON_OPTIONS, options_of
+from reviewgpt.recipe.speed_options import TRITON_OPTIONS, SpeedOptions
 
 GIB = 1 << 30
 
@@ -168,41 +169,35 @@ def _gemma_mask_side(arch: Architecture, seq: int) -> int:
     return side
 
 
-def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_targets=None,
-            options: Optional[dict] = None, reference: bool = False, quantize: bool = True,
-            gradient_checkpointing: bool = True, paged_optimizer: bool = True, labelled_fraction: float = 1.0,
-            lora_dropout: float = 0.1, calibration: Optional[dict] = None, full: bool = False,
-            eight_bit_optimizer: bool = False) -> dict:
+def predict(arch: Architecture, seq: int, batch: int, *, speed: Optional[SpeedOptions] = None, lora_r: int = 64,
+            lora_targets=None, quantize: bool = True, gradient_checkpointing: bool = True, paged_optimizer: bool = True,
+            labelled_fraction: float = 1.0, lora_dropout: float = 0.1, calibration: Optional[dict] = None,
+            full: bool = False, eight_bit_optimizer: bool = False) -> dict:
     """Predicted peak allocated bytes of one training step, with its parts (all in GiB).
 
-    `full`: every weight trains (finetune full): fp32 master weights and gradients, the optimizer's two
-    states per weight (4 bytes each, 1 for an 8-bit optimizer), autocast's bf16 copy of each weight,
-    an fp32 residual stream; no LoRA, no frozen weights to cast."""
+    `speed`: the options in force (None: every option off, the reference path); its kept layers must be
+    a number. `full`: every weight trains (finetune full): fp32 master weights and gradients, the
+    optimizer's two states per weight (4 bytes each, 1 for an 8-bit optimizer), autocast's bf16 copy of
+    each weight, an fp32 residual stream; no LoRA, no frozen weights to cast."""
     cal = {**CALIBRATION, **(calibration or {})}
-    opts = {"chunked_loss": False, "bf16_frozen_weights": False, "causal_sdpa": False,
-            "checkpoint_keep_attention": False, "checkpoint_skip_layers": 0, "checkpoint_offload": False,
-            "lean_mlp": False, "triton_mlp": False, "triton_rmsnorm": False}
-    if not reference:
-        opts.update({k: v for k, v in (options or {}).items() if k in opts})
-    kept = opts["checkpoint_skip_layers"]
-    kept = 0 if kept == "auto" else kept  # auto is resolved by the caller (layers_that_fit); 0 is its floor
-    kept = min(int(kept or 0), arch.layers) if gradient_checkpointing else 0
-    offload = bool(opts["checkpoint_offload"]) and gradient_checkpointing
-    lean = opts["lean_mlp"] or opts["triton_mlp"]  # in the recompute working set triton_mlp is lean_mlp
+    opts = speed or SpeedOptions.off()
+    kept = min(opts.kept_layers, arch.layers) if gradient_checkpointing else 0
+    offload = opts.checkpoint_offload and gradient_checkpointing
+    lean = opts.lean_mlp or opts.triton_mlp  # in the recompute working set triton_mlp is lean_mlp
     per_intermediate = cal["lean_work_per_intermediate"] if lean else cal["work_per_intermediate"]
-    if opts["triton_mlp"]:  # in a kept layer it was measured on its own
+    if opts.triton_mlp:  # in a kept layer it was measured on its own
         kept_per_intermediate = cal["kept_per_intermediate"] - cal["triton_mlp_kept_saving"]
-    elif opts["lean_mlp"]:
+    elif opts.lean_mlp:
         kept_per_intermediate = cal["lean_kept_per_intermediate"]
     else:
         kept_per_intermediate = cal["kept_per_intermediate"]
     kept_per_hidden, work_per_hidden = cal["kept_per_hidden"], cal["work_per_hidden"]
-    if opts["triton_rmsnorm"] and arch.family == "gemma":
+    if opts.triton_rmsnorm and arch.family == "gemma":
         kept_per_hidden -= cal["triton_rmsnorm_kept_saving"]
         work_per_hidden -= cal["triton_rmsnorm_work_saving"]
     targets = lora_targets or FAMILIES[arch.family].lora_targets
     tokens = batch * seq
-    act = 2 if opts["bf16_frozen_weights"] else 4  # residual stream / frozen float weights
+    act = 2 if opts.bf16_frozen_weights else 4  # residual stream / frozen float weights
     if full:
         act = 4
     parts = {
@@ -227,13 +222,13 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
         parts["kept_layers"] = kept * tokens * (kept_per_hidden * arch.hidden * act / 2
                                                 + kept_per_intermediate * arch.intermediate
                                                 + _lora_beyond_attention(arch, targets, lora_r, lora_dropout, act))
-    if opts["checkpoint_keep_attention"]:
+    if opts.checkpoint_keep_attention:
         parts["checkpoints"] += (arch.layers - kept) * tokens * arch.heads * (arch.head_dim * 2 + 4)
-    if arch.family == "gemma" and not opts["causal_sdpa"]:
+    if arch.family == "gemma" and not opts.causal_sdpa:
         side = _gemma_mask_side(arch, seq)
         parts["attention_mask"] = 2 * batch * side * side * act
     labelled = tokens * labelled_fraction
-    if opts["chunked_loss"]:
+    if opts.chunked_loss:
         rows = min(8192, max(128, GIB // (4 * arch.vocab)), labelled)  # one chunk of fp32 logits at most
         loss = 2 * labelled * arch.hidden * act + rows * arch.vocab * 6
         if act == 4:  # fp32 frozen LM head: a bf16 copy of it shows in the peak (measured, H100)
@@ -243,7 +238,7 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
     parts["loss_or_layer"] = max(loss, parts.pop("layer_work"))
     parts["overhead"] = cal["overhead_gib"] * GIB
     total = sum(parts.values()) / GIB
-    if opts["chunked_loss"]:
+    if opts.chunked_loss:
         reserved = total * cal["reserved_slope"] + cal["reserved_slack_gib"]
     else:  # full fp32 logits: the allocator's cache fragments more
         reserved = total * cal["reserved_over_allocated"]
@@ -252,14 +247,13 @@ def predict(arch: Architecture, seq: int, batch: int, *, lora_r: int = 64, lora_
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()}}
 
 
-def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None, **option_changes) -> dict:
-    """`predict` for a recipe's LoRA, optimizer and speed options (`option_changes` override them).
+def predict_recipe(recipe, arch, seq, batch, reference=False, calibration=None) -> dict:
+    """`predict` for a recipe's LoRA, optimizer and speed options (every option off with `reference`).
     The triton_* options count only where the installed triton can run them (else they stay off)."""
-    options = {**options_of(recipe), **option_changes}
+    speed = SpeedOptions.off() if reference else recipe.speed
     if torch_support.triton_problem():
-        options.update(dict.fromkeys(TRITON_OPTIONS, False))
-    return predict(arch, seq, batch, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
-                   options=options, reference=reference, quantize=recipe.quantize,
-                   gradient_checkpointing=recipe.gradient_checkpointing,
+        speed = speed.replace(**dict.fromkeys(TRITON_OPTIONS, False))
+    return predict(arch, seq, batch, speed=speed, lora_r=recipe.lora_r, lora_targets=recipe.lora_target_modules,
+                   quantize=recipe.quantize, gradient_checkpointing=recipe.gradient_checkpointing,
                    paged_optimizer="paged" in recipe.optim, lora_dropout=recipe.lora_dropout, calibration=calibration,
                    full=not recipe.lora, eight_bit_optimizer="8bit" in recipe.optim)

@@ -2,9 +2,13 @@
 
     reviewgpt plan --recipe gemma-7b-it --seq 12288 --gpu-mem 24
 
-The prediction itself (architectures, calibration, `predict`) is reviewgpt.train.memory, which `doctor`
-reads too. `train` calls `check_fits` before loading the model and refuses a configuration that
-will not fit; `checkpoint_skip_layers: auto` is resolved here (`with_planned_layers`).
+The prediction itself (architectures, calibration, `predict`) is reviewgpt.train.memory. `train` calls
+`check_fits` before loading the model and refuses a configuration that will not fit.
+
+`checkpoint_skip_layers: auto` is this module's alone: `with_planned_layers` turns it into the number
+of layers that fit, once, at the start of a train run or a bench row, and everything after reads that
+number. Before a GPU is known (the rows of `plan`, doctor's estimate) `auto` counts as its floor, no
+layer kept (`at_auto_floor`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ log = logging.getLogger(__name__)
 MEMORY_OPTIONS = ({"lean_mlp": True}, {"lean_mlp": True, "checkpoint_offload": True})
 
 
+def at_auto_floor(recipe):
+    """`recipe` with `checkpoint_skip_layers: auto` counted as no layer kept (what is certain before the
+    planner has chosen for a GPU); a number stays the number."""
+    return recipe.with_speed(checkpoint_skip_layers=0) if recipe.speed.checkpoint_skip_layers == "auto" else recipe
+
+
 def memory_options_to_try(recipe) -> tuple:
     """MEMORY_OPTIONS, less lean_mlp where triton_mlp runs: it keeps what lean_mlp keeps and replaces it."""
     if recipe.speed.triton_mlp and not torch_support.triton_problem():
@@ -52,15 +62,17 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
     memory options (checkpoint_offload, lean_mlp) would make it fit."""
     arch = architecture_of(recipe.model)
     usable = usable_gib(gpu_mem_gib, headroom)
+    asked = recipe.speed.checkpoint_skip_layers
+    recipe = at_auto_floor(recipe)  # the rows keep the recipe's layers, or none for auto
     rows, best = _batches(recipe, arch, seq, max_batch, usable, reference)
     memory_options = {}  # the rows stay the recipe's own; the recommendation may add memory options
     tried = memory_options_to_try(recipe) if best is None and not reference and recipe.gradient_checkpointing else ()
     for lean in tried:
         if all(getattr(recipe.speed, k) for k in lean):
             continue
-        _, best = _batches(recipe.replace(**lean), arch, seq, max_batch, usable, reference)
+        _, best = _batches(recipe.with_speed(**lean), arch, seq, max_batch, usable, reference)
         if best is not None:
-            memory_options, recipe = lean, recipe.replace(**lean)
+            memory_options, recipe = lean, recipe.with_speed(**lean)
             break
     effective = recipe.effective_batch_size
     recommendation = None
@@ -72,19 +84,18 @@ def plan(recipe, seq: int, gpu_mem_gib: float, max_batch: int = 8, headroom: flo
                           "largest_batch_that_fits": best, **memory_options}
         if recipe.gradient_checkpointing and not reference:
             kept = layers_that_fit(recipe, arch, seq, micro, usable)
-            peak = predict_recipe(recipe, arch, seq, micro, checkpoint_skip_layers=kept)
+            peak = predict_recipe(recipe.with_speed(checkpoint_skip_layers=kept), arch, seq, micro)
             recommendation.update(checkpoint_skip_layers=kept, peak_with_kept_layers_gib={
                 "allocated": peak["allocated_gib"], "reserved": peak["reserved_gib"]})
     return {"recipe": recipe.name, "architecture": arch.name, "seq": seq, "gpu_mem_gib": gpu_mem_gib,
             "usable_gib": round(usable, 2), "path": "reference" if reference else "reviewgpt",
-            "checkpoint_skip_layers": recipe.speed.checkpoint_skip_layers,
+            "checkpoint_skip_layers": asked,
             "batches": rows, "recommendation": recommendation, "calibrated_on": CALIBRATION["calibrated_on"],
             "architecture_facts": asdict(arch)}
 
 
 def _batches(recipe, arch, seq, max_batch, usable, reference):
-    """Predicted rows for micro-batch 1..max_batch (kept layers: the recipe's, or none for auto)
-    and the largest that fits `usable`."""
+    """Predicted rows for micro-batch 1..max_batch and the largest that fits `usable`."""
     rows, best = [], None
     for b in range(1, max_batch + 1):
         p = predict_recipe(recipe, arch, seq, b, reference)
@@ -99,7 +110,8 @@ def layers_that_fit(recipe, arch, seq: int, batch: int, usable_gib: float) -> in
     """The most decoder layers that can skip recompute (checkpoint_skip_layers) within `usable_gib`."""
     best = 0
     for kept in range(arch.layers + 1):
-        if predict_recipe(recipe, arch, seq, batch, checkpoint_skip_layers=kept)["reserved_gib"] > usable_gib:
+        peak = predict_recipe(recipe.with_speed(checkpoint_skip_layers=kept), arch, seq, batch)
+        if peak["reserved_gib"] > usable_gib:
             break
         best = kept
     return best
@@ -135,14 +147,15 @@ def with_planned_layers(recipe, seq: int, batch: Optional[int] = None, gpu_free_
             arch = arch or architecture_of(recipe.model)
         except UserError as exc:
             log.info("checkpoint_skip_layers auto: every layer recomputed (%s)", exc)
-            return recipe.replace(checkpoint_skip_layers=0)
+            return recipe.with_speed(checkpoint_skip_layers=0)
         usable = usable_gib(free, headroom, context_gib=0)  # free memory: the context is already taken
         kept = layers_that_fit(recipe, arch, seq, batch, usable)
-        peak = predict_recipe(recipe, arch, seq, batch, checkpoint_skip_layers=kept)
+        planned = recipe.with_speed(checkpoint_skip_layers=kept)
+        peak = predict_recipe(planned, arch, seq, batch)
         log.info("checkpoint_skip_layers auto: %d of %d layers kept from recompute at %d tokens x %d "
                  "(%.1f GiB reserved predicted, %.1f GiB usable of %.1f GiB free)", kept, arch.layers, seq, batch,
                  peak["reserved_gib"], usable, free)
-    return recipe.replace(checkpoint_skip_layers=kept)
+    return recipe.with_speed(checkpoint_skip_layers=kept)
 
 
 def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optional[dict]:
@@ -166,7 +179,7 @@ def check_fits(recipe, seq: int, gpu_mem_gib: Optional[float] = None) -> Optiona
         return result
     micro = recipe.per_device_train_batch_size
     if recipe.speed.checkpoint_skip_layers not in (0, "auto"):  # first see whether keeping fewer layers is the fix
-        without = plan(recipe.replace(checkpoint_skip_layers=0), seq, gpu_mem_gib, max_batch=micro)
+        without = plan(recipe.with_speed(checkpoint_skip_layers=0), seq, gpu_mem_gib, max_batch=micro)
         if without["batches"][-1]["fits"]:
             kept = layers_that_fit(recipe, architecture_of(recipe.model), seq, micro, result["usable_gib"])
             raise UserError(

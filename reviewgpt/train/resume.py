@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -32,22 +31,18 @@ from reviewgpt.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
 
 def is_complete_checkpoint(path: Path) -> bool:
     """A checkpoint the Trainer finished writing: weights, optimizer, scheduler, state and the
     RNG state, which transformers 4.38.2 writes last."""
-    has_weights = any((path / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin",
-                                                      "model.safetensors", "pytorch_model.bin"))
-    has_rng = any(path.glob("rng_state*.pth"))
-    return (has_weights and has_rng and (path / "trainer_state.json").is_file()
-            and (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file())
+    has_weights = any((path / n).is_file() for n in run.CHECKPOINT_WEIGHTS)
+    has_rng = any(path.glob(run.RNG_STATE_GLOB))
+    return has_weights and has_rng and all((path / n).is_file() for n in run.CHECKPOINT_STATE_FILES)
 
 
 def checkpoint_state(path: Path) -> dict:
-    """A checkpoint's trainer_state.json (global_step, log_history, ...)."""
-    return json.loads((Path(path) / "trainer_state.json").read_text())
+    """A checkpoint's trainer state (global_step, log_history, ...)."""
+    return json.loads((Path(path) / run.TRAINER_STATE_FILE).read_text())
 
 
 def remove_partial_checkpoints(output_dir) -> List[Path]:
@@ -57,9 +52,9 @@ def remove_partial_checkpoints(output_dir) -> List[Path]:
     import shutil
 
     removed = []
-    for child in sorted(Path(output_dir).glob("*checkpoint-*")):
-        partial = child.name.startswith("tmp-checkpoint-") or (CHECKPOINT_RE.match(child.name)
-                                                                 and not is_complete_checkpoint(child))
+    for child in sorted(Path(output_dir).glob("*" + run.CHECKPOINT_GLOB)):
+        partial = child.name.startswith(run.CHECKPOINT_PREFIXES[1]) or (run.checkpoint_step(child) is not None
+                                                                         and not is_complete_checkpoint(child))
         if child.is_dir() and partial:
             shutil.rmtree(child)
             removed.append(child)
@@ -68,11 +63,11 @@ def remove_partial_checkpoints(output_dir) -> List[Path]:
 
 def newest_complete_checkpoint(output_dir) -> Optional[Path]:
     candidates = []
-    for child in Path(output_dir).glob("checkpoint-*"):
-        m = CHECKPOINT_RE.match(child.name)
-        if m and child.is_dir():
+    for child in Path(output_dir).glob(run.CHECKPOINT_GLOB):
+        step = run.checkpoint_step(child)
+        if step is not None and child.is_dir():
             if is_complete_checkpoint(child):
-                candidates.append((int(m.group(1)), child))
+                candidates.append((step, child))
             else:
                 log.warning("ignoring incomplete checkpoint %s (cut short while saving?)", child)
     return max(candidates)[1] if candidates else None
@@ -212,7 +207,7 @@ def resume_batch(checkpoint: Path, recipe: Recipe, train_batch_size: int, write:
     trained at 4 x 2 and would run out of memory again. The run's sample order does not depend on
     the micro-batch (train.dataset.run_order), so with the same effective batch each optimizer step
     sees the same samples and the skipped ones are exactly those already trained on."""
-    state_path = checkpoint / "trainer_state.json"
+    state_path = checkpoint / run.TRAINER_STATE_FILE
     state = json.loads(state_path.read_text())
     saved_path = checkpoint.parent / run.RECIPE_FILE
     micro, accumulation = recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps

@@ -59,9 +59,6 @@ def unpatch_gemma_causal_sdpa(model) -> None:
     unpatch_causal_sdpa(model, "GemmaModel", "GemmaSdpaAttention")
 
 
-_DEFAULT_ORDER = None
-
-
 def _sdp_order_switch():
     getter = getattr(torch._C, "_get_sdp_priority_order", None)
     setter = getattr(torch._C, "_set_sdp_priority_order", None)
@@ -84,19 +81,16 @@ def set_sdpa_order(order) -> None:
         switch[1](list(order))
 
 
-def prefer_cudnn_attention(enable: bool = True) -> bool:
-    """Put cuDNN attention first in SDPA's backend order (or restore torch's order); False if
-    this torch has no such switch. Process-wide: `reviewgpt.train.speed.speedups` saves the
-    order before and puts it back after the run."""
-    global _DEFAULT_ORDER
+def prefer_cudnn_attention():
+    """Put cuDNN attention first in SDPA's backend order; returns the order before it (for
+    `set_sdpa_order`), or None when this torch has no such switch. Process-wide: the `sdpa_cudnn`
+    entry of reviewgpt.train.speed puts the order back when the run ends."""
     switch = _sdp_order_switch()
     if switch is None:
         log.info("torch %s cannot reorder SDPA backends; keeping its default", torch.__version__)
-        return False
+        return None
     getter, setter, backend = switch
-    if _DEFAULT_ORDER is None:
-        _DEFAULT_ORDER = list(getter())
+    before = list(getter())
     cudnn = backend.CUDNN_ATTENTION.value
-    order = [cudnn] + [b for b in _DEFAULT_ORDER if b != cudnn] if enable else _DEFAULT_ORDER
-    setter(order)
-    return True
+    setter([cudnn] + [b for b in before if b != cudnn])
+    return before

@@ -94,10 +94,7 @@ class LayerCheckpointing:
             return self.checkpoint_fn(fn, *args, **kwargs)
 
 
-SkipCheckpointFor = LayerCheckpointing  # its name before checkpoint_offload (issue 13)
-
-
-def _decoder_stack(model):
+def decoder_stack(model):
     """The module that loops over decoder layers (MistralModel, GemmaModel, LlamaModel)."""
     for module in model.modules():
         if hasattr(module, "gradient_checkpointing") and isinstance(getattr(module, "layers", None),
@@ -115,7 +112,7 @@ def _owner_of_enable(model):
 def checkpoint_layers(model, keep_last: int = 0, offload=None) -> int:
     """Let the last `keep_last` decoder layers skip recompute and, with `offload` (a HostOffload),
     keep the other layers' inputs in host memory; returns how many layers are kept."""
-    stack = _decoder_stack(model)
+    stack = decoder_stack(model)
     if stack is None or (keep_last <= 0 and offload is None):
         return 0
     layers = list(stack.layers)[-keep_last:] if keep_last > 0 else []
@@ -138,16 +135,11 @@ def checkpoint_layers(model, keep_last: int = 0, offload=None) -> int:
     return len(layers)
 
 
-def keep_last_layers(model, n: int) -> int:
-    """Let the last `n` decoder layers skip recompute; returns how many layers that is (0: none)."""
-    return checkpoint_layers(model, keep_last=n)
-
-
 def recompute_all_layers(model) -> None:
     """Undo `checkpoint_layers`: every layer checkpointed, inputs on the GPU."""
     owner = _owner_of_enable(model)
     vars(owner).pop("gradient_checkpointing_enable", None)
-    stack = _decoder_stack(model)
+    stack = decoder_stack(model)
     func = getattr(stack, "_gradient_checkpointing_func", None) if stack is not None else None
     if isinstance(func, LayerCheckpointing):
         stack._gradient_checkpointing_func = func.checkpoint_fn

@@ -1,5 +1,5 @@
 """`triton_mlp`, `triton_rope`, `triton_rmsnorm`: the Triton kernels of reviewgpt.train.speed.triton_kernels
-patched into a model (issue 13).
+patched into a model (each an entry of reviewgpt.train.speed.PATCHES).
 
     triton_mlp      the gated MLP's act(gate) * up (GeGLU exact or tanh, SwiGLU): one pass forward,
                     one backward; keeps gate and up only and writes its gradients over them (the
@@ -28,7 +28,6 @@ import sys
 import torch
 
 from reviewgpt import torch_support
-from reviewgpt.recipe.speed_options import TRITON_OPTIONS
 from reviewgpt.train.speed.mlp import gated_mlps
 from reviewgpt.train.speed.patching import patch_forward, unpatch_forward
 
@@ -70,7 +69,7 @@ def patch_triton_mlp(model) -> int:
 
 
 def unpatch_triton_mlp(model) -> None:
-    unpatch_forward(model, _triton_mlp_forward)
+    unpatch_forward(model, _triton_mlp_forward, ("_reviewgpt_activation",))
 
 
 def _triton_rmsnorm_forward(self, x):
@@ -91,7 +90,7 @@ def patch_triton_rmsnorm(model) -> int:
 
 
 def unpatch_triton_rmsnorm(model) -> None:
-    unpatch_forward(model, _triton_rmsnorm_forward)
+    unpatch_forward(model, _triton_rmsnorm_forward, ("_reviewgpt_prior_forward",))
 
 
 def _fused_rope(original):
@@ -127,28 +126,3 @@ def unpatch_triton_rope() -> None:
         original = getattr(getattr(module, "apply_rotary_pos_emb", None), "reviewgpt_original", None)
         if original is not None:
             module.apply_rotary_pos_emb = original
-
-
-def apply_triton_kernels(model, wanted: dict) -> dict:
-    """The Triton options of `wanted` that are on, applied to `model`; returns {option: in force}."""
-    asked = [name for name in TRITON_OPTIONS if wanted.get(name)]
-    done = dict.fromkeys(TRITON_OPTIONS, False)
-    if not asked:
-        return done
-    problem = triton_problem(model)
-    if problem:
-        log.info("%s off: %s", ", ".join(asked), problem)
-        return done
-    if wanted.get("triton_mlp"):
-        done["triton_mlp"] = patch_triton_mlp(model) > 0
-    if wanted.get("triton_rope"):
-        done["triton_rope"] = patch_triton_rope(model)
-    if wanted.get("triton_rmsnorm"):
-        done["triton_rmsnorm"] = patch_triton_rmsnorm(model) > 0
-    return done
-
-
-def remove_triton_kernels(model) -> None:
-    unpatch_triton_mlp(model)
-    unpatch_triton_rmsnorm(model)
-    unpatch_triton_rope()

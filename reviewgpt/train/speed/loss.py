@@ -1,8 +1,8 @@
-"""Causal-LM loss without full-sequence fp32 logits (issue 4).
+"""Causal-LM loss without full-sequence fp32 logits.
 
 transformers 4.38.2's `GemmaForCausalLM.forward` / `MistralForCausalLM.forward` compute the logits of
 every position, upcast them to fp32 and copy a shifted view: ~3 fp32 copies of T x vocab, 23 GiB
-at 8K and 35 GiB at 12K for Gemma's 256000-token vocabulary (REFERENCE.md section 2). Here:
+at 8K and 35 GiB at 12K for Gemma's 256000-token vocabulary (measured on the reference path). Here:
 
 - only positions whose (shifted) label is not -100 are projected at all;
 - the projection + cross-entropy runs over chunks of rows, so at most one chunk of fp32 logits
@@ -146,3 +146,5 @@ def unpatch_chunked_loss(model) -> None:
     lm = find_causal_lm(model)
     if lm is not None and "forward" in vars(lm):
         del lm.forward
+    if lm is not None:
+        vars(lm).pop("_reviewgpt_loss_rows", None)

@@ -123,4 +123,4 @@ def patch_lean_mlp(model) -> int:
 
 
 def unpatch_lean_mlp(model) -> None:
-    unpatch_forward(model, _lean_mlp_forward)
+    unpatch_forward(model, _lean_mlp_forward, ("_reviewgpt_activation",))
