@@ -147,3 +147,15 @@ def test_modules_are_small_or_say_why():
         if lines > MAX_LINES and "Over 300 lines:" not in doc:
             too_long.append(f"{name} ({lines})")
     assert too_long == []
+
+
+def test_the_package_stands_alone():
+    """The product cites neither the project's private files (../shared, REFERENCE.md, BASELINE.md) nor
+    its issue numbers: a user has neither; what a comment needs from them it says itself."""
+    import re
+
+    cited = re.compile(r"\.\./shared|\bshared/|REFERENCE\.md|BASELINE\.md|\bissues? #?\d", re.IGNORECASE)
+    found = [f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+             for path in sorted(PACKAGE.rglob("*")) if path.suffix in (".py", ".yaml", ".md", ".txt")
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if cited.search(line)]
+    assert found == []

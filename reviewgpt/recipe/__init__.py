@@ -102,7 +102,7 @@ class Recipe:
         "prompt budget at generation; the paper is trimmed to fit (default: max_seq_length - max_new_tokens, "
         "7168 for an 8192 recipe, as the reference)", AT_LEAST_1, default=None)
     max_new_tokens: int = _help("longest generated review", AT_LEAST_1, default=run.DEFAULT_MAX_NEW_TOKENS)
-    # Speed and memory (issue 4; docs/performance.md): one frozen dataclass, flags and flat YAML keys as before.
+    # Speed and memory (docs/performance.md): one frozen dataclass, flags and flat YAML keys as before.
     speed: SpeedOptions = field(default_factory=SpeedOptions, metadata={
         "help": "speed and memory options (reviewgpt.recipe.speed_options; flags --chunked-loss, ...)"})
     # review's decoding defaults (reviewgpt.recipe.generation_options): YAML `generation:`, saved with the run

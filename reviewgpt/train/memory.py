@@ -54,7 +54,7 @@ class Architecture:
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
 
-# The real architectures (transformers configs of the hub models; BASELINE.md).
+# The real architectures (transformers configs of the hub models).
 ARCHITECTURES = {
     "gemma-7b": Architecture("gemma-7b", "gemma", 256000, 3072, 24576, 28, 16, 16, 256, tied=True),
     "gemma-2b": Architecture("gemma-2b", "gemma", 256000, 2048, 16384, 18, 8, 1, 256, tied=True),
@@ -82,12 +82,12 @@ CALIBRATION = {
     "kept_per_hidden": 19.0,
     "kept_per_intermediate": 7.3,
     # lean_mlp (reviewgpt.train.speed.mlp) keeps 3 instead of 6 sequence x intermediate tensors at the MLP's
-    # backward: counted, that saves 6 of the 12 bytes; measured (H200, gemma-7b 32K/64K, issue 13) it
+    # backward: counted, that saves 6 of the 12 bytes; measured (H200, gemma-7b 32K/64K) it
     # saves 3.3 (2.4-2.6 GiB at 32K, not the 4.5 counted), so 8.7. In a kept layer (not measured) the
     # counted 2-byte saving is scaled alike: 7.3 - 1.1.
     "lean_work_per_intermediate": 8.7,
     "lean_kept_per_intermediate": 6.2,
-    # The Triton kernels (reviewgpt.train.speed.kernels) in a kept layer, measured (H200, issue 13's third call:
+    # The Triton kernels (reviewgpt.train.speed.kernels) in a kept layer, measured (H200, performance.md "Speed III":
     # gemma-7b 8K, 28 layers kept, each kernel off in turn; mistral-7b 12K, 32 kept): triton_mlp keeps no
     # act(gate): 2 bytes less per intermediate unit (10.5 GiB on both); triton_rmsnorm keeps bf16 x and a
     # per-row rstd instead of Gemma's fp32 copies: 4 bytes less per hidden unit (2.63 GiB); Mistral/Llama's
@@ -97,8 +97,8 @@ CALIBRATION = {
     "triton_mlp_kept_saving": 2.0,
     "triton_rmsnorm_kept_saving": 4.0,
     "triton_rmsnorm_work_saving": 6.0,
-    # Reserved = allocated x slope + slack with the chunked loss (fitted on the 14 rows of issue 4's
-    # calls 4-5 and issue 13's 32K/64K rows: within -6%..+7%); full fp32 logits (the reference
+    # Reserved = allocated x slope + slack with the chunked loss (fitted on the 14 rows of
+    # docs/performance.md's calls 4-5 and the 32K/64K rows: within -6%..+7%); full fp32 logits (the reference
     # path) fragment more: x 1.22 (1.21-1.30 measured).
     "reserved_slope": 1.05,
     "reserved_slack_gib": 1.5,
