@@ -124,6 +124,18 @@ def test_score_against_the_human_reviews(tmp_path, sample_file):
     assert summary["means"]["rouge1"]["ci95"] is not None and summary["papers_without_review"] == len(papers) - 2
     assert "ROUGE-L" in (tmp_path / "score" / "score.md").read_text()
     assert json.loads((tmp_path / "score" / "score.json").read_text())["papers"] == 2
+    assert summary["endings"] is None and "Ended by themselves" not in (tmp_path / "score" / "score.md").read_text()
+
+
+def test_score_counts_the_reviews_that_ended_by_themselves(tmp_path, sample_file):
+    papers = sorted({r.paper_id for r in load_records(sample_file).records})
+    reasons = ["stop", "length", "stop", None]  # as `reviewgpt review` writes them; None: another tool's row
+    write_jsonl(tmp_path / "c.jsonl", [{"paper_id": pid, "review": "A review.", "finish_reason": reason}
+                                       for pid, reason in zip(papers, reasons)])
+    summary = score_reviews(tmp_path / "c.jsonl", sample_file, tmp_path / "score")
+    assert summary["endings"] == {"ended_by_themselves": 2, "cut_at_the_token_limit": 1, "unknown": 1}
+    page = (tmp_path / "score" / "score.md").read_text()
+    assert "Ended by themselves: 2 of 4; 1 ran into the new-token limit" in page
 
 
 def test_report_shows_the_scores(tmp_path, sample_file):

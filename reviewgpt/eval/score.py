@@ -8,7 +8,9 @@ the reference file):
 - coverage: the share of the prompt's 4 criteria the review addresses (`reviewgpt.eval.coverage`);
 - repetition: the share of the review's word 4-grams that repeat an earlier one (0 = none, a
   model stuck in a loop approaches 1);
-- length: words, and words over the mean words of the paper's human reviews.
+- length: words, and words over the mean words of the paper's human reviews;
+- how many reviews ended by themselves (`finish_reason` "stop" in `reviewgpt review`'s rows) and how
+  many ran into the new-token limit ("length"): a model that loops never ends by itself.
 
 Means come with 95% bootstrap intervals over papers (1,000 resamples, seeded).
 
@@ -148,6 +150,7 @@ def score_reviews(candidate_path, reference_path, output_dir=None, baseline_path
         "unmatched_reviews": len(unmatched),
         "papers_without_review": len(set(references) - set(candidates)),
         "means": means,
+        "endings": endings(candidates[pid] for pid in matched),
         "rating": _ratings(candidates, matched, records, reference_path, baseline_path, accept_threshold),
         "per_paper": papers,
     }
@@ -195,6 +198,16 @@ def _cell(stat: dict, percent: bool) -> str:
     return text
 
 
+def endings(rows) -> Optional[dict]:
+    """How the reviews ended: {"ended_by_themselves", "cut_at_the_token_limit", "unknown"}; None when no
+    row says (reviews from another tool)."""
+    reasons = [row.get("finish_reason") for row in rows]
+    if not any(reasons):
+        return None
+    return {"ended_by_themselves": reasons.count("stop"), "cut_at_the_token_limit": reasons.count("length"),
+            "unknown": sum(reason not in ("stop", "length") for reason in reasons)}
+
+
 def summary_markdown(summary: dict, heading_level: int = 2, title: Optional[str] = None) -> str:
     m = summary["means"]
     lines = [
@@ -210,6 +223,10 @@ def summary_markdown(summary: dict, heading_level: int = 2, title: Optional[str]
         f"{_cell(m['length_ratio'], False)} |",
         "",
     ]
+    if summary.get("endings"):
+        e = summary["endings"]
+        lines += [f"Ended by themselves: {e['ended_by_themselves']} of {summary['papers']}; "
+                  f"{e['cut_at_the_token_limit']} ran into the new-token limit (a review that loops does).", ""]
     if summary.get("rating"):
         from reviewgpt.eval.rating import rating_markdown
 
