@@ -170,6 +170,39 @@ def test_sampling_is_reproducible_for_a_seed(llama):
     assert runs[0] != fast(llama.model, prompts, Decoding(max_new_tokens=12), slots=2)[0]
 
 
+def test_a_prompts_samples_depend_on_its_key_not_on_its_batch(llama):
+    """Sampled reviews do not change with the batch size, the other papers or a resume that skips some."""
+    prompts = prompts_for(llama, lengths=(12, 20, 9, 15))
+    keys = [101, 7, 99999, 2**32 - 1]
+    decoding = Decoding(max_new_tokens=10, temperature=0.9, top_p=0.9, seed=3)
+
+    def sampled(order, slots):
+        engine = Engine(llama.model, slots=slots)
+        done = engine.generate([prompts[i] for i in order], decoding, keys=[keys[i] for i in order])
+        return {keys[order[d.index]]: d.tokens for d in done}
+
+    together = sampled([0, 1, 2, 3], slots=4)
+    assert sampled([0, 1, 2, 3], slots=1) == together
+    assert sampled([3, 1], slots=2) == {k: together[k] for k in (keys[3], keys[1])}
+    assert len({tuple(t) for t in together.values()}) == 4
+
+
+def test_the_draws_are_uniform_and_follow_the_probabilities():
+    from reviewgpt.eval.engine_sampling import uniform
+
+    keys = torch.arange(20000, dtype=torch.int64)
+    u = uniform(0, keys, torch.zeros_like(keys))
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+    assert not torch.equal(u, uniform(0, keys, torch.ones_like(keys)))  # a new number at each step
+    assert not torch.equal(u, uniform(1, keys, torch.zeros_like(keys)))  # and for each seed
+    chooser = TokenChooser(Decoding(max_new_tokens=1, temperature=1.0, top_k=0), slots=20000, vocab=3,
+                           device="cpu")
+    chooser.keys = keys.clone()
+    logits = torch.log(torch.tensor([[0.2, 0.0, 0.8]])).expand(20000, 3)  # token 1 impossible
+    counts = torch.bincount(chooser.choose(logits, torch.arange(20000), list(range(20000))), minlength=3)
+    assert counts[1] == 0 and abs(counts[0].item() / 20000 - 0.2) < 0.015
+
+
 def test_sampling_filters_logits_as_generates_warpers():
     from transformers.generation.logits_process import (
         LogitsProcessorList,

@@ -113,9 +113,11 @@ class Engine:
                         self.requested_slots, fit, fit)
         return fit
 
-    def generate(self, prompts: Sequence[Sequence[int]], decoding: Decoding) -> Iterator[Finished]:
+    def generate(self, prompts: Sequence[Sequence[int]], decoding: Decoding,
+                 keys: Optional[Sequence[int]] = None) -> Iterator[Finished]:
         """Each prompt's generation, yielded as it finishes. Prompts are taken in the order given (longest
-        first packs the prefill best: `review` sorts them so)."""
+        first packs the prefill best: `review` sorts them so). `keys` (default: the prompts' indices) name
+        each prompt's sampling draws, so a prompt samples the same tokens in any batch."""
         if not prompts:
             return
         capacity = cache_capacity(max(len(p) for p in prompts), decoding.max_new_tokens)
@@ -123,7 +125,7 @@ class Engine:
         cache_gib = slots * capacity * engine_model.kv_bytes_per_token(self.parts) / GiB
         log.info("fast engine: %d slots of %d tokens (KV cache %.2f GiB), prefill %d tokens a pass, CUDA graphs %s",
                  slots, capacity, cache_gib, self.prefill_tokens, "on" if self.cuda and self.cuda_graphs else "off")
-        run = _Run(self, prompts, decoding, slots, capacity)
+        run = _Run(self, prompts, decoding, slots, capacity, list(range(len(prompts))) if keys is None else keys)
         try:
             yield from run.loop()
         finally:
@@ -133,8 +135,8 @@ class Engine:
 class _Run:
     """One `Engine.generate`: the slots, the cache and the loop."""
 
-    def __init__(self, engine: Engine, prompts, decoding: Decoding, slots: int, capacity: int):
-        self.engine, self.prompts, self.decoding = engine, prompts, decoding
+    def __init__(self, engine: Engine, prompts, decoding: Decoding, slots: int, capacity: int, keys):
+        self.engine, self.prompts, self.decoding, self.keys = engine, prompts, decoding, keys
         parts = engine.parts
         self.device = parts.device
         self.cache = KVCache(parts, slots, capacity)
@@ -207,7 +209,7 @@ class _Run:
             slots = torch.tensor(targets, device=self.device)
             for slot, index in zip(targets, group):
                 prompt = list(self.prompts[index])
-                self.chooser.start(slot, torch.tensor(prompt, device=self.device), prompt)
+                self.chooser.start(slot, torch.tensor(prompt, device=self.device), prompt, self.keys[index])
             with torch.no_grad():
                 first = self.chooser.choose(logits, slots, targets)
                 self.step.tokens[slots] = first
@@ -267,15 +269,16 @@ class _Run:
 
 
 def generate_fast(loaded, prompts: Sequence[Sequence[int]], decoding: Decoding, slots: Optional[int] = None,
-                  keep_adapter: bool = False) -> Iterator[tuple]:
+                  keep_adapter: bool = False, keys: Optional[Sequence[int]] = None) -> Iterator[tuple]:
     """(index into prompts, tokens, stop index or None) per prompt as each finishes, for `review`: a run
-    folder's adapter is merged in memory first unless `keep_adapter` (reviewgpt.eval.engine_model)."""
+    folder's adapter is merged in memory first unless `keep_adapter` (reviewgpt.eval.engine_model).
+    `keys`: each prompt's sampling key (Engine.generate)."""
     model = loaded.model
     if loaded.kind == "run" and not keep_adapter:
         model, merged, dequantized = engine_model.merge_adapter_in_memory(model)
         log.info("fast engine: LoRA merged into %d linear layers in memory%s", merged,
                  f", {dequantized} 4-bit layers dequantized to {model.dtype}" if dequantized else "")
     engine = Engine(model, slots=slots)
-    for done in engine.generate(prompts, decoding):
+    for done in engine.generate(prompts, decoding, keys):
         yield done.index, done.tokens, (len(done.tokens) - 1 if done.finish_reason == "stop" else None)
     log.info("fast engine: %s", engine.stats)

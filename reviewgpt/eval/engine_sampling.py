@@ -8,8 +8,11 @@
   (7,000 prompt tokens x batch, in Python); the engine keeps a table per slot and adds one n-gram a step.
 - sampling (temperature > 0): temperature, then top-k (the model's generation config, 50 by default, as
   `generate` applies it), then top-p, then one draw from the softmax; greedy is the argmax.
-Draws come from one generator seeded with `seed`: the same papers, settings and seed give the same
-reviews; they are not the draws `generate` would make.
+Each draw is a function of (seed, the row's key, the row's step): a counter-based hash gives one
+uniform number per row and step, and the token is where it falls in the row's cumulative
+probabilities. So a paper's review depends on its key (`review` passes a hash of the paper id), the
+settings and the seed, not on which papers share its batch, the batch size or a resume that skips
+papers already reviewed. The draws are not the ones `generate` would make.
 """
 
 from __future__ import annotations
@@ -70,26 +73,30 @@ class TokenChooser:
         self.seen = torch.zeros(slots, vocab, dtype=torch.bool, device=device) \
             if decoding.repetition_penalty != 1.0 else None
         self.ngrams: List[Optional[NgramTable]] = [None] * slots
-        self.generator = None
-        if decoding.temperature > 0:
-            self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(decoding.seed)
+        # Sampling state per slot: the row's key and how many tokens it has drawn.
+        self.keys = torch.zeros(slots, dtype=torch.int64, device=device)
+        self.steps = torch.zeros(slots, dtype=torch.int64, device=device)
 
-    def start(self, slot: int, prompt: torch.Tensor, prompt_list: List[int]) -> None:
-        """A new row in `slot`: its prompt is what the processors have seen so far."""
+    def start(self, slot: int, prompt: torch.Tensor, prompt_list: List[int], key: int = 0) -> None:
+        """A new row in `slot`: its prompt is what the processors have seen so far; `key` (< 2**32) names
+        the row for its sampling draws."""
         if self.seen is not None:
             self.seen[slot] = False
             self.seen[slot, prompt] = True
         if self.decoding.no_repeat_ngram_size:
             self.ngrams[slot] = NgramTable(self.decoding.no_repeat_ngram_size, prompt_list)
+        self.keys[slot] = key & MASK32
+        self.steps[slot] = 0
 
     def move(self, source: int, target: int) -> None:
         if self.seen is not None:
             self.seen[target] = self.seen[source]
         self.ngrams[target], self.ngrams[source] = self.ngrams[source], None
+        self.keys[target], self.steps[target] = self.keys[source], self.steps[source]
 
     def record(self, slots: torch.Tensor, tokens: torch.Tensor, host_slots: List[int], host_tokens: List[int]):
         """The tokens just chosen join their rows' history."""
+        self.steps[slots] += 1
         if self.seen is not None:
             self.seen[slots, tokens] = True
         if self.decoding.no_repeat_ngram_size:
@@ -115,9 +122,9 @@ class TokenChooser:
                                           torch.tensor(float("-inf"), device=logits.device))
         if d.temperature == 0:
             return torch.argmax(logits, dim=-1)
-        return self._sample(logits)
+        return self._sample(logits, slots)
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         d = self.decoding
         if d.temperature != 1.0:
             logits = logits / d.temperature
@@ -131,5 +138,24 @@ class TokenChooser:
             remove = cumulative <= (1 - d.top_p)
             remove[..., -1:] = False
             logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-        choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
+        cumulative = logits.softmax(dim=-1).double().cumsum(dim=-1)
+        # u in [0, total): the first token whose cumulative probability exceeds it has a probability > 0.
+        u = uniform(self.decoding.seed, self.keys[slots], self.steps[slots]) * cumulative[:, -1]
+        choice = (cumulative <= u[:, None]).sum(dim=-1).clamp(max=logits.shape[-1] - 1)
         return choice if indices is None else indices.gather(1, choice[:, None]).squeeze(1)
+
+
+MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2**32: no product overflows)."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & MASK32
+    return (x >> 16) ^ x
+
+
+def uniform(seed: int, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One number in [0, 1) per row, a function of (seed, key, step) alone (float64)."""
+    x = _mix32(_mix32(_mix32(keys & MASK32) ^ (seed & MASK32)) ^ (steps & MASK32))
+    return x.double() / 2.0**32

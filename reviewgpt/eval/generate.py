@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Literal, Optional
@@ -238,8 +239,10 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     if engine == "fast":
         from reviewgpt.eval.engine import generate_fast
 
+        # A paper's sampled review depends on its id, not on the batch or on papers a rerun skips.
+        keys = [zlib.crc32(str(paper.id).encode("utf-8")) for paper, _, _, _ in prompts]
         results = generate_fast(loaded, [ids for _, ids, _, _ in prompts], decoding, settings.batch_size,
-                                settings.keep_adapter)
+                                settings.keep_adapter, keys)
     else:
         from reviewgpt.eval.generate_hf import generate_hf
 
