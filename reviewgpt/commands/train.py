@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 from reviewgpt.commands import int_flag
 
@@ -99,6 +101,17 @@ def _relaunch_if_asked(args, recipe) -> int | None:
 
 
 def run(args) -> int:
+    # stdout is the command's result: one JSON line. Whatever the libraries print meanwhile goes to
+    # stderr (deepspeed's logger, made at its import, writes "Setting ds_accelerator ..." to stdout).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _train(args)
+    if isinstance(result, int):  # the exit code of the processes `--gpus N` launched
+        return result
+    print(json.dumps(result))
+    return 0
+
+
+def _train(args):
     from reviewgpt.commands.recipe_flags import recipe_overrides
     from reviewgpt.recipe import load_recipe
     from reviewgpt.train.distributed import world_size
@@ -110,7 +123,5 @@ def run(args) -> int:
         return code
     # --deepspeed-config counts in the processes `accelerate launch` started (the launcher passes it to them)
     deepspeed_config = args.deepspeed_config if world_size() > 1 else None
-    summary = train(recipe, args.data, args.output, resume_from=args.resume_from, do_eval=args.eval,
-                    skip_invalid=args.skip_invalid, deepspeed_config=deepspeed_config)
-    print(json.dumps(summary))
-    return 0
+    return train(recipe, args.data, args.output, resume_from=args.resume_from, do_eval=args.eval,
+                 skip_invalid=args.skip_invalid, deepspeed_config=deepspeed_config)
