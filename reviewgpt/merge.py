@@ -34,7 +34,6 @@ from reviewgpt.files import refuse_output_is_input, remove_stale_temporaries, te
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = run.MERGE_METADATA_FILE
 QUANTIZED_MERGE = (
     "a 4-bit (or 8-bit) quantized model cannot be merged with its adapter: merge into the 16-bit base "
     "(the default here) and quantize the merged model afterwards if you need to"

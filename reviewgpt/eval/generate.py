@@ -39,8 +39,6 @@ from reviewgpt.recipe.generation_options import resolve as resolve_decoding
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = run.DEFAULT_MAX_NEW_TOKENS
-
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -184,7 +182,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     template = get_template(choose_template(loaded, settings.template))
     tokenizer = loaded.tokenizer
     encoder = PromptEncoder(tokenizer, template)
-    max_new = settings.max_new_tokens or meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    max_new = settings.max_new_tokens or meta.get("max_new_tokens") or run.DEFAULT_MAX_NEW_TOKENS
     budget = fit_prompt_budget(prompt_budget(settings, meta, max_new), max_new, loaded.model)
     if server is not None:
         budget = server.fit_budget(budget, max_new)
