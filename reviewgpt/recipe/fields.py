@@ -69,6 +69,15 @@ def range_problem(f: dataclasses.Field, hint, value, choices: Optional[tuple] = 
     return None
 
 
+def check_ranges(instance, prefix: str = "") -> None:
+    """Raise ValueError("PREFIXfield must be ..., got ...") for the first field of the dataclass
+    `instance` whose value is out of its range (a frozen options dataclass's __post_init__)."""
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        problem = range_problem(f, hints[f.name], getattr(instance, f.name))
+        if problem:
+            raise ValueError(f"{prefix}{f.name} {problem}")
+
 
 def describe(hint) -> str:
     """'an integer or 'auto'' for LayerCount, and so on: for error messages."""

@@ -11,10 +11,9 @@ Imports nothing from reviewgpt but the field machinery, so recipe and eval both 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 
-from reviewgpt.recipe.fields import AT_LEAST_0, POSITIVE, Range, help_field, range_problem
+from reviewgpt.recipe.fields import AT_LEAST_0, POSITIVE, Range, check_ranges, help_field
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,7 @@ class GenerationOptions:
     seed: int = help_field("sampling seed: the same seed gives the same reviews", Range(0, 2**32 - 1), default=0)
 
     def __post_init__(self):
-        hints = typing.get_type_hints(GenerationOptions)
-        for f in dataclasses.fields(self):
-            problem = range_problem(f, hints[f.name], getattr(self, f.name))
-            if problem:
-                raise ValueError(f"generation.{f.name} {problem}")
+        check_ranges(self, "generation.")
 
 
 GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationOptions))

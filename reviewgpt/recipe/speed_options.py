@@ -14,11 +14,10 @@ Imports nothing from reviewgpt but the field machinery, so the recipe, the plann
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from reviewgpt.recipe.fields import AT_LEAST_0, help_field, range_problem
+from reviewgpt.recipe.fields import AT_LEAST_0, check_ranges, help_field
 
 # A number of decoder layers, or "auto": as many as the planner says fit the GPU (reviewgpt.train.plan).
 LayerCount = Union[int, Literal["auto"]]
@@ -57,11 +56,7 @@ class SpeedOptions:
                                  default=True)
 
     def __post_init__(self):
-        hints = typing.get_type_hints(SpeedOptions)
-        for f in dataclasses.fields(self):
-            problem = range_problem(f, hints[f.name], getattr(self, f.name))
-            if problem:
-                raise ValueError(f"{f.name} {problem}")
+        check_ranges(self)
 
     @classmethod
     def off(cls) -> SpeedOptions:
