@@ -96,7 +96,8 @@ class TokenChooser:
 
     def record(self, slots: torch.Tensor, tokens: torch.Tensor, host_slots: List[int], host_tokens: List[int]):
         """The tokens just chosen join their rows' history."""
-        self.steps[slots] += 1
+        if self.decoding.temperature > 0:  # greedy rows draw nothing: no counter on the step's path
+            self.steps[slots] += 1
         if self.seen is not None:
             self.seen[slots, tokens] = True
         if self.decoding.no_repeat_ngram_size:
