@@ -92,6 +92,8 @@ def smol(args) -> None:
         if not models.get(form):
             continue
         for engine in args.engines:
+            if engine == "hf" and form not in args.hf_forms:
+                continue
             papers = args.hf_papers if engine == "hf" else args.papers
             settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                           limit=papers, batch_size=args.hf_batch if engine == "hf" else None,
@@ -286,6 +288,8 @@ def main(argv=None) -> int:
     s.add_argument("--papers", type=int, default=256, help="papers for the fast rows")
     s.add_argument("--hf-papers", type=int, default=40, help="papers for the hf rows (one batch, as measured before)")
     s.add_argument("--hf-batch", type=int, default=40)
+    s.add_argument("--hf-forms", nargs="*", choices=("run", "merged"), default=["run", "merged"],
+                   help="the forms that get an hf row (each takes minutes on the GPU)")
     s.add_argument("--max-input-tokens", type=int, default=7168)
     s.add_argument("--max-new-tokens", type=int, default=1024)
     s.add_argument("--repetition-penalty", type=float, default=1.2)

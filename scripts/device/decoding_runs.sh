@@ -22,6 +22,9 @@ flags_of() {
     nr4) echo "--repetition-penalty 1.0 --no-repeat-ngram-size 4 --temperature 0" ;;
     rp1.1_nr6) echo "--repetition-penalty 1.1 --no-repeat-ngram-size 6 --temperature 0" ;;
     rp1.05_nr6) echo "--repetition-penalty 1.05 --no-repeat-ngram-size 6 --temperature 0" ;;
+    s_rp1.05) echo "--repetition-penalty 1.05 --no-repeat-ngram-size 0 --temperature 0.7 --top-p 0.9 --seed 0" ;;
+    s_nr6) echo "--repetition-penalty 1.0 --no-repeat-ngram-size 6 --temperature 0.7 --top-p 0.9 --seed 0" ;;
+    s_rp1.1_nr6) echo "--repetition-penalty 1.1 --no-repeat-ngram-size 6 --temperature 0.7 --top-p 0.9 --seed 0" ;;
     sample0.7) echo "--repetition-penalty 1.1 --no-repeat-ngram-size 0 --temperature 0.7 --top-p 0.9 --seed 0" ;;
     default) echo "" ;;  # the model's recipe's generation block
     *) echo "unknown decoding $1" >&2; return 1 ;;
@@ -34,7 +37,9 @@ one_model() {  # name dir
     local out=$Q/dec/${n}__${d}
     rg review --model "$m" --papers "$dev" --output "$out.jsonl" --max-new-tokens 1024 --max-input-tokens 7168 \
       $(flags_of "$d") $EXTRA > "$out.review.log" 2>&1 || { stamp "($n $d) review FAILED"; tail -n 3 "$out.review.log"; }
-    rg score --candidate "$out.jsonl" --reference "$dev" --output "$out.score" > "$out.score.log" 2>&1
+    # the train split is the constant baseline's data (mean rating, majority decision) for runs that rate
+    rg score --candidate "$out.jsonl" --reference "$dev" --baseline-data "$D/iclr2017_train.jsonl.gz" \
+      --output "$out.score" > "$out.score.log" 2>&1
     stamp "($n $d) $(tail -n 1 "$out.review.log" | cut -c1-300)"
   done
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue 21's training variants on one GPU (docs/quality.md "A better reviewer"): SmolLM2-135M-Instruct on the
-# ICLR train split, each measured by dev review NLL (`reviewgpt eval`). The runs are small for an H200, so
-# they train at the same time. Every command is resumable: rerun this script after a cut-off call and each
-# run continues where it stopped (finished runs say so and change nothing).
-#   M=/tmp/smol D=/tmp/data Q=/tmp/q [VARIANTS="base lora1 full1 full2"] bash scripts/device/reviewer_runs.sh
+# ICLR train split, each measured by dev review NLL (`reviewgpt eval`). The runs train one after the other:
+# three at once on one H200 contended for memory (OOM recovery dropped the kept layers) and time, so their
+# wall clocks meant nothing (PARALLEL=1 still runs them side by side). Every command is resumable: rerun
+# this script after a cut-off call and each run continues where it stopped (finished runs change nothing).
+#   M=/tmp/smol D=/tmp/data Q=/tmp/q [VARIANTS="base lora1 full_lr1e-4_2ep"] bash scripts/device/reviewer_runs.sh
+# A variant named X_rating is X trained with --review-rating (its reviews end with "Rating: N/10").
 set -u
 M=${M:-/tmp/smol}; D=${D:-/tmp/data}; Q=${Q:-/tmp/q}
 VARIANTS=${VARIANTS:-"base lora1 full_lr1e-4 full_lr5e-5_2ep"}
@@ -21,6 +23,12 @@ flags_of() {  # variant -> train flags (the recipe's defaults unless named here)
     full_lr1e-4) echo "--finetune full --learning-rate 1.0e-4 --eval --eval-steps 15" ;;
     full_lr5e-5_2ep) echo "--finetune full --learning-rate 5.0e-5 --num-train-epochs 2.0 --eval --eval-steps 15" ;;
     full_lr3e-5_3ep) echo "--finetune full --learning-rate 3.0e-5 --num-train-epochs 3.0 --eval --eval-steps 20" ;;
+    full_lr1e-4_2ep) echo "--finetune full --learning-rate 1.0e-4 --num-train-epochs 2.0 --eval --eval-steps 15" ;;
+    full_lr1e-4_3ep) echo "--finetune full --learning-rate 1.0e-4 --num-train-epochs 3.0 --eval --eval-steps 15" ;;
+    full_lr2e-4) echo "--finetune full --learning-rate 2.0e-4 --eval --eval-steps 15" ;;
+    full_lr2e-4_2ep) echo "--finetune full --learning-rate 2.0e-4 --num-train-epochs 2.0 --eval --eval-steps 15" ;;
+    lora_speed) echo "--finetune qlora --learning-rate 1.0e-3 --max-steps 20" ;;  # a 4-bit run folder for the speed rows
+    *_rating) echo "$(flags_of "${1%_rating}") --review-rating" ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac
 }
@@ -30,17 +38,21 @@ evaluate() {  # name model_dir
   stamp "($1) dev NLL: $(tail -n 1 "$Q/$1_eval.log" | cut -c1-400)"
 }
 
-pids=()
-for v in $VARIANTS; do
+one_variant() {
+  local v=$1
   if [ "$v" = base ]; then
-    evaluate base "$M" &
+    [ -s "$Q/base_nll.jsonl" ] || evaluate base "$M"
   else
     ( rg train --recipe smollm2-135m --model "$M" --data "$train" --output "$Q/$v" $(flags_of "$v") $EXTRA \
         > "$Q/$v.log" 2>&1 && stamp "($v) trained: $(tail -n 1 "$Q/$v.log" | cut -c1-600)" \
         || { stamp "($v) FAILED"; tail -n 5 "$Q/$v.log"; }
-      [ -f "$Q/$v/train_summary.json" ] && evaluate "$v" "$Q/$v" ) &
+      [ -f "$Q/$v/train_summary.json" ] && [ "$v" != lora_speed ] && [ ! -s "$Q/${v}_nll.jsonl" ] && evaluate "$v" "$Q/$v" )
   fi
-  pids+=($!)
+}
+
+pids=()
+for v in $VARIANTS; do
+  if [ "${PARALLEL:-0}" = 1 ]; then one_variant "$v" & pids+=($!); else one_variant "$v"; fi
 done
-wait "${pids[@]}"
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 stamp "all done"

@@ -3,7 +3,10 @@
 # machine keeps /tmp between back-to-back calls. What each call carries: .gpudata/p1 (GGUF part 1, the
 # ICLR data), .gpudata/p2 + .whl (GGUF part 2, the pinned wheels), .gpudata/p3 (GGUF part 3, the local
 # build's config/tokenizer files and tensor sums, convert_gguf.py).
-#   bash scripts/device/session.sh p1|p2|train|reviews|synthetic      (results: $OUT/*.tar.gz + the tail)
+#   bash scripts/device/session.sh p1|p2|train|reviews|speed|synthetic  (results: $OUT/*.tar.gz + the tail)
+# train: the variants one after the other; reviews: finishes a cut-off train, then trains the run of
+# lowest dev NLL again with --review-rating and reviews dev with base, best and best_rating; speed: the
+# 4-bit run folder lora_speed and its merge.
 set -u
 stage=${1:?stage}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/stash /tmp/data /tmp/q
@@ -25,13 +28,31 @@ trl.__version__, peft.__version__, accelerate.__version__, datasets.__version__,
       PYTHONPATH=/tmp/gguf_site python3 /tmp/stash/convert_gguf.py /tmp/stash /tmp/smol || exit 1
       cp /tmp/stash/iclr2017_*.jsonl.gz /tmp/data/
     fi
+    export VARIANTS=${VARIANTS:-"base lora_speed full_lr1e-4_2ep full_lr2e-4 full_lr2e-4_2ep full_lr1e-4_3ep"}
     timeout "${BUDGET_S:-540}" bash scripts/device/reviewer_runs.sh; keep train ;;
   reviews)
-    timeout 200 bash scripts/device/reviewer_runs.sh   # finishes what a cut-off call left (done runs: nothing)
-    timeout "${BUDGET_S:-330}" bash scripts/device/decoding_runs.sh; keep reviews ;;
+    export VARIANTS=${VARIANTS:-"base lora_speed full_lr1e-4_2ep full_lr2e-4 full_lr2e-4_2ep full_lr1e-4_3ep"}
+    timeout "${TRAIN_S:-150}" bash scripts/device/reviewer_runs.sh   # finishes what a cut-off call left
+    best=${BEST:-$(python3 -c "
+import json, pathlib
+nll = {}
+for log in [l for l in pathlib.Path('/tmp/q').glob('full*_eval.log') if '_rating' not in l.name]:
+    for line in log.read_text(errors='replace').splitlines():
+        try: nll[log.name[:-len('_eval.log')]] = json.loads(line[line.find('{'):])['nll']
+        except (ValueError, KeyError, TypeError): pass
+print(min(nll, key=nll.get) if nll else '')")}
+    echo "best by dev NLL: ${best:?no finished variant}"
+    VARIANTS="${best}_rating" timeout 200 bash scripts/device/reviewer_runs.sh
+    MODELS="best=/tmp/q/$best" DECODINGS=${DECODINGS:-"default s_rp1.05 s_nr6 nr4 greedy"} \
+      timeout "${BUDGET_S:-300}" bash scripts/device/decoding_runs.sh &
+    MODELS="base=/tmp/smol" DECODINGS="sample0.7 s_rp1.05 s_nr6" timeout "${BUDGET_S:-300}" bash scripts/device/decoding_runs.sh &
+    MODELS="best_rating=/tmp/q/${best}_rating" DECODINGS=default timeout "${BUDGET_S:-300}" bash scripts/device/decoding_runs.sh
+    wait; echo "$best" > /tmp/q/best.txt; keep reviews ;;
   speed)
-    python -m reviewgpt merge /tmp/q/lora1 --output /tmp/q/lora1_merged > /tmp/q/merge.log 2>&1 || tail -3 /tmp/q/merge.log
-    timeout "${BUDGET_S:-540}" python bench/generation_speed.py smol --run /tmp/q/lora1 --merged /tmp/q/lora1_merged \
+    run=/tmp/q/${SPEED_RUN:-lora_speed}
+    [ -f "${run}_merged/config.json" ] || python -m reviewgpt merge "$run" --output "${run}_merged" > /tmp/q/merge.log 2>&1 \
+      || tail -3 /tmp/q/merge.log
+    timeout "${BUDGET_S:-540}" python bench/generation_speed.py smol --run "$run" --merged "${run}_merged" \
       --data /tmp/data/iclr2017_train.jsonl.gz ${SPEED_FLAGS:-} | tee /tmp/q/speed_smol.jsonl; keep speed ;;
   synthetic)
     for f in ${FAMILIES:-gemma mistral}; do
