@@ -88,7 +88,7 @@ def smol(args) -> None:
     from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 
     models = {"run": args.run, "merged": args.merged}
-    for form in args.forms or ("run", "merged"):
+    for form in () if args.only_check else args.forms or ("run", "merged"):
         if not models.get(form):
             continue
         for engine in args.engines:
@@ -111,7 +111,7 @@ def smol(args) -> None:
             run_row({"mode": "smol", "form": form, "engine": engine, "papers": papers}, args.row_seconds, measure)
     if not args.skip_check:
         run_row({"mode": "smol-check", "form": "merged" if args.merged else "run", "papers": args.check_papers,
-                 "new_tokens": args.check_tokens}, args.row_seconds, lambda: token_check(args))
+                 "new_tokens": args.check_tokens, "dtype": args.check_dtype}, args.row_seconds, lambda: token_check(args))
 
 
 def token_check(args) -> dict:
@@ -126,6 +126,8 @@ def token_check(args) -> dict:
     from reviewgpt.models import load_for_inference
 
     loaded = load_for_inference(args.merged or args.run)
+    if args.check_dtype == "float32":  # bf16 rounding alone flips near-tied greedy picks (hf batched vs one by one)
+        loaded.model = loaded.model.float()
     encoder = PromptEncoder(loaded.tokenizer, get_template(choose_template(loaded, None)))
     papers = load_papers(args.data)[: args.check_papers]
     prompts = [encoder.encode_prompt(p.paper, args.max_input_tokens)[0] for p in papers]
@@ -295,6 +297,9 @@ def main(argv=None) -> int:
     s.add_argument("--repetition-penalty", type=float, default=1.2)
     s.add_argument("--check-papers", type=int, default=8), s.add_argument("--check-tokens", type=int, default=256)
     s.add_argument("--skip-check", action="store_true")
+    s.add_argument("--only-check", action="store_true", help="the token check alone, no speed rows")
+    s.add_argument("--check-dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="the check's weights: in bf16 near-tied logits round differently per batch shape")
     y = sub.add_parser("synthetic", help="gemma-7b / mistral-7b random weights, 7K prompts, 512 new tokens")
     y.add_argument("--family", choices=tuple(ARCHITECTURE), required=True)
     y.add_argument("--weights-dir", default=tempfile.gettempdir())

@@ -22,12 +22,18 @@ case $stage in
     mkdir -p /tmp/gguf_site && python3 -m pip install -q --no-index --no-deps --target /tmp/gguf_site .whl/gguf-*.whl
     python3 -c "import transformers, trl, peft, accelerate, datasets, bitsandbytes; print(transformers.__version__,
 trl.__version__, peft.__version__, accelerate.__version__, datasets.__version__, bitsandbytes.__version__)" ;;
-  train)
+  train|check)
     if [ ! -f /tmp/smol/model.safetensors ]; then
       cat /tmp/stash/gguf.part.* > /tmp/stash/SmolLM2-135M-Instruct.Q4_1.gguf
       PYTHONPATH=/tmp/gguf_site python3 /tmp/stash/convert_gguf.py /tmp/stash /tmp/smol || exit 1
       cp /tmp/stash/iclr2017_*.jsonl.gz /tmp/data/
-    fi
+    fi ;;&
+  check)  # greedy tokens, fast engine vs transformers' generate, on the base model in fp32 and bf16
+    for dtype in float32 bfloat16; do
+      timeout "${BUDGET_S:-120}" python bench/generation_speed.py smol --merged /tmp/smol --only-check --check-dtype $dtype \
+        --data /tmp/data/iclr2017_train.jsonl.gz 2>/dev/null | grep '^{' | tee -a /tmp/q/token_check.jsonl
+    done; cp /tmp/q/token_check.jsonl "$OUT/" ;;
+  train)
     export VARIANTS=${VARIANTS:-"base lora_speed full_lr1e-4_2ep full_lr2e-4 full_lr2e-4_2ep full_lr1e-4_3ep"}
     timeout "${BUDGET_S:-540}" bash scripts/device/reviewer_runs.sh; keep train ;;
   reviews)
