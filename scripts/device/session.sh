@@ -29,7 +29,7 @@ trl.__version__, peft.__version__, accelerate.__version__, datasets.__version__,
       cp /tmp/stash/iclr2017_*.jsonl.gz /tmp/data/
     fi ;;&
   check)  # greedy tokens, fast engine vs transformers' generate, on the base model in fp32 and bf16
-    for dtype in float32 bfloat16; do
+    for dtype in ${DTYPES:-float32 bfloat16}; do
       timeout "${BUDGET_S:-120}" python bench/generation_speed.py smol --merged /tmp/smol --only-check --check-dtype $dtype \
         --data /tmp/data/iclr2017_train.jsonl.gz 2>/dev/null | grep '^{' | tee -a /tmp/q/token_check.jsonl
     done; cp /tmp/q/token_check.jsonl "$OUT/" ;;
