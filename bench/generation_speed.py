@@ -136,9 +136,13 @@ def token_check(args) -> dict:
     single = {i: t for i, t, _ in generate_hf(loaded, prompts, decoding, 1)}
     fast = {i: t for i, t, _ in generate_fast(loaded, prompts, decoding, slots=len(prompts))}
 
+    def first_difference(x, y):  # None when equal; a shorter sequence differs where it ends
+        return next((k for k, (s, t) in enumerate(zip(x, y)) if s != t), None if len(x) == len(y) else min(len(x), len(y)))
+
     def agreement(a, b):
-        first = [next((k for k, (x, y) in enumerate(zip(a[i], b[i])) if x != y), None) for i in range(len(prompts))]
-        return {"equal": sum(f is None for f in first), "first_difference": first}
+        first = [first_difference(a[i], b[i]) for i in range(len(prompts))]
+        return {"equal": sum(f is None for f in first), "first_difference": first,
+                "lengths": [[len(a[i]), len(b[i])] for i in range(len(prompts))]}
 
     return {"fast_vs_hf_batched": agreement(fast, batched), "fast_vs_hf_one_by_one": agreement(fast, single),
             "hf_batched_vs_hf_one_by_one": agreement(batched, single)}
