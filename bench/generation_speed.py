@@ -110,8 +110,9 @@ def smol(args) -> None:
 
             run_row({"mode": "smol", "form": form, "engine": engine, "papers": papers}, args.row_seconds, measure)
     if not args.skip_check:
-        run_row({"mode": "smol-check", "form": "merged" if args.merged else "run", "papers": args.check_papers,
-                 "new_tokens": args.check_tokens, "dtype": args.check_dtype}, args.row_seconds, lambda: token_check(args))
+        row = {"mode": "smol-check", "form": "merged" if args.merged else "run", "papers": args.check_papers,
+               "new_tokens": args.check_tokens, "dtype": args.check_dtype}
+        run_row(row, args.row_seconds, lambda: token_check(args))
 
 
 def token_check(args) -> dict:
@@ -121,6 +122,7 @@ def token_check(args) -> dict:
     from reviewgpt.data.tokenization import PromptEncoder
     from reviewgpt.eval.engine import generate_fast
     from reviewgpt.eval.engine_sampling import Decoding
+    from reviewgpt.eval.generate import stop_token_ids
     from reviewgpt.eval.generate_hf import generate_hf
     from reviewgpt.eval.likelihood import choose_template
     from reviewgpt.models import load_for_inference
@@ -128,16 +130,21 @@ def token_check(args) -> dict:
     loaded = load_for_inference(args.merged or args.run)
     if args.check_dtype == "float32":  # bf16 rounding alone flips near-tied greedy picks (hf batched vs one by one)
         loaded.model = loaded.model.float()
-    encoder = PromptEncoder(loaded.tokenizer, get_template(choose_template(loaded, None)))
+    template = get_template(choose_template(loaded, None))
+    encoder = PromptEncoder(loaded.tokenizer, template)
     papers = load_papers(args.data)[: args.check_papers]
     prompts = [encoder.encode_prompt(p.paper, args.max_input_tokens)[0] for p in papers]
-    decoding = Decoding(max_new_tokens=args.check_tokens, repetition_penalty=args.repetition_penalty)
+    # the stop tokens `review` uses: without them transformers' greedy search still stops at the model's
+    # own eos while the fast engine runs on, and the paths "differ" after a review has ended
+    decoding = Decoding(max_new_tokens=args.check_tokens, repetition_penalty=args.repetition_penalty,
+                        stop_ids=tuple(stop_token_ids(loaded.tokenizer, template)))
     batched = {i: t for i, t, _ in generate_hf(loaded, prompts, decoding, len(prompts))}
     single = {i: t for i, t, _ in generate_hf(loaded, prompts, decoding, 1)}
     fast = {i: t for i, t, _ in generate_fast(loaded, prompts, decoding, slots=len(prompts))}
 
     def first_difference(x, y):  # None when equal; a shorter sequence differs where it ends
-        return next((k for k, (s, t) in enumerate(zip(x, y)) if s != t), None if len(x) == len(y) else min(len(x), len(y)))
+        shorter_ends = None if len(x) == len(y) else min(len(x), len(y))
+        return next((k for k, (s, t) in enumerate(zip(x, y)) if s != t), shorter_ends)
 
     def agreement(a, b):
         first = [first_difference(a[i], b[i]) for i in range(len(prompts))]
