@@ -17,15 +17,15 @@ train=$D/iclr2017_train.jsonl.gz; dev=$D/iclr2017_dev.jsonl.gz
 
 flags_of() {  # variant -> train flags (the recipe's defaults unless named here)
   case $1 in
-    lora1) echo "--finetune qlora --learning-rate 1.0e-3" ;;            # the recipe before full fine-tuning
-    shipped) echo "" ;;                                                  # the recipe as it ships
+    lora1) echo "--finetune qlora --learning-rate 1.0e-3 --num-train-epochs 1.0" ;;  # the recipe before full fine-tuning
+    shipped) echo "" ;;                                                  # the recipe as it ships (no --eval)
     lora3) echo "--finetune qlora --learning-rate 1.0e-3 --num-train-epochs 3.0 --eval --eval-steps 20" ;;
-    full_lr1e-4) echo "--finetune full --learning-rate 1.0e-4 --eval --eval-steps 15" ;;
+    full_lr1e-4) echo "--finetune full --learning-rate 1.0e-4 --num-train-epochs 1.0 --eval --eval-steps 15" ;;
     full_lr5e-5_2ep) echo "--finetune full --learning-rate 5.0e-5 --num-train-epochs 2.0 --eval --eval-steps 15" ;;
     full_lr3e-5_3ep) echo "--finetune full --learning-rate 3.0e-5 --num-train-epochs 3.0 --eval --eval-steps 20" ;;
     full_lr1e-4_2ep) echo "--finetune full --learning-rate 1.0e-4 --num-train-epochs 2.0 --eval --eval-steps 15" ;;
     full_lr1e-4_3ep) echo "--finetune full --learning-rate 1.0e-4 --num-train-epochs 3.0 --eval --eval-steps 15" ;;
-    full_lr2e-4) echo "--finetune full --learning-rate 2.0e-4 --eval --eval-steps 15" ;;
+    full_lr2e-4) echo "--finetune full --learning-rate 2.0e-4 --num-train-epochs 1.0 --eval --eval-steps 15" ;;
     full_lr2e-4_2ep) echo "--finetune full --learning-rate 2.0e-4 --num-train-epochs 2.0 --eval --eval-steps 15" ;;
     lora_speed) echo "--finetune qlora --learning-rate 1.0e-3 --max-steps 20" ;;  # a 4-bit run folder for the speed rows
     *_rating) echo "$(flags_of "${1%_rating}") --review-rating" ;;
