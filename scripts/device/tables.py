@@ -46,12 +46,15 @@ for review_file in sorted((q / "dec").glob("*.jsonl")):
     score = q / "dec" / f"{review_file.stem}.score" / "score.json"
     rows = [json.loads(line) for line in review_file.read_text().splitlines() if line.strip()]
     summary = last_json(q / "dec" / f"{review_file.stem}.review.log") or {}
-    means = json.loads(score.read_text())["means"] if score.is_file() else {}
+    scored = json.loads(score.read_text()) if score.is_file() else {}
+    means, rating = scored.get("means", {}), scored.get("rating") or {}
     decodings.append({
         "model": model, "decoding": decoding, "reviews": len(rows),
         "ended_by_themselves": sum(r.get("finish_reason") == "stop" for r in rows),
         **{k: (v["mean"] if isinstance(v, dict) else v) for k, v in means.items()},
-        "generated_tokens_per_s": summary.get("generated_tokens_per_s"), "engine": summary.get("engine")})
+        "generated_tokens_per_s": summary.get("generated_tokens_per_s"), "engine": summary.get("engine"),
+        **({"rating": {"rated": rating.get("rated"), **rating.get("model", {}), "constant": rating.get("constant"),
+                       "humans": rating.get("humans")}} if rating.get("rated") else {})})
 
 print("| run | dev NLL (95% CI) | vs base | steps (best) | train s | tokens/s | peak GiB |")
 print("|---|---|---|---|---|---|---|")
@@ -62,11 +65,14 @@ for r in runs:
 print()
 print("| model | decoding | R-1 | R-2 | R-L | coverage | rep. 4-grams | words | length ratio | ended | tok/s |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+def pct(d, key):
+    return "" if d.get(key) is None else f"{100 * d[key]:.1f}"
+
+
 for d in decodings:
-    def pct(key):
-        return "" if d.get(key) is None else f"{100 * d[key]:.1f}"
-    print(f"| {d['model']} | {d['decoding']} | {pct('rouge1')} | {pct('rouge2')} | {pct('rougeL')} | {pct('coverage')} | "
-          f"{pct('repetition')} | {d.get('words', 0):.0f} | {d.get('length_ratio', 0):.2f} | "
+    print(f"| {d['model']} | {d['decoding']} | {pct(d, 'rouge1')} | {pct(d, 'rouge2')} | {pct(d, 'rougeL')} | "
+          f"{pct(d, 'coverage')} | {pct(d, 'repetition')} | {d.get('words', 0):.0f} | {d.get('length_ratio', 0):.2f} | "
           f"{d['ended_by_themselves']} of {d['reviews']} | {d['generated_tokens_per_s']} |")
 if out:
     out.write_text(json.dumps({"runs": runs, "decodings": decodings}, indent=1) + "\n")
