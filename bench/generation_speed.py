@@ -84,6 +84,29 @@ def run_row(row: dict, seconds: int, measure) -> None:
 
 # --- smol: `review` end to end ---------------------------------------------------------------------
 
+@contextlib.contextmanager
+def engine_stats():
+    """The fast engine's counts (prefill and decode seconds, steps, slots) that `review` logs at its end."""
+    import logging
+
+    found: list = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if record.msg == "fast engine: %s" and isinstance(record.args, dict):  # logging unwraps a lone dict
+                found.append(record.args)
+
+    logger, handler = logging.getLogger("reviewgpt.eval.engine"), Catch()
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def smol(args) -> None:
     from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 
@@ -100,13 +123,14 @@ def smol(args) -> None:
                                           repetition_penalty=args.repetition_penalty, engine=engine)
 
             def measure(model=models[form], settings=settings):
-                with tempfile.TemporaryDirectory() as out:
+                with tempfile.TemporaryDirectory() as out, engine_stats() as stats:
                     summary = generate_reviews(model, args.data, Path(out) / "reviews.jsonl", settings)
                     rows = [json.loads(line) for line in (Path(out) / "reviews.jsonl").read_text().splitlines()]
                 keys = ("engine", "written", "generated_tokens", "generation_seconds", "generated_tokens_per_s")
                 return {**{k: summary.get(k) for k in keys},
                         "stopped": sum(r["finish_reason"] == "stop" for r in rows),
-                        "mean_input_tokens": round(sum(r["input_tokens"] for r in rows) / max(len(rows), 1))}
+                        "mean_input_tokens": round(sum(r["input_tokens"] for r in rows) / max(len(rows), 1)),
+                        **({"engine_stats": stats[-1]} if stats else {})}
 
             run_row({"mode": "smol", "form": form, "engine": engine, "papers": papers}, args.row_seconds, measure)
     if not args.skip_check:
