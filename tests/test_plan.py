@@ -188,10 +188,12 @@ def test_lora_beyond_attention_counts_in_kept_layers():
     assert attention_only < no_dropout < got  # each adapted MLP projection keeps its input only with dropout
 
 
-def test_full_fine_tuning_row_within_10_percent_of_the_device():
+@pytest.mark.parametrize("measured_gib", [81.34, 80.51])
+def test_full_fine_tuning_row_within_10_percent_of_the_device(measured_gib):
     # SmolLM2-135M, the smollm2-135m recipe (finetune full, lr 1e-4), 8 x 8192, all 30 layers kept, Triton
-    # kernels on: 81.34 GiB peak allocated on an H200 (docs/results/quality2_h200.json, run full_lr1e-4).
-    # The row was measured after the full-fine-tuning terms were written: it held them out.
+    # kernels on, peak allocated on an H200: 81.34 GiB (docs/results/quality2_h200.json, run full_lr1e-4,
+    # the card shared) and 80.51 GiB (docs/results/quality3_h200.json, the shipped 2-epoch run, alone).
+    # Both rows were measured after the full-fine-tuning terms were written: they held them out.
     from unittest import mock
 
     from reviewgpt.train.memory import architecture_from_config, predict_recipe
@@ -203,7 +205,7 @@ def test_full_fine_tuning_row_within_10_percent_of_the_device():
     assert recipe.finetune == "full"
     with mock.patch.object(torch_support, "triton_problem", lambda: None):  # the H200 ran the Triton kernels
         got = predict_recipe(recipe, smol, 8192, 8)["allocated_gib"]
-    assert abs(got - 81.34) <= 0.10 * 81.34
+    assert abs(got - measured_gib) <= 0.10 * measured_gib
 
 
 @pytest.mark.parametrize("triton_runs", [True], indirect=True)
