@@ -227,6 +227,17 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of field: value.")
     hints = field_types()
+    overrides = dict(overrides or {})
+    generation_overrides = overrides.pop("generation", None) or {}  # the library's way to set the block
+    if isinstance(generation_overrides, GenerationOptions):
+        generation_overrides = dataclasses.asdict(generation_overrides)
+    if not isinstance(generation_overrides, dict):
+        raise UserError("the generation override must be a mapping of option: value (e.g. repetition_penalty: 1.2).")
+    unknown = sorted(set(overrides) - set(hints))
+    unknown += sorted(f"generation.{k}" for k in set(generation_overrides) - set(GENERATION_FIELDS))
+    if unknown:
+        raise UserError(f"unknown recipe field(s) {unknown} in the overrides; see `reviewgpt train --help` for the "
+                        "fields.")
     nested = data.pop("speed", None) or {}  # the speed options under `speed:` (as run folders write them)
     if not isinstance(nested, dict):
         raise UserError(f"{path}: speed must be a mapping of option: value (e.g. chunked_loss: true).")
@@ -241,16 +252,22 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
     for key, value in [*data.items(), *nested.items()]:  # flat speed keys (older recipes) load the same
         values[key] = _checked(key, coerce(value, hints[key], f"{path}: {key}"), f"{path}: {key}")
     values.setdefault("name", path.stem)
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         if value is not None:  # a flag names itself, so a bad value is not blamed on the YAML file
             values[key] = _checked(key, coerce(value, hints[key], flag_name(key)), flag_name(key))
     speed = {k: values.pop(k) for k in list(values) if k in SPEED_FIELDS}
     generation_hints = typing.get_type_hints(GenerationOptions)
     generation = {k: coerce(v, generation_hints[k], f"{path}: generation.{k}") for k, v in generation.items()}
     try:
-        return Recipe(**values, speed=SpeedOptions(**speed), generation=GenerationOptions(**generation))
+        generation = GenerationOptions(**generation)
     except ValueError as exc:
         raise UserError(f"{path}: {exc}.") from None
+    given = {k: coerce(v, generation_hints[k], f"generation.{k}") for k, v in generation_overrides.items()
+             if v is not None}
+    try:
+        return Recipe(**values, speed=SpeedOptions(**speed), generation=dataclasses.replace(generation, **given))
+    except ValueError as exc:
+        raise UserError(f"{exc}." if given and str(exc).startswith("generation.") else f"{path}: {exc}.") from None
 
 
 def _checked(name: str, value, where: str):
