@@ -3,10 +3,11 @@
 # machine keeps /tmp between back-to-back calls. What each call carries: .gpudata/p1 (GGUF part 1, the
 # ICLR data), .gpudata/p2 + .whl (GGUF part 2, the pinned wheels), .gpudata/p3 (GGUF part 3, the local
 # build's config/tokenizer files and tensor sums, convert_gguf.py).
-#   bash scripts/device/session.sh p1|p2|train|reviews|speed|synthetic  (results: $OUT/*.tar.gz + the tail)
+#   bash scripts/device/session.sh p1|p2|train|reviews|speed|check|synthetic  (results: $OUT/*.tar.gz + the tail)
 # train: the variants one after the other; reviews: finishes a cut-off train, then trains the run of
 # lowest dev NLL again with --review-rating and reviews dev with base, best and best_rating; speed: the
-# 4-bit run folder lora_speed and its merge.
+# 4-bit run folder lora_speed and its merge; check: the greedy token check on the base model
+# (DTYPES="float32 bfloat16").
 set -u
 stage=${1:?stage}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/stash /tmp/data /tmp/q
