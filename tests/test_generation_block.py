@@ -13,6 +13,7 @@ from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 from reviewgpt.merge import merge
 from reviewgpt.recipe import load_recipe
 from reviewgpt.train.loop import train
+from tests.util import smollm2_recipe_on_cpu
 
 BLOCK = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3, "temperature": 0.8, "top_p": 0.9, "seed": 7}
 GREEDY = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "temperature": 0.0, "top_p": 1.0, "seed": 0}
@@ -22,12 +23,8 @@ GREEDY = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "temperature": 0
 def block_run(tiny_llama, sample_file, tmp_path_factory):
     """A tiny Llama trained with the smollm2-135m recipe's layout and a generation block of its own."""
     run = tmp_path_factory.mktemp("block-run")
-    recipe = load_recipe("smollm2-135m", {
-        "model": str(tiny_llama), "finetune": "lora", "max_steps": 2, "save_steps": 2, "max_seq_length": 384,
-        "gradient_accumulation_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "bf16": False,
-        "gradient_checkpointing": False, "lora_dropout": 0.0, "max_new_tokens": 16, "optim": "adamw_torch",
-        "generation": BLOCK})
-    train(recipe, sample_file, run)
+    train(smollm2_recipe_on_cpu(tiny_llama, max_steps=2, save_steps=2, max_new_tokens=16, generation=BLOCK),
+          sample_file, run)
     return run
 
 

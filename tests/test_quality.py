@@ -13,20 +13,15 @@ from reviewgpt.errors import UserError
 from reviewgpt.eval.likelihood import EvalSettings, batches_by_tokens, evaluate_reviews
 from reviewgpt.eval.score import repetition, score_reviews
 from reviewgpt.merge import merge
-from reviewgpt.recipe import load_recipe
 from reviewgpt.train.loop import train
-from tests.util import skip_unless_bitsandbytes_quantizes_on_cpu, write_jsonl
+from tests.util import skip_unless_bitsandbytes_quantizes_on_cpu, smollm2_recipe_on_cpu, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def llama_run(tiny_llama, sample_file, tmp_path_factory):
     """A tiny Llama (ChatML, like SmolLM2) trained with the smollm2-135m recipe's layout on the CPU."""
     run = tmp_path_factory.mktemp("llama-run")
-    recipe = load_recipe("smollm2-135m", {
-        "model": str(tiny_llama), "finetune": "lora", "max_steps": 6, "save_steps": 6, "max_seq_length": 384,
-        "gradient_accumulation_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "bf16": False,
-        "gradient_checkpointing": False, "lora_dropout": 0.0, "max_new_tokens": 24, "optim": "adamw_torch"})
-    train(recipe, sample_file, run)
+    train(smollm2_recipe_on_cpu(tiny_llama, max_steps=6, save_steps=6, max_new_tokens=24), sample_file, run)
     return run
 
 

@@ -21,6 +21,17 @@ def write_jsonl(path, rows):
     return path
 
 
+def smollm2_recipe_on_cpu(model, **overrides):
+    """The smollm2-135m recipe (ChatML, its layout and generation block) sized for a tiny Llama on the CPU:
+    LoRA, fp32, 384 tokens, no checkpointing or dropout; `overrides` set the rest (steps, max_new_tokens)."""
+    from reviewgpt.recipe import load_recipe
+
+    return load_recipe("smollm2-135m", {
+        "model": str(model), "finetune": "lora", "max_seq_length": 384, "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": 2, "learning_rate": 1e-2, "bf16": False, "gradient_checkpointing": False,
+        "lora_dropout": 0.0, "optim": "adamw_torch", **overrides})
+
+
 def train_losses(run):
     """{step: loss} from a `reviewgpt train` run folder's train_log.jsonl."""
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]

@@ -229,8 +229,6 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
     hints = field_types()
     overrides = dict(overrides or {})
     generation_overrides = overrides.pop("generation", None) or {}  # the library's way to set the block
-    if isinstance(generation_overrides, GenerationOptions):
-        generation_overrides = dataclasses.asdict(generation_overrides)
     if not isinstance(generation_overrides, dict):
         raise UserError("the generation override must be a mapping of option: value (e.g. repetition_penalty: 1.2).")
     unknown = sorted(set(overrides) - set(hints))
@@ -265,9 +263,13 @@ def load_recipe(name_or_path: str, overrides: Optional[dict] = None) -> Recipe:
     given = {k: coerce(v, generation_hints[k], f"generation.{k}") for k, v in generation_overrides.items()
              if v is not None}
     try:
-        return Recipe(**values, speed=SpeedOptions(**speed), generation=dataclasses.replace(generation, **given))
+        generation = dataclasses.replace(generation, **given)
+    except ValueError as exc:  # an override names itself, as a flag does: not blamed on the YAML file
+        raise UserError(f"{exc}.") from None
+    try:
+        return Recipe(**values, speed=SpeedOptions(**speed), generation=generation)
     except ValueError as exc:
-        raise UserError(f"{exc}." if given and str(exc).startswith("generation.") else f"{path}: {exc}.") from None
+        raise UserError(f"{path}: {exc}.") from None
 
 
 def _checked(name: str, value, where: str):
