@@ -9,7 +9,8 @@
     # exactly 512 new tokens each (no stop); batch 1, 8 and the largest that fits
     python bench/generation_speed.py synthetic --family gemma --weights-dir /tmp/weights
 
-Choose rows with --engines, --forms, --batches, --skip-check. Every row runs under its own time limit
+Choose rows with --engines (hf, fast, fast-sdpa: the fast engine with SDPA's decode attention instead
+of the Triton kernel), --forms, --batches, --skip-check. Every row runs under its own time limit
 (--row-seconds); a row that fails or runs out of time prints its error and the next row runs. The
 hf rows of `synthetic` time the first --hf-new-tokens steps (one per forward, the GPU synchronized) and
 extrapolate to 512: prefill + 512 x the mean step (`"extrapolated_from"` says so); 0 runs all 512.
@@ -107,6 +108,23 @@ def engine_stats():
         logger.setLevel(previous)
 
 
+@contextlib.contextmanager
+def decode_kernel_for(engine: str):
+    """`fast-sdpa`: the fast engine with SDPA's masked decode attention instead of the Triton kernel
+    (REVIEWGPT_DECODE_KERNEL, as `review` reads it), to measure what the kernel brings in the same call."""
+    import os
+
+    previous = os.environ.pop("REVIEWGPT_DECODE_KERNEL", None)
+    if engine == "fast-sdpa":
+        os.environ["REVIEWGPT_DECODE_KERNEL"] = "sdpa"
+    try:
+        yield
+    finally:
+        os.environ.pop("REVIEWGPT_DECODE_KERNEL", None)
+        if previous is not None:
+            os.environ["REVIEWGPT_DECODE_KERNEL"] = previous
+
+
 def smol(args) -> None:
     from reviewgpt.eval.generate import GenerationSettings, generate_reviews
 
@@ -120,10 +138,11 @@ def smol(args) -> None:
             papers = args.hf_papers if engine == "hf" else args.papers
             settings = GenerationSettings(max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                                           limit=papers, batch_size=args.hf_batch if engine == "hf" else None,
-                                          repetition_penalty=args.repetition_penalty, engine=engine)
+                                          repetition_penalty=args.repetition_penalty,
+                                          engine="hf" if engine == "hf" else "fast")
 
-            def measure(model=models[form], settings=settings):
-                with tempfile.TemporaryDirectory() as out, engine_stats() as stats:
+            def measure(model=models[form], settings=settings, engine=engine):
+                with tempfile.TemporaryDirectory() as out, engine_stats() as stats, decode_kernel_for(engine):
                     summary = generate_reviews(model, args.data, Path(out) / "reviews.jsonl", settings)
                     rows = [json.loads(line) for line in (Path(out) / "reviews.jsonl").read_text().splitlines()]
                 keys = ("engine", "written", "generated_tokens", "generation_seconds", "generated_tokens_per_s")
@@ -244,7 +263,8 @@ def fast_row(loaded, prompts, args) -> dict:
     from reviewgpt.eval.engine import Engine
     from reviewgpt.eval.engine_sampling import Decoding
 
-    engine = Engine(loaded.model, slots=len(prompts))
+    with decode_kernel_for(args.engine_now):
+        engine = Engine(loaded.model, slots=len(prompts))
     started = time.perf_counter()
     produced = sum(len(done.tokens) for done in engine.generate(prompts, Decoding(max_new_tokens=args.new_tokens)))
     seconds = time.perf_counter() - started
@@ -298,10 +318,11 @@ def synthetic(args) -> None:
         loaded = load_for_inference(folders[form], quantize=(form == "4bit") if torch.cuda.is_available() else None)
         vocab = loaded.model.config.vocab_size
         for engine in args.engines:  # hf first: the fast engine merges a run's adapter into the loaded model
-            if engine == "fast" and loaded.kind == "run":
+            args.engine_now = engine
+            if engine != "hf" and loaded.kind == "run":
                 loaded.model = merge_adapter_in_memory(loaded.model)[0]  # what `review` does by default
             row_of = hf_row if engine == "hf" else fast_row
-            largest = largest_batch(loaded, engine, args) if "max" in args.batches else None
+            largest = largest_batch(loaded, "hf" if engine == "hf" else "fast", args) if "max" in args.batches else None
             for batch in args.batches:
                 prompts = synthetic_prompts(vocab, largest if batch == "max" else int(batch), args.prompt_tokens)
 
@@ -345,7 +366,8 @@ def main(argv=None) -> int:
     y.add_argument("--new-tokens", type=int, default=512)
     y.add_argument("--hf-new-tokens", type=int, default=64)
     for p in (s, y):
-        p.add_argument("--engines", nargs="*", choices=("hf", "fast"), default=["hf", "fast"])
+        p.add_argument("--engines", nargs="*", choices=("hf", "fast", "fast-sdpa"), default=["hf", "fast"],
+                       help="fast-sdpa: the fast engine with SDPA's masked decode attention, not the Triton kernel")
         p.add_argument("--row-seconds", type=int, default=240)
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -368,15 +368,17 @@ def test_generation_speed_script_runs_every_row_on_a_tiny_model(tiny_mistral, tm
 
     assert generation_speed.main(["synthetic", "--family", "mistral", "--model", str(tiny_mistral), "--weights-dir",
                                   str(tmp_path), "--prompt-tokens", "24", "--new-tokens", "6", "--hf-new-tokens", "3",
-                                  "--batches", "1", "max"]) == 0
+                                  "--batches", "1", "max", "--engines", "hf", "fast", "fast-sdpa"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     measured = [r for r in rows if r["mode"] == "synthetic"]
     assert [(r["form"], r["engine"], r["largest"]) for r in measured] == [
-        (form, engine, largest) for form in ("4bit", "bf16") for engine in ("hf", "fast") for largest in (False, True)]
+        (form, engine, largest) for form in ("4bit", "bf16") for engine in ("hf", "fast", "fast-sdpa")
+        for largest in (False, True)]
+    assert all(r["engine_stats"]["decode_kernel"] == "sdpa" for r in measured if r["engine"] == "fast-sdpa")
     assert all("error" not in r and r["generated_tokens_per_s"] > 0 for r in measured), measured
     assert all(r["extrapolated_from"] == 3 and r["measured_tokens"] == 3 * r["batch"]  # no stop token either
                for r in measured if r["engine"] == "hf")
-    assert all(r["generated_tokens"] == 6 * r["batch"] for r in measured if r["engine"] == "fast")  # no stop
+    assert all(r["generated_tokens"] == 6 * r["batch"] for r in measured if r["engine"] != "hf")  # no stop
 
 
 def test_a_failing_or_slow_benchmark_row_prints_its_error_and_the_next_row_runs(capsys):

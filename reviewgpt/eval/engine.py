@@ -6,7 +6,9 @@ transformers' `generate` runs a batch until its longest review ends: with 37 of 
 (a stop token or max_new_tokens), the slot is prefilled with the next waiting paper in the same
 loop, so the decoding batch stays full until papers run out. When they do, the last rows are packed
 into the lowest slots and the step runs over that many (rounded up to a power of two, so that few
-CUDA graphs cover every count), and over only the keys the longest row has (in quarters of the cache).
+CUDA graphs cover every count), and over only the keys the longest row has (in quarters of the cache;
+the Triton decode kernel of reviewgpt.eval.decode_attention, the default on a GPU, reads each row's own
+keys whatever the bucket, so there the bucket is the whole cache).
 
 Slots: `--batch-size` when given, else as many KV caches of the longest prompt + max_new_tokens as
 fit in 90% of the GPU's free memory after the prefill's share (8 on a CPU). A paper's tokens are the
@@ -62,6 +64,25 @@ def cache_capacity(longest_prompt: int, max_new_tokens: int) -> int:
     return -(-(longest_prompt + max_new_tokens) // 64) * 64
 
 
+DECODE_KERNELS = ("sdpa", "triton")
+
+
+def default_decode_kernel(device) -> str:
+    """$REVIEWGPT_DECODE_KERNEL when set (as vLLM's VLLM_ATTENTION_BACKEND: to compare the two), else
+    reviewgpt.eval.decode_attention's kernel on a CUDA GPU where triton >= 3.0 is installed, else SDPA."""
+    import os
+
+    from reviewgpt import torch_support
+
+    chosen = os.environ.get("REVIEWGPT_DECODE_KERNEL")
+    if chosen:
+        if chosen not in DECODE_KERNELS:
+            raise UserError(f"REVIEWGPT_DECODE_KERNEL={chosen!r}: set it to one of {', '.join(DECODE_KERNELS)} "
+                            "or unset it.")
+        return chosen
+    return "triton" if torch.device(device).type == "cuda" and not torch_support.triton_problem() else "sdpa"
+
+
 def _power_of_two_at_least(count: int, cap: int) -> int:
     return min(cap, 1 << max(count - 1, 0).bit_length())
 
@@ -70,7 +91,7 @@ class Engine:
     """Generate for many prompts with one model (`model` as loaded for inference, in eval mode)."""
 
     def __init__(self, model, slots: Optional[int] = None, prefill_tokens: Optional[int] = None,
-                 cuda_graphs: bool = True, bucket_slots: Optional[bool] = None):
+                 cuda_graphs: bool = True, bucket_slots: Optional[bool] = None, decode_kernel: Optional[str] = None):
         reason = engine_model.unsupported_reason(model)
         if reason:
             raise ValueError(f"the fast engine cannot run this model: {reason}")
@@ -83,6 +104,9 @@ class Engine:
         # Steps over a power-of-two count of slots (the rows past the last used one are dead and ignored):
         # few CUDA graphs cover every count. None: when graphs run; a CPU test can ask for it too.
         self.bucket_slots = bucket_slots
+        self.decode_kernel = decode_kernel or default_decode_kernel(self.parts.device)
+        if self.decode_kernel not in DECODE_KERNELS:
+            raise ValueError(f"decode kernel {self.decode_kernel!r}: one of {', '.join(DECODE_KERNELS)}")
         self.stats: dict = {}
 
     def _default_prefill_tokens(self) -> int:
@@ -123,8 +147,9 @@ class Engine:
         capacity = cache_capacity(max(len(p) for p in prompts), decoding.max_new_tokens)
         slots = self._slots(len(prompts), capacity)
         cache_gib = slots * capacity * engine_model.kv_bytes_per_token(self.parts) / GiB
-        log.info("fast engine: %d slots of %d tokens (KV cache %.2f GiB), prefill %d tokens a pass, CUDA graphs %s",
-                 slots, capacity, cache_gib, self.prefill_tokens, "on" if self.cuda and self.cuda_graphs else "off")
+        log.info("fast engine: %d slots of %d tokens (KV cache %.2f GiB), prefill %d tokens a pass, CUDA graphs %s, "
+                 "decode attention %s", slots, capacity, cache_gib, self.prefill_tokens,
+                 "on" if self.cuda and self.cuda_graphs else "off", self.decode_kernel)
         run = _Run(self, prompts, decoding, slots, capacity, list(range(len(prompts))) if keys is None else keys)
         try:
             yield from run.loop()
@@ -140,7 +165,7 @@ class _Run:
         parts = engine.parts
         self.device = parts.device
         self.cache = KVCache(parts, slots, capacity)
-        self.step = DecodeStep(parts, self.cache, slots, engine.cuda_graphs)
+        self.step = DecodeStep(parts, self.cache, slots, engine.cuda_graphs, engine.decode_kernel)
         self.chooser = TokenChooser(decoding, slots, parts.vocab, self.device)
         self.rows: List[Optional[_Row]] = [None] * slots
         self.waiting = deque(range(len(prompts)))
@@ -153,6 +178,7 @@ class _Run:
     def stats(self) -> dict:
         counts = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()}
         return {"slots": len(self.rows), "capacity": self.cache.capacity, "cuda_graphs": self.step.cuda_graphs,
+                "decode_kernel": self.step.kernel,
                 "graph_buckets": len(self.step.graphs), "step_shapes": sorted(self.step_shapes), **counts}
 
     def loop(self) -> Iterator[Finished]:
@@ -246,6 +272,8 @@ class _Run:
         count = _power_of_two_at_least(used, len(self.rows)) if bucket else used
         needed = max(self.rows[slot].position for slot in range(used)) + 1
         keys = min(self.cache.capacity, -(-needed // self.key_block) * self.key_block)
+        if self.step.kernel == "triton":
+            keys = self.cache.capacity  # the kernel reads each slot's own keys: one graph per slot count
         self.counts["decode_steps"] += 1
         self.counts["padded_steps"] += count > used
         self.step_shapes.add((count, keys))

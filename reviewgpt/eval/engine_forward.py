@@ -11,6 +11,8 @@ the others go on (reviewgpt.eval.engine).
   query reaches them), or one long prompt in chunks, each chunk attending to the cache before it;
 - decode: one token per slot. The query heads that share a key/value head are attended as rows of
   one query, so grouped keys are read once, never repeated as transformers' `repeat_kv` does.
+- decode attention: SDPA with a boolean mask from the positions, or, where triton >= 3.0 runs (a CUDA
+  GPU), reviewgpt.eval.decode_attention's split-K kernel, which reads only each slot's own keys;
 - `DecodeStep` replays a CUDA graph of the decoding step per (slots, keys) bucket on a GPU: a step of
   a 30-layer model is ~750 small kernels, which launched one by one take longer than they run.
 
@@ -125,13 +127,20 @@ def prefill(parts, cache: KVCache, slots: List[int], ids, start: int, last: Opti
 
 
 @torch.no_grad()
-def decode(parts, cache: KVCache, tokens, positions, rows, keys: int):
+def decode(parts, cache: KVCache, tokens, positions, rows, keys: int, kernel: str = "sdpa"):
     """One token per slot (`tokens` at `positions`, slots `rows`), attending to the first `keys` keys of
-    each slot; logits (slots x vocab) in float32."""
+    each slot; logits (slots x vocab) in float32. `kernel`: "sdpa" (a boolean mask over the `keys`
+    keys of every slot) or "triton" (reviewgpt.eval.decode_attention: each slot's own keys only; `keys`
+    is ignored)."""
     count = tokens.shape[0]
     query_positions = positions[:, None]
-    mask = allowed_keys(query_positions, keys, parts.window)[:, None]  # (slots, 1, 1, keys)
     groups = parts.heads // parts.kv_heads
+    if kernel == "triton":
+        from reviewgpt.eval.decode_attention import decode_attention
+
+        lengths = positions + 1
+    else:
+        mask = allowed_keys(query_positions, keys, parts.window)[:, None]  # (slots, 1, 1, keys)
 
     def attend(attention, hidden):
         q, k, v = _project(attention, parts, hidden)
@@ -141,8 +150,11 @@ def decode(parts, cache: KVCache, tokens, positions, rows, keys: int):
         cached_values[rows, :, positions] = v[:, :, 0]
         # Query heads 0..groups-1 share kv head 0, and so on (repeat_kv's order): one query of `groups` rows.
         q = q.reshape(count, parts.kv_heads, groups, parts.head_dim)
-        out = functional.scaled_dot_product_attention(q, cached_keys[:count, :, :keys], cached_values[:count, :, :keys],
-                                           attn_mask=mask)
+        if kernel == "triton":
+            out = decode_attention(q, cached_keys[:count], cached_values[:count], lengths, parts.window)
+        else:
+            out = functional.scaled_dot_product_attention(q, cached_keys[:count, :, :keys],
+                                                          cached_values[:count, :, :keys], attn_mask=mask)
         return attention.o_proj(out.reshape(count, 1, -1))
 
     hidden = _embed(parts, tokens[:, None])
@@ -155,17 +167,29 @@ class DecodeStep:
     """The decoding step over the first n slots, from the static `tokens` and `positions` buffers;
     on a GPU replayed from a CUDA graph captured once per (n, keys) bucket."""
 
-    def __init__(self, parts, cache: KVCache, slots: int, cuda_graphs: bool):
-        self.parts, self.cache = parts, cache
+    def __init__(self, parts, cache: KVCache, slots: int, cuda_graphs: bool, kernel: str = "sdpa"):
+        self.parts, self.cache, self.kernel = parts, cache, kernel
         device = parts.device
         self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)
         self.rows = torch.arange(slots, device=device)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.kernel_ran = False  # until the kernel has run once, a failure of the Triton kernel falls back to SDPA
         self.graphs, self.outputs, self.pool = {}, {}, None
 
     def _eager(self, count: int, keys: int):
-        return decode(self.parts, self.cache, self.tokens[:count], self.positions[:count], self.rows[:count], keys)
+        try:
+            output = decode(self.parts, self.cache, self.tokens[:count], self.positions[:count], self.rows[:count],
+                            keys, self.kernel)
+        except Exception as exc:  # noqa: BLE001 - a Triton kernel that does not compile here: SDPA decodes
+            if self.kernel != "triton" or self.kernel_ran or isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            log.warning("the Triton decode attention failed (%s: %s); decoding with SDPA's attention",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.kernel = "sdpa"
+            return self._eager(count, keys)
+        self.kernel_ran = True
+        return output
 
     @torch.no_grad()
     def __call__(self, count: int, keys: int):

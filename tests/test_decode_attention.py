@@ -1,0 +1,138 @@
+"""The Triton decode attention (reviewgpt.eval.decode_attention) against SDPA with the engine's boolean
+mask, and the fast engine's greedy tokens with it against transformers' `generate`, per family.
+
+Without a CUDA GPU the kernels run in triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+before triton is imported; tests marked `triton` run with it): slow, so the shapes are small, but the
+cache spans several of the kernel's chunks (256 keys each) and holds dead slots and a sliding window.
+"""
+
+import pytest
+import torch
+from torch.nn import functional
+
+from reviewgpt import torch_support
+from reviewgpt.errors import UserError
+from reviewgpt.eval.engine import Engine, default_decode_kernel
+from reviewgpt.eval.engine_forward import allowed_keys
+from reviewgpt.eval.engine_sampling import Decoding
+from tests.test_engine import fast, hf, load_lively, prompts_for, stops_ending_rows_at_different_steps
+from tests.util import needs_sdpa
+
+PROBLEM = torch_support.triton_problem()
+if not PROBLEM:
+    # Imported now, while TRITON_INTERPRET is set (collection): triton fixes a kernel's mode when defining it.
+    from reviewgpt.eval.decode_attention import KEYS_PER_SPLIT, decode_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = [needs_sdpa, pytest.mark.triton,
+              pytest.mark.skipif(bool(PROBLEM), reason=f"the decode kernel needs triton >= 3.0: {PROBLEM}")]
+
+
+def reference(q, keys, values, positions, window):
+    """What engine_forward.decode computes without the kernel: SDPA over the whole cache, masked."""
+    mask = allowed_keys(positions[:, None], keys.shape[2], window)[:, None]
+    return functional.scaled_dot_product_attention(q.float(), keys.float(), values.float(), attn_mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("heads, groups, head_dim, window", [
+    (2, 3, 16, None),  # grouped queries (the tiny llama, SmolLM2's 3)
+    (1, 1, 64, None),  # one query per KV head (gemma-7b)
+    (2, 4, 8, 7),  # a head size under tl.dot's 16, Mistral's 4 groups and a sliding window
+])
+def test_the_kernel_attends_as_sdpa_with_the_mask(dtype, heads, groups, head_dim, window):
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=generator).to(DEVICE, dtype)
+
+    capacity = 2 * KEYS_PER_SPLIT + 88  # three chunks, the last one partial
+    # positions: the last key, a chunk's edge, one key, a middle; slot 4 is dead (length 0)
+    positions = torch.tensor([capacity - 1, KEYS_PER_SPLIT - 1, 0, 300, -1], device=DEVICE)
+    q = draw(5, heads, groups, head_dim)
+    keys, values = draw(6, heads, capacity, head_dim), draw(6, heads, capacity, head_dim)  # a slot past the ones used
+    got = decode_attention(q, keys[:5], values[:5], (positions + 1), window)
+    assert got.shape == q.shape and got.dtype == dtype
+    want = reference(q[:4], keys[:4], values[:4], positions[:4], window)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got[:4].float(), want, rtol=tolerance, atol=tolerance)
+    assert torch.all(got[4] == 0)  # a dead slot reads nothing and gives zeros, not NaN
+
+
+def test_keys_past_a_slots_length_are_not_read():
+    # NaN after each slot's length (or in a dead slot) would poison any kernel that reads them, masked or not.
+    q = torch.randn(3, 1, 2, 16, device=DEVICE)
+    keys, values = torch.randn(3, 1, 300, 16, device=DEVICE), torch.randn(3, 1, 300, 16, device=DEVICE)
+    lengths = torch.tensor([5, 290, 0], device=DEVICE)
+    for slot, length in enumerate(lengths.tolist()):
+        keys[slot, :, length:] = float("nan")
+        values[slot, :, length:] = float("nan")
+    got = decode_attention(q, keys, values, lengths, None)
+    assert not torch.isnan(got).any()
+    torch.testing.assert_close(got[:2], reference(q[:2], keys[:2].nan_to_num(), values[:2].nan_to_num(),
+                                                  lengths[:2] - 1, None), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["gemma", "mistral", "llama"])
+def family_model(request, tiny_models):
+    return request.param, load_lively(tiny_models[request.param])
+
+
+def test_greedy_tokens_with_the_kernel_equal_generate(family_model):
+    # As tests/test_engine.py checks the SDPA path: slots refilled, rows ending at different steps,
+    # steps over a power-of-two count of slots (dead rows past the live ones, as with CUDA graphs).
+    family, loaded = family_model
+    prompts = prompts_for(loaded, lengths=(23, 41, 17, 35, 29))
+    free_running = hf(loaded, prompts, Decoding(max_new_tokens=12), batch_size=1)
+    decoding = Decoding(max_new_tokens=12, stop_ids=stops_ending_rows_at_different_steps(free_running))
+    got, stats = fast(loaded.model, prompts, decoding, slots=4, bucket_slots=True, decode_kernel="triton")
+    assert stats["decode_kernel"] == "triton" and stats["padded_steps"] > 0
+    assert got == hf(loaded, prompts, decoding, batch_size=1), family
+    assert {keys for _, keys in stats["step_shapes"]} == {stats["capacity"]}  # one key bucket: the whole cache
+
+
+def test_mistral_sliding_window_with_the_kernel(tmp_path_factory):
+    from reviewgpt.models.tiny import build_tiny_model
+
+    path = build_tiny_model("mistral", tmp_path_factory.mktemp("mistral-window-kernel"), sliding_window=8)
+    loaded = load_lively(path, attn_implementation="eager")  # eager honours the window (tests/test_engine.py)
+    prompts = prompts_for(loaded, lengths=(20, 13))
+    decoding = Decoding(max_new_tokens=10)
+    got, _ = fast(loaded.model, prompts, decoding, slots=2, decode_kernel="triton")
+    assert got == hf(loaded, prompts, decoding, batch_size=2)
+
+
+def test_the_kernel_is_the_default_on_a_gpu_and_an_environment_variable_chooses(monkeypatch):
+    monkeypatch.delenv("REVIEWGPT_DECODE_KERNEL", raising=False)
+    assert default_decode_kernel("cpu") == "sdpa"
+    assert default_decode_kernel("cuda:0") == "triton"
+    monkeypatch.setenv("REVIEWGPT_DECODE_KERNEL", "sdpa")
+    assert default_decode_kernel("cuda:0") == "sdpa"
+    monkeypatch.setenv("REVIEWGPT_DECODE_KERNEL", "flash")
+    with pytest.raises(UserError, match="REVIEWGPT_DECODE_KERNEL='flash'.*sdpa, triton"):
+        default_decode_kernel("cuda:0")
+
+
+def test_an_unknown_kernel_is_refused(tiny_llama):
+    from reviewgpt.models import load_for_inference
+
+    with pytest.raises(ValueError, match="decode kernel 'flash'"):
+        Engine(load_for_inference(tiny_llama).model, decode_kernel="flash")
+
+
+def test_a_kernel_that_fails_to_run_falls_back_to_sdpa_in_one_line(tiny_llama, monkeypatch, caplog):
+    from reviewgpt.eval import decode_attention as module
+
+    def fails(*_args, **_kwargs):
+        raise RuntimeError("out of resource: shared memory, Required: 262144, Hardware limit: 232448\nmore")
+
+    monkeypatch.setattr(module, "decode_attention", fails)
+    loaded = load_lively(tiny_llama)
+    prompts = prompts_for(loaded, lengths=(12, 20, 9))
+    decoding = Decoding(max_new_tokens=6)
+    got, stats = fast(loaded.model, prompts, decoding, slots=2, decode_kernel="triton")
+    assert got == fast(loaded.model, prompts, decoding, slots=2, decode_kernel="sdpa")[0]
+    assert stats["decode_kernel"] == "sdpa"
+    assert [r.getMessage() for r in caplog.records if "Triton decode" in r.getMessage()] == [
+        "the Triton decode attention failed (RuntimeError: out of resource: shared memory, Required: 262144, "
+        "Hardware limit: 232448); decoding with SDPA's attention"]
