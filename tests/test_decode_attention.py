@@ -21,7 +21,7 @@ from tests.util import needs_sdpa
 PROBLEM = torch_support.triton_problem()
 if not PROBLEM:
     # Imported now, while TRITON_INTERPRET is set (collection): triton fixes a kernel's mode when defining it.
-    from reviewgpt.eval.decode_attention import KEYS_PER_SPLIT, decode_attention
+    from reviewgpt.eval.decode_attention import MIN_KEYS_PER_SPLIT, decode_attention, keys_per_split
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [needs_sdpa, pytest.mark.triton,
@@ -46,9 +46,9 @@ def test_the_kernel_attends_as_sdpa_with_the_mask(dtype, heads, groups, head_dim
     def draw(*shape):
         return torch.randn(*shape, generator=generator).to(DEVICE, dtype)
 
-    capacity = 2 * KEYS_PER_SPLIT + 88  # three chunks, the last one partial
+    capacity = 2 * MIN_KEYS_PER_SPLIT + 88  # three chunks, the last one partial
     # positions: the last key, a chunk's edge, one key, a middle; slot 4 is dead (length 0)
-    positions = torch.tensor([capacity - 1, KEYS_PER_SPLIT - 1, 0, 300, -1], device=DEVICE)
+    positions = torch.tensor([capacity - 1, MIN_KEYS_PER_SPLIT - 1, 0, 300, -1], device=DEVICE)
     q = draw(5, heads, groups, head_dim)
     keys, values = draw(6, heads, capacity, head_dim), draw(6, heads, capacity, head_dim)  # a slot past the ones used
     got = decode_attention(q, keys[:5], values[:5], (positions + 1), window)
@@ -57,6 +57,18 @@ def test_the_kernel_attends_as_sdpa_with_the_mask(dtype, heads, groups, head_dim
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got[:4].float(), want, rtol=tolerance, atol=tolerance)
     assert torch.all(got[4] == 0)  # a dead slot reads nothing and gives zeros, not NaN
+
+
+@pytest.mark.parametrize("capacity, slots, heads",
+                         [(8192, 1, 3), (8192, 256, 3), (7680, 29, 16), (600, 5, 2), (64, 1, 1)])
+def test_the_chunks_cover_the_cache_and_fill_the_gpu(capacity, slots, heads):
+    from reviewgpt.eval.decode_attention import BLOCK_KEYS, PROGRAMS
+
+    chunk = keys_per_split(capacity, slots, heads)
+    splits = -(-capacity // chunk)
+    assert chunk % BLOCK_KEYS == 0 and (splits - 1) * chunk < capacity <= splits * chunk
+    assert slots * heads * splits >= PROGRAMS or chunk <= max(MIN_KEYS_PER_SPLIT, BLOCK_KEYS)  # else: longer chunks
+    assert chunk >= min(MIN_KEYS_PER_SPLIT, capacity) or slots * heads * splits <= PROGRAMS
 
 
 def test_keys_past_a_slots_length_are_not_read():

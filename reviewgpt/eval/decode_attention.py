@@ -5,7 +5,7 @@ Why: a decoding step is bounded by reading the KV cache. `scaled_dot_product_att
 mask (what reviewgpt.eval.engine_forward.decode does without triton) reads every slot's keys up to
 the step's key bucket, masked or not, including the dead rows past the live ones, and parallelizes
 over slots x heads only: with few slots left, most of the GPU idles through an 8K-token cache. Here
-the cache of each (slot, kv head) is cut into `splits` chunks, one program per chunk: a program reads
+the cache of each (slot, kv head) is cut into chunks (`keys_per_split`), one program per chunk: a program reads
 only the keys its slot has (positions [length - window, length), `lengths` read on the GPU, so the
 launch is the same at every step and a CUDA graph replays it), and a dead slot (length 0) reads
 nothing. The query heads that share a KV head are the rows of one tile, so grouped keys are read once.
@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-KEYS_PER_SPLIT = 256  # keys one program reads at most: 32 programs per slot and head at 8K
+MIN_KEYS_PER_SPLIT = 256  # a chunk is at least this long (at most 32 chunks per slot and head at 8K)
+PROGRAMS = 2048  # enough programs to fill an H200's 132 SMs many times over; fewer chunks when slots do it
 BLOCK_KEYS = 64
 
 
@@ -88,8 +89,9 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, out_ptr, lse_ptr,
     out = acc / tl.where(seen, total, 1.0)[:, None]
     lse = tl.where(seen, best + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
     row = (slot.to(tl.int64) * heads + head) * splits + split  # out: (slots, heads, splits, BLOCK_G, BLOCK_D)
-    tl.store(out_ptr + row * BLOCK_G * BLOCK_D + g[:, None] * BLOCK_D + d[None, :], out)
-    tl.store(lse_ptr + row * BLOCK_G + g, lse)
+    tl.store(out_ptr + row * BLOCK_G * BLOCK_D + g[:, None] * BLOCK_D + d[None, :], out,
+             mask=g_in[:, None] & d_in[None, :])  # the padding rows and columns are never read
+    tl.store(lse_ptr + row * BLOCK_G + g, lse, mask=g_in)
 
 
 @triton.jit
@@ -101,21 +103,24 @@ def _combine_kernel(part_ptr, lse_ptr, out_ptr, stride_o_slot, stride_o_head, st
     heads = tl.num_programs(1)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
+    g_in = g < groups
+    inside = g_in[:, None] & (d < head_dim)[None, :]
     first = (slot.to(tl.int64) * heads + head) * splits
     best = tl.full([BLOCK_G], float("-inf"), tl.float32)
     for split in range(0, splits):
-        best = tl.maximum(best, tl.load(lse_ptr + (first + split) * BLOCK_G + g))
+        best = tl.maximum(best, tl.load(lse_ptr + (first + split) * BLOCK_G + g, mask=g_in, other=float("-inf")))
     anchor = tl.where(best == float("-inf"), 0.0, best)  # a dead slot: every weight 0, output 0
     weight_sum = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     for split in range(0, splits):
-        weight = tl.exp(tl.load(lse_ptr + (first + split) * BLOCK_G + g) - anchor)
-        part = tl.load(part_ptr + (first + split) * BLOCK_G * BLOCK_D + g[:, None] * BLOCK_D + d[None, :])
+        weight = tl.exp(tl.load(lse_ptr + (first + split) * BLOCK_G + g, mask=g_in, other=float("-inf")) - anchor)
+        part = tl.load(part_ptr + (first + split) * BLOCK_G * BLOCK_D + g[:, None] * BLOCK_D + d[None, :],
+                       mask=inside, other=0.0)
         acc += part * weight[:, None]
         weight_sum += weight
     out = acc / tl.where(weight_sum > 0, weight_sum, 1.0)[:, None]
     tl.store(out_ptr + slot.to(tl.int64) * stride_o_slot + head * stride_o_head + g[:, None] * stride_o_group
-             + d[None, :], out.to(out_ptr.dtype.element_ty), mask=(g < groups)[:, None] & (d < head_dim)[None, :])
+             + d[None, :], out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def _interpreted() -> bool:
@@ -127,8 +132,16 @@ def _at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot's smallest tile side
 
 
-def splits_for(capacity: int) -> int:
-    return -(-capacity // KEYS_PER_SPLIT)
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def keys_per_split(capacity: int, slots: int, heads: int) -> int:
+    """The chunk one program reads: the cache cut into as many chunks as it takes for slots x heads x
+    chunks to reach PROGRAMS, each at least MIN_KEYS_PER_SPLIT keys, a multiple of BLOCK_KEYS. A CUDA
+    graph is captured per slot count, so the launch's shape is fixed per graph."""
+    splits = max(1, min(_ceil_div(PROGRAMS, slots * heads), _ceil_div(capacity, MIN_KEYS_PER_SPLIT)))
+    return _ceil_div(_ceil_div(capacity, splits), BLOCK_KEYS) * BLOCK_KEYS
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
@@ -144,7 +157,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     if keys.stride(-1) != 1 or values.stride(-1) != 1 or keys.shape[:2] != (slots, heads):
         raise ValueError("decode_attention needs the cache as (slots, kv heads, capacity, head size), rows contiguous")
     q = q.contiguous()
-    splits = splits_for(keys.shape[2])
+    chunk = keys_per_split(keys.shape[2], slots, heads)
+    splits = _ceil_div(keys.shape[2], chunk)
     block_g, block_d = _at_least_16(groups), _at_least_16(head_dim)
     part = torch.empty(slots, heads, splits, block_g, block_d, dtype=torch.float32, device=q.device)
     lse = torch.empty(slots, heads, splits, block_g, dtype=torch.float32, device=q.device)
@@ -153,7 +167,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         q, keys, values, lengths, part, lse,
         q.stride(0), q.stride(1), q.stride(2), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2),
-        groups, head_dim, KEYS_PER_SPLIT, window or 0, head_dim ** -0.5,
+        groups, head_dim, chunk, window or 0, head_dim ** -0.5,
         HAS_WINDOW=window is not None, IEEE=q.dtype == torch.float32 or _interpreted(),
         BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=BLOCK_KEYS if block_d <= 128 else BLOCK_KEYS // 2,
         num_warps=4, num_stages=2)  # gemma's 256-wide heads: smaller key tiles, two stages, in shared memory
