@@ -171,8 +171,12 @@ class _Run:
         self.waiting = deque(range(len(prompts)))
         self.stop_ids = set(decoding.stop_ids)
         self.key_block = max(256, capacity // 4 // 256 * 256)  # steps attend to a quarter of the cache at a time
+        # Where a run's wall time goes: prefill and decode passes (each up to its tokens on the host), the
+        # consumer of the finished reviews (`review` writing lines), and the rest (setup, bookkeeping).
         self.counts = {"prefill_passes": 0, "prefill_tokens": 0, "decode_steps": 0, "padded_steps": 0, "slot_moves": 0,
-                       "prefill_seconds": 0.0, "decode_seconds": 0.0}
+                       "prefill_seconds": 0.0, "decode_seconds": 0.0, "capture_seconds": 0.0, "consumer_seconds": 0.0,
+                       "wall_seconds": 0.0}
+        self.created = time.perf_counter()
         self.step_shapes = set()  # (slots, keys) of the steps run: the CUDA graphs a run needs
 
     def stats(self) -> dict:
@@ -182,11 +186,21 @@ class _Run:
                 "graph_buckets": len(self.step.graphs), "step_shapes": sorted(self.step_shapes), **counts}
 
     def loop(self) -> Iterator[Finished]:
-        while self.waiting or any(self.rows):
-            yield from self._fill()
-            used = self._compact()
-            if used:
-                yield from self._decode(used)
+        try:
+            while self.waiting or any(self.rows):
+                yield from self._handed_out(self._fill())
+                used = self._compact()
+                if used:
+                    yield from self._handed_out(self._decode(used))
+        finally:
+            self.counts["wall_seconds"] = time.perf_counter() - self.created
+            self.counts["capture_seconds"] = self.step.capture_seconds
+
+    def _handed_out(self, finished: Iterator[Finished]) -> Iterator[Finished]:
+        for done in finished:
+            paused = time.perf_counter()
+            yield done  # the caller's time until it asks for the next one is not the engine's
+            self.counts["consumer_seconds"] += time.perf_counter() - paused
 
     def _finish(self, slot: int, token: int, row: _Row) -> Optional[Finished]:
         if token in self.stop_ids:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import List, Optional
 
 import torch
@@ -176,6 +177,7 @@ class DecodeStep:
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.kernel_ran = False  # until the kernel has run once, a failure of the Triton kernel falls back to SDPA
         self.graphs, self.outputs, self.pool = {}, {}, None
+        self.capture_seconds = 0.0  # warm-up runs (Triton's compilation included) and captures
 
     def _eager(self, count: int, keys: int):
         try:
@@ -197,6 +199,7 @@ class DecodeStep:
             return self._eager(count, keys)
         bucket = (count, keys)
         if bucket not in self.graphs:
+            started = time.perf_counter()
             try:
                 self._capture(bucket)
             except Exception as exc:  # noqa: BLE001 - any kernel that cannot be captured: run eagerly
@@ -205,6 +208,9 @@ class DecodeStep:
                 self.cuda_graphs = False
                 torch.cuda.synchronize()
                 return self._eager(count, keys)
+            finally:
+                torch.cuda.synchronize()
+                self.capture_seconds += time.perf_counter() - started
         self.graphs[bucket].replay()
         return self.outputs[bucket]
 
