@@ -64,6 +64,6 @@ print(min(nll, key=nll.get) if nll else '')")}
   synthetic)
     for f in ${FAMILIES:-gemma mistral}; do
       timeout "${BUDGET_S:-270}" python bench/generation_speed.py synthetic --family "$f" --weights-dir /tmp/weights \
-        ${SYNTH_FLAGS:-} | tee -a /tmp/q/speed_synthetic.jsonl
-    done; keep synthetic ;;
+        ${SYNTH_FLAGS:-} 2>/tmp/q/synthetic_$f.log | tee -a "$OUT/speed_synthetic.jsonl"  # in $OUT: a cut call keeps its rows
+    done ;;
 esac
