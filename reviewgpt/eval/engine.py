@@ -171,8 +171,9 @@ class _Run:
         self.waiting = deque(range(len(prompts)))
         self.stop_ids = set(decoding.stop_ids)
         self.key_block = max(256, capacity // 4 // 256 * 256)  # steps attend to a quarter of the cache at a time
-        # Where a run's wall time goes: prefill and decode passes (each up to its tokens on the host), the
-        # consumer of the finished reviews (`review` writing lines), and the rest (setup, bookkeeping).
+        # Where a run's wall time goes: prefill and decode passes (each up to its tokens on the host, not
+        # counting the GPU time the consumer overlaps), the consumer of the finished reviews (`review`
+        # writing lines, while the next step runs on the GPU), and the rest (setup, bookkeeping).
         self.counts = {"prefill_passes": 0, "prefill_tokens": 0, "decode_steps": 0, "padded_steps": 0, "slot_moves": 0,
                        "prefill_seconds": 0.0, "decode_seconds": 0.0, "capture_seconds": 0.0, "consumer_seconds": 0.0,
                        "wall_seconds": 0.0}
@@ -186,17 +187,22 @@ class _Run:
                 "graph_buckets": len(self.step.graphs), "step_shapes": sorted(self.step_shapes), **counts}
 
     def loop(self) -> Iterator[Finished]:
+        # Reviews that end at a step are handed out after the next step is launched: the caller's work
+        # (`review` decodes the text and appends its line) runs while the GPU decodes, not between steps.
         try:
+            finished: List[Finished] = []
             while self.waiting or any(self.rows):
-                yield from self._handed_out(self._fill())
+                finished += self._fill()
                 used = self._compact()
-                if used:
-                    yield from self._handed_out(self._decode(used))
+                step = self._launch(used) if used else None
+                yield from self._handed_out(finished)
+                finished = self._collect(*step) if step else []
+            yield from self._handed_out(finished)
         finally:
             self.counts["wall_seconds"] = time.perf_counter() - self.created
             self.counts["capture_seconds"] = self.step.capture_seconds
 
-    def _handed_out(self, finished: Iterator[Finished]) -> Iterator[Finished]:
+    def _handed_out(self, finished: List[Finished]) -> Iterator[Finished]:
         for done in finished:
             paused = time.perf_counter()
             yield done  # the caller's time until it asks for the next one is not the engine's
@@ -239,7 +245,9 @@ class _Run:
             logits = prefill(parts, self.cache, targets, ids[:, start:start + budget], start, last)
         return logits
 
-    def _fill(self) -> Iterator[Finished]:
+    def _fill(self) -> List[Finished]:
+        """Prefill waiting papers into the free slots; the rows that end at their first token."""
+        finished = []
         free = [slot for slot, row in enumerate(self.rows) if row is None]
         while self.waiting and free:
             group = self._take_group(len(free))
@@ -262,10 +270,11 @@ class _Run:
                 done = self._finish(slot, token, row)
                 if done:
                     free.append(slot)
-                    yield done
+                    finished.append(done)
                 else:
                     self.rows[slot] = row
             free.sort()
+        return finished
 
     def _compact(self) -> int:
         """Move the highest rows into the lowest empty slots; the number of slots in use."""
@@ -281,7 +290,8 @@ class _Run:
             self.rows[hole], self.rows[top] = self.rows[top], None
             self.counts["slot_moves"] += 1
 
-    def _decode(self, used: int) -> Iterator[Finished]:
+    def _launch(self, used: int) -> tuple:
+        """Queue one decoding step over the first `used` slots and its token choice on the GPU (no wait)."""
         bucket = self.engine.bucket_slots if self.engine.bucket_slots is not None else self.step.cuda_graphs
         count = _power_of_two_at_least(used, len(self.rows)) if bucket else used
         needed = max(self.rows[slot].position for slot in range(used)) + 1
@@ -298,16 +308,24 @@ class _Run:
             chosen = self.chooser.choose(logits, slots, list(range(used)))
             self.step.tokens[:used] = chosen
             self.step.positions[:used] += 1
-        host = chosen.tolist()
+        self.counts["decode_seconds"] += time.perf_counter() - started
+        return used, slots, chosen
+
+    def _collect(self, used: int, slots, chosen) -> List[Finished]:
+        """Wait for a launched step's tokens; they join their rows; the rows that ended."""
+        started = time.perf_counter()
+        host = chosen.tolist()  # waits for the GPU
         self.counts["decode_seconds"] += time.perf_counter() - started
         self.chooser.record(slots, chosen, list(range(used)), host)
+        finished = []
         for slot, token in enumerate(host):
             row = self.rows[slot]
             row.generated.append(token)
             done = self._finish(slot, token, row)
             if done:
                 self.rows[slot] = None
-                yield done
+                finished.append(done)
+        return finished
 
 
 def generate_fast(loaded, prompts: Sequence[Sequence[int]], decoding: Decoding, slots: Optional[int] = None,
