@@ -86,6 +86,20 @@ def test_greedy_tokens_equal_generate_while_slots_are_refilled(family_model):
     assert stats["prefill_passes"] > 1 and stats["slots"] == 3  # finished slots took waiting papers
 
 
+def test_the_stats_say_where_the_time_went_and_the_callers_time_is_its_own(llama):
+    import time
+
+    engine = Engine(llama.model, slots=2)
+    handed = 0
+    for _ in engine.generate(prompts_for(llama, lengths=(12, 20, 9)), Decoding(max_new_tokens=5)):
+        handed += 1
+        time.sleep(0.2)  # the caller writing a review: counted as the consumer's, not as decoding
+    stats = engine.stats
+    assert handed == 3 and stats["consumer_seconds"] >= 0.6
+    assert stats["prefill_seconds"] + stats["decode_seconds"] + stats["consumer_seconds"] <= stats["wall_seconds"]
+    assert stats["decode_seconds"] < 0.5
+
+
 def test_steps_over_power_of_two_slots_and_key_buckets_give_the_same_tokens(family_model):
     # What the GPU path does with CUDA graphs: steps over 4 slots while 3 or fewer rows live (dead rows
     # past them), and over the first 256 keys of a 320-token cache once the long prompt is done.
