@@ -158,3 +158,19 @@ def test_review_refuses_a_review_longer_than_the_models_positions_in_one_line(ti
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "--max-new-tokens 2048 leaves no room for the paper in the model's 2048 positions" in err
+
+
+@pytest.mark.parametrize("family", ["gemma", "mistral", "llama"])
+@pytest.mark.parametrize("clean_up", [False, True])
+def test_reviews_are_decoded_as_tokenizer_decode_does(family, clean_up, request, monkeypatch):
+    from reviewgpt.eval.generate import decode_review
+
+    tokenizer = request.getfixturevalue(f"{family}_tokenizer")  # shared by the session: restored after
+    monkeypatch.setattr(tokenizer, "clean_up_tokenization_spaces", clean_up)
+    assert getattr(tokenizer, "backend_tokenizer", None) is not None  # the fast path is the one tested
+    text = "Reasons to accept: the paper's method isn't new , but it works ! Rating: 6/10 \u00e9t\u00e9 \u2014 ok ?"
+    ids = tokenizer(text)["input_ids"]
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, len(tokenizer), (300,), generator=generator).tolist()  # special ids included
+    for tokens in (ids, noise + [tokenizer.eos_token_id] + ids, [], list(tokenizer.all_special_ids)):
+        assert decode_review(tokenizer, tokens) == tokenizer.decode(tokens, skip_special_tokens=True)

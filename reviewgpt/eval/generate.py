@@ -120,6 +120,18 @@ def decoding_of(settings: GenerationSettings, max_new: int, stop_ids: List[int],
                     no_repeat_ngram_size=settings.no_repeat_ngram_size, seed=settings.seed)
 
 
+def decode_review(tokenizer, tokens: List[int]) -> str:
+    """`tokenizer.decode(tokens, skip_special_tokens=True)`, through the fast tokenizer's backend when it
+    has one: transformers 4.38.2's `decode` first walks the ids through `to_py_obj` (type checks per id),
+    5 ms for 1,024 ids where the Rust decoder takes 0.25 ms; 256 reviews paid seconds on the H200's host.
+    The same text: 4.38.2's fast `_decode` is the backend's decode plus the optional clean-up."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer.decode(tokens, skip_special_tokens=True)
+    text = backend.decode(list(tokens), skip_special_tokens=True)
+    return tokenizer.clean_up_tokenization(text) if tokenizer.clean_up_tokenization_spaces else text
+
+
 def choose_engine(requested: str, loaded) -> str:
     """`requested`, or "hf" (said in one log line) for a model the fast engine cannot run."""
     if requested not in ("fast", "hf"):
@@ -248,7 +260,7 @@ def generate_reviews(model_dir, papers_path, output_path, settings: GenerationSe
     seconds = 0.0
     with tqdm(total=len(prompts), desc="reviewing", unit="paper") as progress:
         for position, tokens, stop_at in results:
-            review = tokenizer.decode(tokens, skip_special_tokens=True)
+            review = decode_review(tokenizer, tokens)
             for text in template.stop_strings:
                 review = review.split(text)[0]
             write_review(prompts[position], review, len(tokens), "length" if stop_at is None else "stop")
