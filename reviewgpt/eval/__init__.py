@@ -3,8 +3,9 @@
     generate.py    `reviewgpt review`: one review per paper, the prompt built as in training
     generate_hf.py `review --engine hf`: transformers' generate in left-padded batches
     engine.py      its fast generation engine: continuous batching over slots of a preallocated KV cache
-                   (engine_forward.py: prefill/decode passes, CUDA graphs; engine_model.py: what a model
-                   must be, adapters merged in memory, slots from memory; engine_sampling.py: next token)
+                   (engine_run.py: the loop over slots; engine_forward.py: prefill/decode passes, CUDA
+                   graphs; decode_attention.py: the Triton split-K decode attention; engine_model.py: what
+                   a model must be, adapters merged in memory, slots from memory; engine_sampling.py: next token)
     likelihood.py  `reviewgpt eval`: review NLL of held-out human reviews under the model
     score.py       `reviewgpt score`: ROUGE, criteria coverage, repetition, length vs the human reviews
     rating.py      `score`'s ratings: MAE, Spearman, accept/reject accuracy, baselines, humans vs humans
