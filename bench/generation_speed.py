@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import signal
@@ -259,12 +260,11 @@ def hf_row(loaded, prompts, args) -> dict:
             **({"extrapolated_from": steps} if steps != args.new_tokens else {})}
 
 
-def fast_row(loaded, prompts, args) -> dict:
+def fast_row(loaded, prompts, args, engine_name: str = "fast") -> dict:
     from reviewgpt.eval.engine import Engine
     from reviewgpt.eval.engine_sampling import Decoding
 
-    with decode_kernel_for(args.engine_now):
-        engine = Engine(loaded.model, slots=len(prompts))
+    engine = Engine(loaded.model, slots=len(prompts), decode_kernel="sdpa" if engine_name == "fast-sdpa" else None)
     started = time.perf_counter()
     produced = sum(len(done.tokens) for done in engine.generate(prompts, Decoding(max_new_tokens=args.new_tokens)))
     seconds = time.perf_counter() - started
@@ -318,10 +318,9 @@ def synthetic(args) -> None:
         loaded = load_for_inference(folders[form], quantize=(form == "4bit") if torch.cuda.is_available() else None)
         vocab = loaded.model.config.vocab_size
         for engine in args.engines:  # hf first: the fast engine merges a run's adapter into the loaded model
-            args.engine_now = engine
             if engine != "hf" and loaded.kind == "run":
                 loaded.model = merge_adapter_in_memory(loaded.model)[0]  # what `review` does by default
-            row_of = hf_row if engine == "hf" else fast_row
+            row_of = hf_row if engine == "hf" else functools.partial(fast_row, engine_name=engine)
             largest = largest_batch(loaded, "hf" if engine == "hf" else "fast", args) if "max" in args.batches else None
             for batch in args.batches:
                 prompts = synthetic_prompts(vocab, largest if batch == "max" else int(batch), args.prompt_tokens)

@@ -96,7 +96,8 @@ def test_the_stats_say_where_the_time_went_and_the_callers_time_is_its_own(llama
         time.sleep(0.2)  # the caller writing a review: counted as the consumer's, not as decoding
     stats = engine.stats
     assert handed == 3 and stats["consumer_seconds"] >= 0.6
-    assert stats["prefill_seconds"] + stats["decode_seconds"] + stats["consumer_seconds"] <= stats["wall_seconds"]
+    accounted = stats["prefill_seconds"] + stats["decode_seconds"] + stats["consumer_seconds"]
+    assert accounted <= stats["wall_seconds"] + 4 * 0.0005  # the four figures are each rounded to 1 ms
     assert stats["decode_seconds"] < 0.5
 
 

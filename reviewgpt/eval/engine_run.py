@@ -180,10 +180,11 @@ class Run:
         """Queue one decoding step over the first `used` slots and its token choice on the GPU (no wait)."""
         bucket = self.engine.bucket_slots if self.engine.bucket_slots is not None else self.step.cuda_graphs
         count = _power_of_two_at_least(used, len(self.rows)) if bucket else used
-        needed = max(self.rows[slot].position for slot in range(used)) + 1
-        keys = min(self.cache.capacity, -(-needed // self.key_block) * self.key_block)
         if self.step.kernel == "triton":
             keys = self.cache.capacity  # the kernel reads each slot's own keys: one graph per slot count
+        else:
+            needed = max(self.rows[slot].position for slot in range(used)) + 1
+            keys = min(self.cache.capacity, -(-needed // self.key_block) * self.key_block)
         self.counts["decode_steps"] += 1
         self.counts["padded_steps"] += count > used
         self.step_shapes.add((count, keys))
