@@ -115,6 +115,33 @@ def test_steps_over_power_of_two_slots_and_key_buckets_give_the_same_tokens(fami
     assert {n for n, _ in stats["step_shapes"]} <= {1, 2, 4} and stats["padded_steps"] > 0
 
 
+def test_dead_slots_in_a_step_are_at_position_minus_one_so_the_kernel_reads_none_of_their_keys(llama, monkeypatch):
+    # A step over a power-of-two count of slots includes slots whose row ended (or moved down when
+    # packing): the Triton kernel reads a slot's keys up to its position + 1, so a dead slot must be at -1,
+    # not at the position its last row left (a third of a real run's KV reads were such stale keys).
+    from reviewgpt.eval import engine_run
+
+    seen = []
+    launch = engine_run.Run._launch
+
+    def checked(run, used):
+        count = engine_run._power_of_two_at_least(used, len(run.rows))
+        positions = run.step.positions.tolist()
+        for slot in range(len(run.rows)):
+            row = run.rows[slot]
+            assert positions[slot] == (row.position if row else engine_run.DEAD), (slot, positions)
+        seen.append((used, count))
+        return launch(run, used)
+
+    monkeypatch.setattr(engine_run.Run, "_launch", checked)
+    prompts = prompts_for(llama, lengths=(23, 41, 17, 35, 29))
+    free_running = hf(llama, prompts, Decoding(max_new_tokens=12), batch_size=1)
+    decoding = Decoding(max_new_tokens=12, stop_ids=stops_ending_rows_at_different_steps(free_running))
+    got, stats = fast(llama.model, prompts, decoding, slots=4, bucket_slots=True)
+    assert got == hf(llama, prompts, decoding, batch_size=1)
+    assert any(count > used for used, count in seen) and stats["slot_moves"] >= 1  # dead slots inside a step
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_tokens(family_model):
     _, loaded = family_model
     prompts = prompts_for(loaded, lengths=(45, 30))

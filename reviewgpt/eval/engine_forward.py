@@ -130,17 +130,19 @@ def prefill(parts, cache: KVCache, slots: List[int], ids, start: int, last: Opti
 @torch.no_grad()
 def decode(parts, cache: KVCache, tokens, positions, rows, keys: int, kernel: str = "sdpa"):
     """One token per slot (`tokens` at `positions`, slots `rows`), attending to the first `keys` keys of
-    each slot; logits (slots x vocab) in float32. `kernel`: "sdpa" (a boolean mask over the `keys`
+    each slot; logits (slots x vocab) in float32. A slot at position -1 is dead: its row is computed
+    and ignored, and the Triton kernel reads none of its keys. `kernel`: "sdpa" (a boolean mask over the `keys`
     keys of every slot) or "triton" (reviewgpt.eval.decode_attention: each slot's own keys only; `keys`
     is ignored)."""
     count = tokens.shape[0]
-    query_positions = positions[:, None]
     groups = parts.heads // parts.kv_heads
     if kernel == "triton":
         from reviewgpt.eval.decode_attention import decode_attention
 
-        lengths = positions + 1
-    else:
+        lengths = positions + 1  # a dead slot's position is -1: it reads no key
+    positions = positions.clamp(min=0)  # a dead slot computes a row nobody reads, at position 0 of its own cache
+    query_positions = positions[:, None]
+    if kernel != "triton":
         mask = allowed_keys(query_positions, keys, parts.window)[:, None]  # (slots, 1, 1, keys)
 
     def attend(attention, hidden):
@@ -172,7 +174,7 @@ class DecodeStep:
         self.parts, self.cache, self.kernel = parts, cache, kernel
         device = parts.device
         self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
-        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
+        self.positions = torch.full((slots,), -1, dtype=torch.long, device=device)  # -1: a dead slot
         self.rows = torch.arange(slots, device=device)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.kernel_ran = False  # until the kernel has run once, a failure of the Triton kernel falls back to SDPA
