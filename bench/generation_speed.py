@@ -336,6 +336,14 @@ def synthetic(args) -> None:
         del loaded, measure
 
 
+def use_kernel_tiles(tiles: dict) -> None:
+    from reviewgpt.eval import decode_attention
+
+    decode_attention.PROGRAMS = tiles.get("programs", decode_attention.PROGRAMS)
+    decode_attention.TILES.update({int(k): tuple(v) for k, v in tiles.items() if k != "programs"})
+    emit({"mode": "kernel-tiles", "tiles": decode_attention.TILES, "programs": decode_attention.PROGRAMS})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -368,7 +376,11 @@ def main(argv=None) -> int:
         p.add_argument("--engines", nargs="*", choices=("hf", "fast", "fast-sdpa"), default=["hf", "fast"],
                        help="fast-sdpa: the fast engine with SDPA's masked decode attention, not the Triton kernel")
         p.add_argument("--row-seconds", type=int, default=240)
+        p.add_argument("--kernel-tiles", type=Path, help="the Triton kernel's tiles from bench/decode_kernel.py "
+                       "--write-best, instead of reviewgpt.eval.decode_attention's TILES and PROGRAMS")
     args = parser.parse_args(argv)
+    if args.kernel_tiles:
+        use_kernel_tiles(json.loads(args.kernel_tiles.read_text()))
     started = time.perf_counter()
     import transformers
 

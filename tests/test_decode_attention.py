@@ -148,3 +148,24 @@ def test_a_kernel_that_fails_to_run_falls_back_to_sdpa_in_one_line(tiny_llama, m
     assert [r.getMessage() for r in caplog.records if "Triton decode" in r.getMessage()] == [
         "the Triton decode attention failed (RuntimeError: out of resource: shared memory, Required: 262144, "
         "Hardware limit: 232448); decoding with SDPA's attention"]
+
+
+def test_the_kernel_benchmark_times_each_tile_against_sdpa_and_writes_the_best(tmp_path, capsys):
+    # bench/decode_kernel.py chooses TILES on a GPU; here (interpreter, tiny cache) its rows and choice.
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from decode_kernel import main
+
+    best = tmp_path / "best.json"
+    assert main(["--slots", "3", "--capacity", "320", "--repeats", "1", "--tiles", "32,2,3",
+                 "--programs", "64", "2048", "--write-best", str(best)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    timed = [r for r in rows if "max_error" in r]
+    assert {tuple(r["tile"]) for r in timed} == {(32, 2, 3), (64, 4, 2)}  # the candidates and today's tile
+    assert len(timed) == 2 * 2 and all(r["max_error"] < 0.05 for r in timed)  # with and without dead slots
+    assert sum(r.get("engine") == "sdpa" for r in rows) == 2
+    chosen = json.loads(best.read_text())
+    assert chosen["64"] in ([32, 2, 3], [64, 4, 2]) and chosen["programs"] in (64, 2048)

@@ -29,7 +29,11 @@ import triton.language as tl
 
 MIN_KEYS_PER_SPLIT = 256  # a chunk is at least this long (at most 32 chunks per slot and head at 8K)
 PROGRAMS = 2048  # enough programs to fill an H200's 132 SMs many times over; fewer chunks when slots do it
-BLOCK_KEYS = 64
+BLOCK_KEYS = 64  # the chunks are multiples of it
+# Per head size (padded to a power of two): keys per loaded tile, warps, pipeline stages. Chosen on an
+# H200 by bench/decode_kernel.py, which times every candidate on the shapes of a real run; gemma's
+# 256-wide heads take half the keys per tile, so that two stages fit in shared memory.
+TILES = {16: (64, 4, 2), 32: (64, 4, 2), 64: (64, 4, 2), 128: (64, 4, 2), 256: (32, 4, 2)}
 
 
 @triton.jit
@@ -160,6 +164,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     chunk = keys_per_split(keys.shape[2], slots, heads)
     splits = _ceil_div(keys.shape[2], chunk)
     block_g, block_d = _at_least_16(groups), _at_least_16(head_dim)
+    block_n, warps, stages = TILES[block_d]
     part = torch.empty(slots, heads, splits, block_g, block_d, dtype=torch.float32, device=q.device)
     lse = torch.empty(slots, heads, splits, block_g, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
@@ -169,8 +174,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         values.stride(0), values.stride(1), values.stride(2),
         groups, head_dim, chunk, window or 0, head_dim ** -0.5,
         HAS_WINDOW=window is not None, IEEE=q.dtype == torch.float32 or _interpreted(),
-        BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=BLOCK_KEYS if block_d <= 128 else BLOCK_KEYS // 2,
-        num_warps=4, num_stages=2)  # gemma's 256-wide heads: smaller key tiles, two stages, in shared memory
+        BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     _combine_kernel[(slots, heads)](part, lse, out, out.stride(0), out.stride(1), out.stride(2),
                                     groups, head_dim, splits, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=4)
     return out

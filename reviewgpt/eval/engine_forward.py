@@ -17,8 +17,9 @@ the others go on (reviewgpt.eval.engine).
   a 30-layer model is ~750 small kernels, which launched one by one take longer than they run.
 
 The layer layout is transformers 4.38.2's Gemma/Mistral/Llama decoder layer: norm, attention, residual,
-norm, MLP, residual. Rotary embeddings are the layer's own module and `apply_rotary_pos_emb` (Mistral's
-takes a length and position ids, Gemma's and Llama's position ids), so the numbers are the model's.
+norm, MLP, residual. Rotary embeddings are the model's own module and `apply_rotary_pos_emb` (Mistral's
+takes a length and position ids, Gemma's and Llama's position ids), so the numbers are the model's;
+the cos and sin are computed once a pass, not once a layer.
 """
 
 from __future__ import annotations
@@ -46,13 +47,23 @@ class KVCache:
         self.data[:, :, target, :, :length] = self.data[:, :, source, :, :length]
 
 
-def _rotate(attention, family: str, q, k, v, positions, capacity: int):
+def _rotary(parts, positions, capacity: int):
+    """The rotation at `positions` (rows x tokens): a function of (q, k). Every layer's rotary module is
+    built from the same config, so the cos and sin are computed once a pass from the first layer's
+    (per layer, they were ~8 of a decoding step's ~45 kernels per layer)."""
+    attention = parts.layers[0].self_attn
     module = sys.modules[type(attention).__module__]
-    if family == "mistral":
-        cos, sin = attention.rotary_emb(v, seq_len=capacity)
-        return module.apply_rotary_pos_emb(q, k, cos, sin, positions)
-    cos, sin = attention.rotary_emb(v, positions)
-    return module.apply_rotary_pos_emb(q, k, cos, sin)
+    like = torch.empty(0, dtype=parts.dtype, device=positions.device)  # the module reads its dtype and device
+    if parts.family == "mistral":
+        cos, sin = attention.rotary_emb(like, seq_len=capacity)
+        # Mistral's apply_rotary_pos_emb gathers cos[positions] at every call: gathered once here, the
+        # rest is its formula, which is Llama's.
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        cos, sin = cos[positions], sin[positions]
+        return lambda q, k: apply_rotary_pos_emb(q, k, cos, sin)
+    cos, sin = attention.rotary_emb(like, positions)
+    return lambda q, k: module.apply_rotary_pos_emb(q, k, cos, sin)
 
 
 def _project(attention, parts, hidden):
@@ -105,9 +116,11 @@ def prefill(parts, cache: KVCache, slots: List[int], ids, start: int, last: Opti
         mask = allowed_keys(positions[0], whole, parts.window)  # the same for every row
     from transformers.models.llama.modeling_llama import repeat_kv  # Gemma's and Mistral's are copies
 
+    rotate = _rotary(parts, positions, cache.capacity)
+
     def attend(attention, hidden):
         q, k, v = _project(attention, parts, hidden)
-        q, k = _rotate(attention, parts.family, q, k, v, positions, cache.capacity)
+        q, k = rotate(q, k)
         keys, values = cache.data[attention.layer_idx]
         keys[slot_index, :, start:whole] = k
         values[slot_index, :, start:whole] = v
@@ -142,12 +155,13 @@ def decode(parts, cache: KVCache, tokens, positions, rows, keys: int, kernel: st
         lengths = positions + 1  # a dead slot's position is -1: it reads no key
     positions = positions.clamp(min=0)  # a dead slot computes a row nobody reads, at position 0 of its own cache
     query_positions = positions[:, None]
+    rotate = _rotary(parts, query_positions, cache.capacity)
     if kernel != "triton":
         mask = allowed_keys(query_positions, keys, parts.window)[:, None]  # (slots, 1, 1, keys)
 
     def attend(attention, hidden):
         q, k, v = _project(attention, parts, hidden)
-        q, k = _rotate(attention, parts.family, q, k, v, query_positions, cache.capacity)
+        q, k = rotate(q, k)
         cached_keys, cached_values = cache.data[attention.layer_idx]
         cached_keys[rows, :, positions] = k[:, :, 0]
         cached_values[rows, :, positions] = v[:, :, 0]
