@@ -169,3 +169,28 @@ def test_the_kernel_benchmark_times_each_tile_against_sdpa_and_writes_the_best(t
     assert sum(r.get("engine") == "sdpa" for r in rows) == 2
     chosen = json.loads(best.read_text())
     assert chosen["64"] in ([32, 2, 3], [64, 4, 2]) and chosen["programs"] in (64, 2048)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["gemma", "mistral", "llama"])
+def test_the_fused_rms_norm_gives_the_modules_numbers(family, dtype, tiny_models):
+    # What the kernel changes is the order of the mean's sum: at most the last bit of an output.
+    from transformers import AutoModelForCausalLM
+
+    from reviewgpt.eval.fused_norm import fusable, rms_norm
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[family], torch_dtype=dtype).to(DEVICE)
+    norm = model.model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(norm.weight.shape, generator=torch.Generator().manual_seed(0)))
+        x = (torch.randn(5, 3, norm.weight.shape[0], generator=torch.Generator().manual_seed(1)) * 4).to(DEVICE, dtype)
+        expected, got = norm(x), rms_norm(norm, x)
+    assert fusable(norm, x) and got.dtype == expected.dtype == dtype and got.shape == x.shape
+    if dtype == torch.float32:
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+    elif DEVICE == "cuda":
+        assert (got == expected).float().mean() > 0.98  # nearly all bit-equal, the rest one bf16 ulp away
+        assert torch.allclose(got.float(), expected.float(), rtol=2 ** -7, atol=2 ** -7)
+    else:  # triton's interpreter rounds to bf16 its own way (by truncation): two bf16 ulps
+        assert torch.allclose(got.float(), expected.float(), rtol=2 ** -6, atol=2 ** -6)
+    assert not fusable(norm, x.float() if dtype == torch.bfloat16 else x.bfloat16())  # mixed dtypes: the module

@@ -12,7 +12,8 @@ the others go on (reviewgpt.eval.engine).
 - decode: one token per slot. The query heads that share a key/value head are attended as rows of
   one query, so grouped keys are read once, never repeated as transformers' `repeat_kv` does.
 - decode attention: SDPA with a boolean mask from the positions, or, where triton >= 3.0 runs (a CUDA
-  GPU), reviewgpt.eval.decode_attention's split-K kernel, which reads only each slot's own keys;
+  GPU), reviewgpt.eval.decode_attention's split-K kernel, which reads only each slot's own keys (and
+  with it the RMSNorms as one kernel each, reviewgpt.eval.fused_norm);
 - `DecodeStep` replays a CUDA graph of the decoding step per (slots, keys) bucket on a GPU: a step of
   a 30-layer model is ~750 small kernels, which launched one by one take longer than they run.
 
@@ -76,10 +77,14 @@ def _project(attention, parts, hidden):
             heads(attention.v_proj, parts.kv_heads))
 
 
-def _layer(layer, hidden, attend):
+def _module_norm(norm, hidden):
+    return norm(hidden)
+
+
+def _layer(layer, hidden, attend, norm=_module_norm):
     residual = hidden
-    hidden = residual + attend(layer.self_attn, layer.input_layernorm(hidden))
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    hidden = residual + attend(layer.self_attn, norm(layer.input_layernorm, hidden))
+    return hidden + layer.mlp(norm(layer.post_attention_layernorm, hidden))
 
 
 def _embed(parts, ids):
@@ -149,8 +154,10 @@ def decode(parts, cache: KVCache, tokens, positions, rows, keys: int, kernel: st
     is ignored)."""
     count = tokens.shape[0]
     groups = parts.heads // parts.kv_heads
+    norm = _module_norm
     if kernel == "triton":
         from reviewgpt.eval.decode_attention import decode_attention
+        from reviewgpt.eval.fused_norm import rms_norm as norm
 
         lengths = positions + 1  # a dead slot's position is -1: it reads no key
     positions = positions.clamp(min=0)  # a dead slot computes a row nobody reads, at position 0 of its own cache
@@ -176,7 +183,7 @@ def decode(parts, cache: KVCache, tokens, positions, rows, keys: int, kernel: st
 
     hidden = _embed(parts, tokens[:, None])
     for layer in parts.layers:
-        hidden = _layer(layer, hidden, attend)
+        hidden = _layer(layer, hidden, attend, norm)
     return _logits(parts, hidden[:, 0])
 
 
