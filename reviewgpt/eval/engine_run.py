@@ -68,6 +68,7 @@ class Run:
                        "wall_seconds": 0.0}
         self.created = time.perf_counter()
         self.step_shapes = set()  # (slots, keys) of the steps run: the CUDA graphs a run needs
+        self.used, self.repack = 0, True  # slots in use after the last packing; whether rows changed since
 
     def stats(self) -> dict:
         counts = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counts.items()}
@@ -137,6 +138,8 @@ class Run:
     def _fill(self) -> List[Finished]:
         """Prefill waiting papers into the free slots; the rows that end at their first token."""
         finished = []
+        if not self.waiting:
+            return finished
         free = [slot for slot, row in enumerate(self.rows) if row is None]
         while self.waiting and free:
             group = self._take_group(len(free))
@@ -166,15 +169,20 @@ class Run:
             if ended:
                 self._mark_dead(ended)
             free = sorted(free + ended)
+            self.repack = True
         return finished
 
     def _compact(self) -> int:
         """Move the highest rows into the lowest empty slots; the number of slots in use."""
+        if not self.repack:  # no row left or came since the last packing (most steps): O(1), not O(slots)
+            return self.used
+        self.repack = False
         while True:
             top = max((slot for slot, row in enumerate(self.rows) if row), default=-1)
             hole = next((slot for slot, row in enumerate(self.rows) if row is None), len(self.rows))
             if hole > top:
-                return top + 1
+                self.used = top + 1
+                return self.used
             self.cache.move(top, hole, self.rows[top].position)
             self.step.tokens[hole] = self.step.tokens[top]
             self.step.positions[hole] = self.step.positions[top]
@@ -221,6 +229,7 @@ class Run:
                 finished.append(done)
         if finished:
             self._mark_dead([slot for slot in range(used) if self.rows[slot] is None])
+            self.repack = True
         return finished
 
     def _mark_dead(self, slots: List[int]) -> None:

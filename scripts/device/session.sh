@@ -23,7 +23,7 @@ case $stage in
     mkdir -p /tmp/gguf_site && python3 -m pip install -q --no-index --no-deps --target /tmp/gguf_site .whl/gguf-*.whl
     python3 -c "import transformers, trl, peft, accelerate, datasets, bitsandbytes; print(transformers.__version__,
 trl.__version__, peft.__version__, accelerate.__version__, datasets.__version__, bitsandbytes.__version__)" ;;
-  train|check)
+  train|check|speed)
     if [ ! -f /tmp/smol/model.safetensors ]; then
       cat /tmp/stash/gguf.part.* > /tmp/stash/SmolLM2-135M-Instruct.Q4_1.gguf
       PYTHONPATH=/tmp/gguf_site python3 /tmp/stash/convert_gguf.py /tmp/stash /tmp/smol || exit 1
@@ -57,10 +57,23 @@ print(min(nll, key=nll.get) if nll else '')")}
     wait; echo "$best" > /tmp/q/best.txt; keep reviews ;;
   speed)
     run=/tmp/q/${SPEED_RUN:-lora_speed}
+    # A run folder brought back by an earlier session's speed call (.gpudata/p3/run_folder.tar.gz): no training.
+    [ -d "$run" ] || { [ -f /tmp/stash/run_folder.tar.gz ] && tar -xzf /tmp/stash/run_folder.tar.gz -C /tmp/q; }
     [ -f "${run}_merged/config.json" ] || python -m reviewgpt merge "$run" --output "${run}_merged" > /tmp/q/merge.log 2>&1 \
       || tail -3 /tmp/q/merge.log
-    timeout "${BUDGET_S:-540}" python bench/generation_speed.py smol --run "$run" --merged "${run}_merged" \
-      --data /tmp/data/iclr2017_train.jsonl.gz ${SPEED_FLAGS:-} | tee /tmp/q/speed_smol.jsonl; keep speed ;;
+    # The Triton kernel's tiles, each candidate timed alone (bench/decode_kernel.py); then the rows with
+    # the shipped tiles, and the merged row again with the tiles chosen here (TILED=0: not).
+    [ "${TILED:-1}" = 1 ] && timeout 200 python bench/decode_kernel.py --write-best /tmp/q/tiles.json \
+      | tee "$OUT/kernel_tiles.jsonl" | grep -v '"max_error"'
+    timeout "${BUDGET_S:-400}" python bench/generation_speed.py smol --run "$run" --merged "${run}_merged" \
+      --data /tmp/data/iclr2017_train.jsonl.gz ${SPEED_FLAGS:-} | tee /tmp/q/speed_smol.jsonl
+    [ -f /tmp/q/tiles.json ] && timeout 150 python bench/generation_speed.py smol --merged "${run}_merged" \
+      --data /tmp/data/iclr2017_train.jsonl.gz --forms merged --engines fast --skip-check \
+      --kernel-tiles /tmp/q/tiles.json | tee -a /tmp/q/speed_smol.jsonl
+    cp /tmp/q/speed_smol.jsonl "$OUT/"
+    # The run folder (its adapter, not its checkpoints): a later session's speed call takes it instead of training.
+    [ -f "$OUT/run_folder.tar.gz" ] || tar -czf "$OUT/run_folder.tar.gz" -C /tmp/q --exclude='checkpoint-*' "$(basename "$run")"
+    keep speed ;;
   synthetic)
     for f in ${FAMILIES:-gemma mistral}; do
       timeout "${BUDGET_S:-270}" python bench/generation_speed.py synthetic --family "$f" --weights-dir /tmp/weights \
