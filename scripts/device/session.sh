@@ -57,8 +57,6 @@ print(min(nll, key=nll.get) if nll else '')")}
     wait; echo "$best" > /tmp/q/best.txt; keep reviews ;;
   speed)
     run=/tmp/q/${SPEED_RUN:-lora_speed}
-    # A run folder brought back by an earlier session's speed call (.gpudata/p3/run_folder.tar.gz): no training.
-    [ -d "$run" ] || { [ -f /tmp/stash/run_folder.tar.gz ] && tar -xzf /tmp/stash/run_folder.tar.gz -C /tmp/q; }
     [ -f "${run}_merged/config.json" ] || python -m reviewgpt merge "$run" --output "${run}_merged" > /tmp/q/merge.log 2>&1 \
       || tail -3 /tmp/q/merge.log
     # The Triton kernel's tiles, each candidate timed alone (bench/decode_kernel.py); then the rows with
@@ -71,8 +69,6 @@ print(min(nll, key=nll.get) if nll else '')")}
       --data /tmp/data/iclr2017_train.jsonl.gz --forms merged --engines fast --skip-check \
       --kernel-tiles /tmp/q/tiles.json | tee -a /tmp/q/speed_smol.jsonl
     cp /tmp/q/speed_smol.jsonl "$OUT/"
-    # The run folder (its adapter, not its checkpoints): a later session's speed call takes it instead of training.
-    [ -f "$OUT/run_folder.tar.gz" ] || tar -czf "$OUT/run_folder.tar.gz" -C /tmp/q --exclude='checkpoint-*' "$(basename "$run")"
     keep speed ;;
   synthetic)
     for f in ${FAMILIES:-gemma mistral}; do
