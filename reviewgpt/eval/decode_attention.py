@@ -30,9 +30,10 @@ import triton.language as tl
 MIN_KEYS_PER_SPLIT = 256  # a chunk is at least this long (at most 32 chunks per slot and head at 8K)
 PROGRAMS = 2048  # enough programs to fill an H200's 132 SMs many times over; fewer chunks when slots do it
 BLOCK_KEYS = 64  # the chunks are multiples of it
-# Per head size (padded to a power of two): keys per loaded tile, warps, pipeline stages. Chosen on an
-# H200 by bench/decode_kernel.py, which times every candidate on the shapes of a real run; gemma's
-# 256-wide heads take half the keys per tile, so that two stages fit in shared memory.
+# Per head size (padded to a power of two): keys per loaded tile, warps, pipeline stages; gemma's 256-wide
+# heads take half the keys per tile, so that two stages fit in shared memory. bench/decode_kernel.py
+# times the candidates on an H200: for SmolLM2's 64-wide heads (128, 4, 2) was 8% faster alone and no
+# faster in a whole run (docs/performance.md), so these stay.
 TILES = {16: (64, 4, 2), 32: (64, 4, 2), 64: (64, 4, 2), 128: (64, 4, 2), 256: (32, 4, 2)}
 
 

@@ -36,6 +36,9 @@ from torch.nn import functional
 log = logging.getLogger(__name__)
 
 
+DEAD = -1  # the position of a slot without a row: `decode` computes its row; the Triton kernel reads no key
+
+
 class KVCache:
     def __init__(self, parts, slots: int, capacity: int):
         # Zeros, not empty: a masked key or value is still multiplied by 0, and 0 x NaN is NaN.
@@ -195,7 +198,7 @@ class DecodeStep:
         self.parts, self.cache, self.kernel = parts, cache, kernel
         device = parts.device
         self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
-        self.positions = torch.full((slots,), -1, dtype=torch.long, device=device)  # -1: a dead slot
+        self.positions = torch.full((slots,), DEAD, dtype=torch.long, device=device)
         self.rows = torch.arange(slots, device=device)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.kernel_ran = False  # until the kernel has run once, a failure of the Triton kernel falls back to SDPA

@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
-from reviewgpt.eval.engine_forward import DecodeStep, KVCache, prefill
+from reviewgpt.eval.engine_forward import DEAD, DecodeStep, KVCache, prefill
 from reviewgpt.eval.engine_sampling import Decoding, TokenChooser
 
 
@@ -37,9 +37,6 @@ class Row:
     def position(self) -> int:
         """Position of the last generated token, the one the next step feeds (its key is not cached yet)."""
         return self.prompt_length + len(self.generated) - 1
-
-
-DEAD = -1  # the position of a slot without a row
 
 
 def _power_of_two_at_least(count: int, cap: int) -> int:
@@ -219,16 +216,17 @@ class Run:
         host = chosen.tolist()  # waits for the GPU
         self.counts["decode_seconds"] += time.perf_counter() - started
         self.chooser.record(slots, chosen, list(range(used)), host)
-        finished = []
+        finished, ended = [], []
         for slot, token in enumerate(host):
             row = self.rows[slot]
             row.generated.append(token)
             done = self._finish(slot, token, row)
             if done:
                 self.rows[slot] = None
+                ended.append(slot)
                 finished.append(done)
-        if finished:
-            self._mark_dead([slot for slot in range(used) if self.rows[slot] is None])
+        if ended:
+            self._mark_dead(ended)
             self.repack = True
         return finished
 
